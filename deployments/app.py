@@ -1,0 +1,35 @@
+"""The application DAG: Ingress -> (Scout, Validator).
+
+`serve run deployments.app:build_app` (with `key=value` args or a profile's YAML) and
+`serve run cluster/<profile>.yaml` both end here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray.serve import Application
+
+from deployments.engines import build_engine
+from deployments.ingress import Ingress
+from serving.config import AppConfig, load_profile
+
+
+def build_app(args: dict[str, Any]) -> Application:
+    """Build the Serve application from its config `args` (a profile's `args` block).
+
+    `args` may also be just `{"profile": "tiny"}` (as from `serve run deployments.app:build_app
+    profile=tiny`), which loads `cluster/tiny.yaml`.
+    """
+    args = dict(args or {})
+    if set(args) == {"profile"}:
+        config = load_profile(args["profile"])
+    else:
+        config = AppConfig(**args)
+    scout = build_engine(config.scout, "Scout", config)
+    validator = build_engine(config.validator, "Validator", config)
+    return Ingress.options(
+        num_replicas=config.api.num_replicas,
+        max_ongoing_requests=config.api.max_ongoing_requests,
+        ray_actor_options={"num_cpus": config.api.num_cpus},
+    ).bind(scout, validator, config)

@@ -1,0 +1,67 @@
+"""The Scout and Validator deployments: vLLM hosted by `ray.serve.llm`.
+
+Each engine is an LLMServer deployment built from our `EngineConfig`. What vLLM loads is
+resolved here, in the driver, so a missing catalog model fails `serve run` at once with
+the command that fixes it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from serving.config import AppConfig, EngineConfig
+
+
+def llm_config_kwargs(engine: EngineConfig, model_source: str) -> dict[str, Any]:
+    """The keyword arguments of `ray.serve.llm.LLMConfig` for one engine (pure, testable)."""
+    engine_kwargs: dict[str, Any] = {
+        "dtype": engine.dtype,
+        "max_model_len": engine.max_model_len,
+        "max_num_seqs": engine.max_num_seqs,
+        "enforce_eager": engine.enforce_eager,
+        "enable_prefix_caching": engine.enable_prefix_caching,
+        "tensor_parallel_size": engine.tensor_parallel_size,
+        "pipeline_parallel_size": engine.pipeline_parallel_size,
+    }
+    if engine.quantization:
+        engine_kwargs["quantization"] = engine.quantization
+    env: dict[str, str] = {}
+    if engine.device == "cpu":
+        # The replica actor itself reserves nothing: its CPU share is the engine's bundle.
+        bundles = [{"CPU": engine.num_cpus}]
+        env["VLLM_CPU_KVCACHE_SPACE"] = str(engine.kv_cache_space_gib)
+        if engine.cpu_threads_bind:
+            env["VLLM_CPU_OMP_THREADS_BIND"] = engine.cpu_threads_bind
+    else:
+        engine_kwargs["gpu_memory_utilization"] = engine.gpu_memory_utilization
+        # One bundle per GPU worker; STRICT_PACK keeps a tensor-parallel group on one node.
+        bundles = [{"GPU": 1, "CPU": 1}] * (engine.tensor_parallel_size * engine.pipeline_parallel_size)
+    engine_kwargs.update(engine.engine_kwargs)
+    a = engine.autoscaling
+    kwargs: dict[str, Any] = {
+        "model_loading_config": {"model_id": engine.served_name(), "model_source": model_source},
+        "engine_kwargs": engine_kwargs,
+        "placement_group_config": {"bundles": bundles, "strategy": engine.placement_strategy},
+        "deployment_config": {
+            "autoscaling_config": {
+                "min_replicas": a.min_replicas,
+                "initial_replicas": max(a.min_replicas, 1),
+                "max_replicas": a.max_replicas,
+                "target_ongoing_requests": a.target_ongoing_requests,
+            },
+            "max_ongoing_requests": engine.max_ongoing_requests,
+            "ray_actor_options": {"num_cpus": 0},
+        },
+        "runtime_env": {"env_vars": env} if env else None,
+    }
+    if engine.accelerator_type:
+        kwargs["accelerator_type"] = engine.accelerator_type
+    return kwargs
+
+
+def build_engine(engine: EngineConfig, role: str, config: AppConfig) -> Any:
+    """A bound LLMServer deployment named `role` ("Scout" or "Validator")."""
+    from ray.serve.llm import LLMConfig, build_llm_deployment
+
+    llm_config = LLMConfig(**llm_config_kwargs(engine, config.resolve_model(engine.model)))
+    return build_llm_deployment(llm_config, name_prefix="", override_serve_options={"name": role})

@@ -1,0 +1,102 @@
+"""The OpenAI-compatible front door: FastAPI on Ray Serve, holding one `OpenAIService`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from ray import serve
+
+from serving.api import ChatCompletionRequest, CompletionRequest, RouteTrace
+from serving.config import AppConfig
+from serving.engines.serve_llm import ServeLLMEngine
+from serving.errors import EngineUnavailableError, InferenceOptimizerError, InvalidRequestError, to_openai_error
+from serving.metrics import ServeMetrics
+from serving.router import TieredRouter
+from serving.service import OpenAIService, parse_request
+
+ROUTE_HEADER = "x-infopt-route"
+HEALTH_TIMEOUT_S = 10.0
+
+app = FastAPI(title="Inference Optimizer", description="OpenAI-compatible tiered LLM serving on Ray Serve.")
+
+
+@app.exception_handler(InferenceOptimizerError)
+async def _known_error(request: Request, exc: InferenceOptimizerError) -> JSONResponse:
+    status, body = to_openai_error(exc)
+    headers = {ROUTE_HEADER: exc.route.tier or "none"} if isinstance(exc.route, RouteTrace) else None
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+@app.exception_handler(Exception)
+async def _unknown_error(request: Request, exc: Exception) -> JSONResponse:
+    status, body = to_openai_error(exc)
+    return JSONResponse(body, status_code=status)
+
+
+async def _json_body(request: Request) -> Any:
+    raw = await request.body()
+    if not raw:
+        raise InvalidRequestError("the request body is empty; send a JSON object")
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidRequestError(f"the request body is not valid JSON: {exc}") from None
+
+
+@serve.deployment(name="Ingress")
+@serve.ingress(app)
+class Ingress:
+    """Routes OpenAI requests through the tiered router; see `serving.service`."""
+
+    def __init__(self, scout: Any, validator: Any, config: AppConfig) -> None:
+        self.metrics = ServeMetrics()
+        router = TieredRouter(
+            ServeLLMEngine(scout, config.scout.served_name()),
+            ServeLLMEngine(validator, config.validator.served_name()),
+            config.tiering,
+            scout_timeout_s=config.scout.request_timeout_s,
+            validator_timeout_s=config.validator.request_timeout_s,
+            metrics=self.metrics,
+        )
+        self.service = OpenAIService(router, config.api)
+
+    def _respond(self, body: dict[str, Any], trace: RouteTrace) -> JSONResponse:
+        self.metrics.request(trace.tier or "none", 200)
+        return JSONResponse(body, headers={ROUTE_HEADER: trace.tier or "none"})
+
+    def _stream(self, events: Any, trace: RouteTrace) -> StreamingResponse:
+        self.metrics.request(trace.tier or "none", 200)
+        return StreamingResponse(
+            events, media_type="text/event-stream",
+            headers={ROUTE_HEADER: trace.tier or "none", "cache-control": "no-cache"},
+        )
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(self, request: Request) -> Any:
+        req = parse_request(ChatCompletionRequest, await _json_body(request))
+        if req.stream:
+            return self._stream(*await self.service.chat_stream(req))
+        return self._respond(*await self.service.chat(req))
+
+    @app.post("/v1/completions")
+    async def completions(self, request: Request) -> Any:
+        req = parse_request(CompletionRequest, await _json_body(request))
+        if req.stream:
+            return self._stream(*await self.service.completion_stream(req))
+        return self._respond(*await self.service.completion(req))
+
+    @app.get("/v1/models")
+    async def models(self) -> dict[str, Any]:
+        return self.service.list_models()
+
+    @app.get("/healthz")
+    async def healthz(self) -> dict[str, Any]:
+        try:
+            return await asyncio.wait_for(self.service.check_health(), HEALTH_TIMEOUT_S)
+        except TimeoutError:
+            raise EngineUnavailableError(f"engines did not answer a health check within {HEALTH_TIMEOUT_S:g} s") \
+                from None

@@ -1,0 +1,22 @@
+"""Configuration: one pydantic model tree, one file per concern.
+
+`AppConfig` is the root; `load_profile("tiny")` reads `cluster/tiny.yaml`.
+"""
+
+from serving.config.api import ApiConfig
+from serving.config.app import AppConfig, load_profile, profile_args, profile_path, profiles_dir
+from serving.config.engine import AutoscalingConfig, EngineConfig
+from serving.config.tiering import ConfidenceConfig, TieringConfig
+
+__all__ = [
+    "ApiConfig",
+    "AppConfig",
+    "AutoscalingConfig",
+    "ConfidenceConfig",
+    "EngineConfig",
+    "TieringConfig",
+    "load_profile",
+    "profile_args",
+    "profile_path",
+    "profiles_dir",
+]

@@ -1,0 +1,35 @@
+"""Configuration of the OpenAI-compatible front door."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class ApiConfig(BaseModel):
+    """Limits the ingress enforces before any engine sees a request."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_tokens_limit: int = Field(
+        1024, ge=1, description="Largest max_tokens a request may ask for; larger gets a 400."
+    )
+    default_max_tokens: int = Field(
+        256, ge=1, description="max_tokens used when a request does not set it."
+    )
+    max_stop_sequences: int = Field(4, ge=0, description="Most stop sequences a request may give.")
+    model_name: str = Field(
+        "auto", description="Public name of the optimizer's own model in /v1/models and responses."
+    )
+    num_cpus: float = Field(0.1, gt=0, description="Ray CPUs reserved by each ingress replica.")
+    num_replicas: int = Field(1, ge=1, description="Ingress replicas.")
+    max_ongoing_requests: int = Field(
+        256, ge=1, description="Requests one ingress replica handles at once."
+    )
+
+    @model_validator(mode="after")
+    def _defaults_within_limit(self) -> ApiConfig:
+        if self.default_max_tokens > self.max_tokens_limit:
+            raise ValueError(
+                f"default_max_tokens ({self.default_max_tokens}) exceeds max_tokens_limit ({self.max_tokens_limit})"
+            )
+        return self

@@ -1,0 +1,105 @@
+"""The root of the configuration tree, and how a profile file becomes one."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from serving.config.api import ApiConfig
+from serving.config.engine import EngineConfig
+from serving.config.tiering import TieringConfig
+
+ENV_PREFIX = "INFOPT_"
+
+
+def default_cache_dir() -> Path:
+    """Where prepared models and other state live unless configured otherwise."""
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "inference-optimizer"
+
+
+class AppConfig(BaseSettings):
+    """Everything `build_app(args)` needs, validated once.
+
+    Values come from the profile YAML (the `args` of the Serve application) and are
+    overridden by environment variables: `INFOPT_<FIELD>`, nested with `__`, e.g.
+    `INFOPT_TIERING__THRESHOLD=0.7` or `INFOPT_VALIDATOR__MAX_MODEL_LEN=4096`.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", nested_model_default_partial_update=True
+    )
+
+    profile: str = Field("custom", description="Name of the profile this configuration came from.")
+    cache_dir: Path = Field(
+        default_factory=default_cache_dir,
+        description="Folder of prepared models and local state (env INFOPT_CACHE_DIR).",
+    )
+    scout: EngineConfig = Field(description="The small model that answers first.")
+    validator: EngineConfig = Field(description="The large model that answers what the Scout is unsure of.")
+    tiering: TieringConfig = Field(default_factory=TieringConfig, description="Scout -> Validator decision.")
+    api: ApiConfig = Field(default_factory=ApiConfig, description="Limits of the OpenAI-compatible ingress.")
+
+    @model_validator(mode="after")
+    def _cores_not_shared(self) -> AppConfig:
+        s, v = self.scout.cpu_threads_bind, self.validator.cpu_threads_bind
+        if self.scout.device == self.validator.device == "cpu" and s is not None and s == v:
+            raise ValueError(
+                f"scout and validator are both bound to cores '{s}': give each engine its own cores"
+            )
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The environment wins over the profile file so that one YAML serves many machines.
+        return env_settings, init_settings
+
+    def resolve_model(self, model: str) -> str:
+        """Return what vLLM should load for `model` (see `serving.models.resolve`)."""
+        from serving.models import resolve
+
+        return resolve(model, self.cache_dir)
+
+
+def profiles_dir() -> Path:
+    """The `cluster/` folder holding one Serve config per profile."""
+    env = os.environ.get(ENV_PREFIX + "PROFILES_DIR")
+    return Path(env) if env else Path(__file__).resolve().parents[2] / "cluster"
+
+
+def profile_path(profile: str) -> Path:
+    """A profile name (`tiny`) or a path to a Serve config YAML."""
+    p = Path(profile)
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        return p
+    path = profiles_dir() / f"{profile}.yaml"
+    if not path.exists():
+        known = sorted(x.stem for x in profiles_dir().glob("*.yaml"))
+        raise FileNotFoundError(f"no profile '{profile}' (known: {', '.join(known)})")
+    return path
+
+
+def profile_args(profile: str) -> dict[str, Any]:
+    """The `args` of the application in a profile's Serve config."""
+    path = profile_path(profile)
+    doc = yaml.safe_load(path.read_text())
+    apps = doc.get("applications") or []
+    if len(apps) != 1 or "args" not in apps[0]:
+        raise ValueError(f"{path}: expected exactly one application with 'args'")
+    return dict(apps[0]["args"])
+
+
+def load_profile(profile: str) -> AppConfig:
+    """Validate a profile's configuration, with environment overrides applied."""
+    return AppConfig(**profile_args(profile))

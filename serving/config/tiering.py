@@ -1,0 +1,44 @@
+"""Configuration of the Scout -> Validator decision."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ConfidenceConfig(BaseModel):
+    """How the Scout's token log-probabilities become one confidence score.
+
+    See `serving.confidence` for the formulas and why an average is not offered.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: Literal["quantile", "min"] = Field(
+        "quantile",
+        description="'quantile': the q-th lower quantile of token probabilities; 'min': the least likely token.",
+    )
+    quantile: float = Field(
+        0.1, ge=0, le=0.5, description="q for method 'quantile' (0 equals 'min'; 0.5 is the median)."
+    )
+
+
+class TieringConfig(BaseModel):
+    """When the Scout's own answer is good enough to return."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(
+        True, description="Ask the Scout first; when false every 'auto' request goes to the Validator."
+    )
+    threshold: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="Scout answers with confidence >= threshold are returned; others escalate. "
+        "Requests may override it with the 'confidence_threshold' field.",
+    )
+    confidence: ConfidenceConfig = Field(
+        default_factory=ConfidenceConfig, description="How the confidence score is computed."
+    )

