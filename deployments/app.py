@@ -22,10 +22,7 @@ def build_app(args: dict[str, Any]) -> Application:
     profile=tiny`), which loads `cluster/tiny.yaml`.
     """
     args = dict(args or {})
-    if set(args) == {"profile"}:
-        config = load_profile(args["profile"])
-    else:
-        config = AppConfig(**args)
+    config = load_profile(args["profile"]) if set(args) == {"profile"} else AppConfig(**args)
     scout = build_engine(config.scout, "Scout", config)
     validator = build_engine(config.validator, "Validator", config)
     return Ingress.options(

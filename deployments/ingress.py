@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -18,6 +19,7 @@ from serving.metrics import ServeMetrics
 from serving.router import TieredRouter
 from serving.service import OpenAIService, parse_request
 
+logger = logging.getLogger("ray.serve")
 ROUTE_HEADER = "x-infopt-route"
 HEALTH_TIMEOUT_S = 10.0
 
@@ -33,6 +35,7 @@ async def _known_error(request: Request, exc: InferenceOptimizerError) -> JSONRe
 
 @app.exception_handler(Exception)
 async def _unknown_error(request: Request, exc: Exception) -> JSONResponse:
+    logger.exception("unexpected error on %s %s", request.method, request.url.path)
     status, body = to_openai_error(exc)
     return JSONResponse(body, status_code=status)
 

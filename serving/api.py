@@ -162,9 +162,8 @@ class CompletionRequest(_SamplingFields):
 
     @model_validator(mode="after")
     def _completion_rules(self) -> CompletionRequest:
-        if isinstance(self.prompt, list):
-            if len(self.prompt) != 1:
-                raise UnsupportedParameterError("send exactly one prompt per request", param="prompt")
+        if isinstance(self.prompt, list) and len(self.prompt) != 1:
+            raise UnsupportedParameterError("send exactly one prompt per request", param="prompt")
         if self.echo:
             raise UnsupportedParameterError("echo is not supported", param="echo")
         if self.best_of not in (None, 1):

@@ -103,8 +103,10 @@ class TieredRouter:
         if gen is not None:
             self._finish(trace, started)
             return RoutedStream(_replay(gen, request.logprobs), trace, self.scout.model_id)
+        # Decided now, not when the generator first runs: the header is sent before any chunk.
+        trace.tier, trace.reason = "validator", self._validator_reason(model, trace)
         return RoutedStream(
-            self._validator_stream(request, model, trace, started), trace, self.validator.model_id
+            self._validator_stream(request, trace, started), trace, self.validator.model_id
         )
 
     # -- stages ---------------------------------------------------------------------------
@@ -141,10 +143,7 @@ class TieredRouter:
         trace.confidence = round(score, 6)
         self.metrics.confidence(score)
         self.metrics.tokens("scout", gen.usage.prompt_tokens, gen.usage.completion_tokens)
-        if forced:
-            decision = "forced"
-        else:
-            decision = "confident" if score >= (trace.threshold or 0.0) else "escalate"
+        decision = "forced" if forced else "confident" if score >= (trace.threshold or 0.0) else "escalate"
         rec = trace.add(
             "scout", decision, t0, confidence=trace.confidence, tokens=gen.usage.completion_tokens,
             finish_reason=gen.finish_reason,
@@ -179,9 +178,8 @@ class TieredRouter:
         return gen
 
     async def _validator_stream(
-        self, request: GenerationRequest, model: str, trace: RouteTrace, started: float
+        self, request: GenerationRequest, trace: RouteTrace, started: float
     ) -> AsyncIterator[GenerationChunk]:
-        trace.tier, trace.reason = "validator", self._validator_reason(model, trace)
         t0 = time.perf_counter()
         tokens = 0
         loop = asyncio.get_running_loop()

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ValidationError
 
 from serving.api import ROUTING_MODELS, ChatCompletionRequest, CompletionRequest, RouteTrace, new_id
 from serving.config import ApiConfig
-from serving.engines.base import Generation, GenerationChunk, GenerationRequest, TokenLogprob, Usage
+from serving.engines.base import GenerationChunk, GenerationRequest, TokenLogprob, Usage
 from serving.errors import (
     InferenceOptimizerError,
     InvalidRequestError,

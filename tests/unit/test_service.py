@@ -1,0 +1,155 @@
+import asyncio
+import json
+import math
+
+import pytest
+from openai.types import Completion
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
+
+from serving.api import ChatCompletionRequest, CompletionRequest
+from serving.config import ApiConfig, TieringConfig
+from serving.errors import InvalidRequestError, ModelNotFoundError, UnsupportedParameterError, to_openai_error
+from serving.router import TieredRouter
+from serving.service import OpenAIService, parse_request
+from tests.unit.fakes import FakeEngine
+
+SURE = [math.log(0.99)] * 3
+UNSURE = [math.log(0.01)] * 3
+
+
+def service(scout_lp=SURE, validator_fail=False) -> OpenAIService:
+    router = TieredRouter(FakeEngine("small", ["A", "B", "C"], scout_lp),
+                          FakeEngine("large", ["x", "y", "z"], fail=validator_fail), TieringConfig(threshold=0.5))
+    return OpenAIService(router, ApiConfig(max_tokens_limit=64, default_max_tokens=16))
+
+
+def chat(**kw) -> ChatCompletionRequest:
+    body = {"messages": [{"role": "user", "content": "hi"}], **kw}
+    return parse_request(ChatCompletionRequest, body)
+
+
+def error_of(body, model=ChatCompletionRequest):
+    with pytest.raises(InvalidRequestError) as info:
+        parse_request(model, body)
+    return info.value
+
+
+@pytest.mark.parametrize(
+    ("body", "param", "fragment"),
+    [
+        ({}, "messages", "required"),
+        ({"messages": []}, "messages", "at least one"),
+        ({"messages": "hi"}, "messages", "invalid value"),
+        ({"messages": [{"role": "user"}]}, "messages.0.content", "required"),
+        ({"messages": [{"role": "robot", "content": "x"}]}, "messages.0.role", "invalid value"),
+        ({"messages": [{"role": "user", "content": "x"}], "temperature": "hot"}, "temperature", "invalid value"),
+        ({"messages": [{"role": "user", "content": "x"}], "temperature": 3}, "temperature", "invalid value"),
+        ({"messages": [{"role": "user", "content": "x"}], "max_tokens": 0}, "max_tokens", "invalid value"),
+        ({"messages": [{"role": "user", "content": "x"}], "frobnicate": 1}, "frobnicate", "Unrecognized"),
+        ({"messages": [{"role": "user", "content": "x"}], "n": 2}, "n", "n=1"),
+        ({"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function"}]}, "tools", "tool"),
+        ({"messages": [{"role": "user", "content": "x"}], "logit_bias": {"1": 5}}, "logit_bias", "logit_bias"),
+        ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]},
+         "messages.content", "image_url"),
+        ({"messages": [{"role": "user", "content": "x"}], "top_logprobs": 2}, "top_logprobs", "logprobs"),
+    ],
+)
+def test_bad_chat_requests_name_the_field(body, param, fragment):
+    err = error_of(body)
+    assert err.param == param
+    assert fragment in err.message
+    assert to_openai_error(err)[0] == 400
+
+
+def test_unsupported_parameters_have_their_own_code():
+    err = error_of({"messages": [{"role": "user", "content": "x"}], "n": 3})
+    assert isinstance(err, UnsupportedParameterError)
+    assert to_openai_error(err)[1]["error"]["code"] == "unsupported_parameter"
+
+
+def test_non_object_body_is_rejected():
+    assert "JSON object" in error_of([1, 2]).message
+
+
+def test_bad_completion_requests():
+    assert error_of({"prompt": ["a", "b"]}, CompletionRequest).param == "prompt"
+    assert error_of({"prompt": "a", "echo": True}, CompletionRequest).param == "echo"
+    assert error_of({"prompt": "a", "logprobs": 9}, CompletionRequest).param == "logprobs"
+    assert error_of({}, CompletionRequest).param == "prompt"
+
+
+def test_max_tokens_limit_and_default():
+    svc = service()
+    with pytest.raises(InvalidRequestError) as info:
+        svc.chat_request(chat(max_tokens=65))
+    assert info.value.param == "max_tokens" and "64" in info.value.message
+    assert svc.chat_request(chat()).max_tokens == 16
+    assert svc.chat_request(chat(max_completion_tokens=7)).max_tokens == 7
+
+
+def test_too_many_stop_sequences():
+    with pytest.raises(InvalidRequestError):
+        service().chat_request(chat(stop=["a", "b", "c", "d", "e"]))
+
+
+def test_unknown_model_is_404():
+    with pytest.raises(ModelNotFoundError) as info:
+        asyncio.run(service().chat(chat(model="gpt-17")))
+    assert to_openai_error(info.value)[0] == 404
+
+
+def test_engine_model_names_force_their_tier():
+    _body, trace = asyncio.run(service(UNSURE).chat(chat(model="small")))
+    assert trace.tier == "scout" and trace.reason == "forced"
+
+
+def test_chat_response_is_a_valid_openai_object_with_route():
+    body, _trace = asyncio.run(service(SURE).chat(chat(temperature=0)))
+    parsed = ChatCompletion.model_validate(body)
+    assert parsed.choices[0].message.content == "ABC"
+    assert body["route"]["tier"] == "scout"
+    assert parsed.usage.completion_tokens == 3
+
+
+def test_completion_response_is_a_valid_openai_object():
+    req = parse_request(CompletionRequest, {"prompt": "x", "logprobs": 1})
+    body, trace = asyncio.run(service(UNSURE).completion(req))
+    parsed = Completion.model_validate(body)
+    assert parsed.choices[0].text == "xyz"
+    assert trace.tier == "validator"
+
+
+def collect(events) -> list[str]:
+    async def go():
+        return [e async for e in events]
+    return asyncio.run(go())
+
+
+@pytest.mark.parametrize("scout_lp", [SURE, UNSURE])
+def test_stream_events_assemble_to_the_answer_and_end_with_route_and_done(scout_lp):
+    svc = service(scout_lp)
+    events, trace = asyncio.run(svc.chat_stream(chat(stream=True, stream_options={"include_usage": True})))
+    lines = collect(events)
+    assert lines[-1] == "data: [DONE]\n\n"
+    payloads = [json.loads(line[6:]) for line in lines[:-1]]
+    chunks = [ChatCompletionChunk.model_validate(p) for p in payloads]
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == ("ABC" if scout_lp is SURE else "xyz")
+    assert payloads[0]["choices"][0]["delta"]["role"] == "assistant"
+    finals = [p for p in payloads if p["choices"] and p["choices"][0].get("finish_reason")]
+    assert len(finals) == 1 and finals[0]["route"]["tier"] == trace.tier
+    assert payloads[-1]["usage"]["completion_tokens"] == 3
+
+
+def test_stream_error_after_headers_is_sent_as_an_event():
+    svc = service(UNSURE, validator_fail=True)
+    events, _trace = asyncio.run(svc.chat_stream(chat(stream=True)))
+    lines = collect(events)
+    err = json.loads(lines[-2][6:])
+    assert err["error"]["type"] == "service_unavailable"
+    assert err["route"]["stages"][-1]["decision"] == "failed"
+
+
+def test_list_models_names_tiers_and_engines():
+    ids = [m["id"] for m in service().list_models()["data"]]
+    assert ids == ["auto", "scout", "validator", "small", "large"]
