@@ -38,16 +38,21 @@ class Service:
 
     base_url: str
     config: AppConfig
+    metrics_url: str = ""
 
     def client(self, timeout: float = 300.0) -> httpx.Client:
         return httpx.Client(base_url=self.base_url, timeout=timeout)
 
 
-def start_ray() -> None:
+def start_ray() -> int:
+    """Start a local Ray; return the port its Prometheus metrics are served on."""
     import ray
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    ray.init(address="local", include_dashboard=False, log_to_driver=False, configure_logging=False)
+    metrics_port = free_port()
+    ray.init(address="local", include_dashboard=False, log_to_driver=False, configure_logging=False,
+             _metrics_export_port=metrics_port)
+    return metrics_port
 
 
 def deploy(config: AppConfig, port: int, app_builder: Any = None) -> Service:

@@ -33,9 +33,11 @@ def svc():
     config = load_profile("tiny")
     config.validator.request_timeout_s = VALIDATOR_TIMEOUT_S
     require_models(config)
-    start_ray()
+    metrics_port = start_ray()
     try:
-        yield deploy(config, free_port())
+        service = deploy(config, free_port())
+        service.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+        yield service
     finally:
         serve.shutdown()
         ray.shutdown()
@@ -238,6 +240,22 @@ def test_prompt_longer_than_the_context_window(client: httpx.Client):
 def test_completion_bad_input(client: httpx.Client):
     r = client.post("/v1/completions", json={"prompt": ["a", "b"]})
     assert r.status_code == 400 and r.json()["error"]["param"] == "prompt"
+
+
+def test_prometheus_metrics_are_exported(svc: Service, client: httpx.Client):
+    """Requests per route, stage latency and confidence reach Ray's Prometheus endpoint."""
+    chat(client, model="scout", max_tokens=4)
+    wanted = ("ray_infopt_requests", "ray_infopt_stage_latency_ms_bucket", "ray_infopt_scout_confidence_bucket",
+              "ray_infopt_tokens")
+    deadline, text = time.monotonic() + 90, ""
+    while time.monotonic() < deadline:
+        text = httpx.get(svc.metrics_url, timeout=10).text
+        if all(w in text for w in wanted):
+            break
+        time.sleep(3)
+    missing = [w for w in wanted if w not in text]
+    assert not missing, f"not exported: {missing}"
+    assert 'route="scout"' in text and 'stage="scout"' in text
 
 
 # -- failures: a clear 5xx with the trace, and the next request works -------------------
