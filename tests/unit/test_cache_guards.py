@@ -1,0 +1,43 @@
+import pytest
+
+from serving.cache.guards import check, named, negations, numbers
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "reason"),
+    [
+        ("How do I turn on the lights?", "How do I turn off the lights?", "opposite"),
+        ("Is coffee good for you?", "Is coffee not good for you?", "negation"),
+        ("Why don't cats like water?", "Why do cats like water?", "negation"),
+        ("What is 15% of 80?", "What is 20% of 80?", "numbers"),
+        ("How many legs do three spiders have?", "How many legs do two spiders have?", "numbers"),
+        ("What is the capital of France?", "What is the capital of Spain?", "entities"),
+        ('How do I print "hello" in Python?', 'How do I print "goodbye" in Python?', "entities"),
+        ("How to enable dark mode in Windows?", "How to disable dark mode in Windows?", "opposite"),
+        ("Sort a list in ascending order", "Sort a list in descending order", "opposite"),
+    ],
+)
+def test_meaning_changes_are_vetoed(a, b, reason):
+    res = check(a, b)
+    assert not res.ok and res.reason == reason
+    assert not check(b, a).ok
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ("What is the capital of France?", "Which city is the capital of France?"),
+        ("How can I learn Python quickly?", "What is the fastest way to learn Python?"),
+        ("What is 1,000 plus 2.50?", "what's 1000 plus 2.5?"),
+        ("Why is the sky blue?", "Why does the sky look blue?"),
+        ("I don't understand recursion. Explain it?", "Explain recursion, I don't get it."),
+    ],
+)
+def test_paraphrases_pass(a, b):
+    assert check(a, b).ok, check(a, b)
+
+
+def test_extractors():
+    assert numbers("3 apples, 3.50 dollars, 12% and four pears") == {"3": 1, "3.5": 1, "12%": 1, "4": 1}
+    assert negations("I can't and won't, never; shan't") == {"cant": 1, "wont": 1, "never": 1, "n't": 1}
+    assert named('Is Paris bigger than "Rome"? Ask Bob.') == {"Paris", "Rome", "Bob"}
