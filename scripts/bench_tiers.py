@@ -176,7 +176,7 @@ def render(result: dict) -> str:
         p50, p99 = pct(h[key], 50) * 1000, pct(h[key], 99) * 1000
         if prev and prev in h:
             add50, add99 = p50 - pct(h[prev], 50) * 1000, p99 - pct(h[prev], 99) * 1000
-            lines.append(f"| {label} | {p50:.1f} | {p99:.1f} | +{add50:.1f} | +{add99:.1f} |")
+            lines.append(f"| {label} | {p50:.1f} | {p99:.1f} | {add50:+.1f} | {add99:+.1f} |")
         else:
             lines.append(f"| {label} | {p50:.1f} | {p99:.1f} | | |")
     return "\n".join(lines)
