@@ -15,7 +15,7 @@ from serving.api import ChatCompletionRequest, CompletionRequest, RouteTrace
 from serving.config import AppConfig
 from serving.engines.serve_llm import ServeLLMEngine
 from serving.errors import EngineUnavailableError, InferenceOptimizerError, InvalidRequestError, to_openai_error
-from serving.metrics import ServeMetrics
+from serving.metrics import Metrics, ServeMetrics
 from serving.router import TieredRouter
 from serving.service import OpenAIService, parse_request
 
@@ -24,12 +24,15 @@ ROUTE_HEADER = "x-infopt-route"
 HEALTH_TIMEOUT_S = 10.0
 
 app = FastAPI(title="Inference Optimizer", description="OpenAI-compatible tiered LLM serving on Ray Serve.")
+# The replica's metrics, set by Ingress.__init__ so that the error handlers below count errors too.
+_metrics: Metrics = Metrics()
 
 
 @app.exception_handler(InferenceOptimizerError)
 async def _known_error(request: Request, exc: InferenceOptimizerError) -> JSONResponse:
     status, body = to_openai_error(exc)
     headers = {ROUTE_HEADER: exc.route.tier or "none"} if isinstance(exc.route, RouteTrace) else None
+    _metrics.request("error", status)
     return JSONResponse(body, status_code=status, headers=headers)
 
 
@@ -37,6 +40,7 @@ async def _known_error(request: Request, exc: InferenceOptimizerError) -> JSONRe
 async def _unknown_error(request: Request, exc: Exception) -> JSONResponse:
     logger.exception("unexpected error on %s %s", request.method, request.url.path)
     status, body = to_openai_error(exc)
+    _metrics.request("error", status)
     return JSONResponse(body, status_code=status)
 
 
@@ -56,7 +60,8 @@ class Ingress:
     """Routes OpenAI requests through the tiered router; see `serving.service`."""
 
     def __init__(self, scout: Any, validator: Any, config: AppConfig) -> None:
-        self.metrics = ServeMetrics()
+        global _metrics
+        self.metrics = _metrics = ServeMetrics()
         router = TieredRouter(
             ServeLLMEngine(scout, config.scout.served_name()),
             ServeLLMEngine(validator, config.validator.served_name()),

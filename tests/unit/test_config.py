@@ -119,7 +119,11 @@ def test_llm_config_accepts_our_kwargs():
     for profile in ("tiny", "gpu-a100x4"):
         cfg = load_profile(profile)
         for engine in (cfg.scout, cfg.validator):
-            LLMConfig(**llm_config_kwargs(engine, engine.model))
+            llm = LLMConfig(**llm_config_kwargs(engine, engine.model))
+            assert llm.model_id == engine.served_name()
+            assert llm.engine_kwargs["max_model_len"] == engine.max_model_len
+            uses_gpu = any(b.get("GPU") for b in llm.placement_group_config["bundles"])
+            assert uses_gpu == (engine.device == "gpu")
 
 
 def test_readme_documents_every_config_key():
