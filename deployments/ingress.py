@@ -5,17 +5,18 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Awaitable
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ray import serve
 
 from serving.api import ChatCompletionRequest, CompletionRequest, RouteTrace
 from serving.config import AppConfig
 from serving.engines.serve_llm import ServeLLMEngine
 from serving.errors import EngineUnavailableError, InferenceOptimizerError, InvalidRequestError, to_openai_error
-from serving.metrics import Metrics, ServeMetrics
+from serving.metrics import ServeMetrics
 from serving.router import TieredRouter
 from serving.service import OpenAIService, parse_request
 
@@ -24,24 +25,26 @@ ROUTE_HEADER = "x-infopt-route"
 HEALTH_TIMEOUT_S = 10.0
 
 app = FastAPI(title="Inference Optimizer", description="OpenAI-compatible tiered LLM serving on Ray Serve.")
-# The replica's metrics, set by Ingress.__init__ so that the error handlers below count errors too.
-_metrics: Metrics = Metrics()
 
 
+def error_response(exc: BaseException) -> JSONResponse:
+    """The OpenAI-style error response for `exc` (mapping in `serving.errors`)."""
+    status, body = to_openai_error(exc)
+    route = getattr(exc, "route", None)
+    headers = {ROUTE_HEADER: route.tier or "none"} if isinstance(route, RouteTrace) else None
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+# Safety nets for anything raised outside the endpoints below (they handle their own errors).
 @app.exception_handler(InferenceOptimizerError)
 async def _known_error(request: Request, exc: InferenceOptimizerError) -> JSONResponse:
-    status, body = to_openai_error(exc)
-    headers = {ROUTE_HEADER: exc.route.tier or "none"} if isinstance(exc.route, RouteTrace) else None
-    _metrics.request("error", status)
-    return JSONResponse(body, status_code=status, headers=headers)
+    return error_response(exc)
 
 
 @app.exception_handler(Exception)
 async def _unknown_error(request: Request, exc: Exception) -> JSONResponse:
     logger.exception("unexpected error on %s %s", request.method, request.url.path)
-    status, body = to_openai_error(exc)
-    _metrics.request("error", status)
-    return JSONResponse(body, status_code=status)
+    return error_response(exc)
 
 
 async def _json_body(request: Request) -> Any:
@@ -60,8 +63,7 @@ class Ingress:
     """Routes OpenAI requests through the tiered router; see `serving.service`."""
 
     def __init__(self, scout: Any, validator: Any, config: AppConfig) -> None:
-        global _metrics
-        self.metrics = _metrics = ServeMetrics()
+        self.metrics = ServeMetrics()
         router = TieredRouter(
             ServeLLMEngine(scout, config.scout.served_name()),
             ServeLLMEngine(validator, config.validator.served_name()),
@@ -83,19 +85,37 @@ class Ingress:
             headers={ROUTE_HEADER: trace.tier or "none", "cache-control": "no-cache"},
         )
 
-    @app.post("/v1/chat/completions")
-    async def chat_completions(self, request: Request) -> Any:
+    async def _answer(self, work: Awaitable[Response]) -> Response:
+        """Await an endpoint's work; errors become OpenAI errors here, where they are counted."""
+        try:
+            return await work
+        except InferenceOptimizerError as exc:
+            response = error_response(exc)
+        except Exception as exc:
+            logger.exception("unexpected error")
+            response = error_response(exc)
+        self.metrics.request("error", response.status_code)
+        return response
+
+    async def _chat(self, request: Request) -> Response:
         req = parse_request(ChatCompletionRequest, await _json_body(request))
         if req.stream:
             return self._stream(*await self.service.chat_stream(req))
         return self._respond(*await self.service.chat(req))
 
-    @app.post("/v1/completions")
-    async def completions(self, request: Request) -> Any:
+    async def _completion(self, request: Request) -> Response:
         req = parse_request(CompletionRequest, await _json_body(request))
         if req.stream:
             return self._stream(*await self.service.completion_stream(req))
         return self._respond(*await self.service.completion(req))
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(self, request: Request) -> Response:
+        return await self._answer(self._chat(request))
+
+    @app.post("/v1/completions")
+    async def completions(self, request: Request) -> Response:
+        return await self._answer(self._completion(request))
 
     @app.get("/v1/models")
     async def models(self) -> dict[str, Any]:
