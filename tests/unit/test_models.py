@@ -40,7 +40,7 @@ def test_assemble_rejects_wrong_size_and_missing_parts(tmp_path):
 def test_sha256_mismatch_refuses_the_file(tmp_path, monkeypatch):
     entry = fake_entry(tmp_path, [b"tampered"], "0" * 64)
     monkeypatch.setitem(CATALOG, "fake", entry)
-    monkeypatch.setattr(prep, "install_packages", lambda e, target, log: None)
+    monkeypatch.setattr(prep, "install_packages", lambda e, target: None)
     cache = tmp_path / "cache"
     (cache / "packages").mkdir(parents=True)
     (tmp_path / "pkgs").rename(cache / "packages" / "fake")

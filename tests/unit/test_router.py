@@ -6,6 +6,7 @@ import pytest
 from serving.config import TieringConfig
 from serving.engines.base import GenerationRequest
 from serving.errors import EngineTimeoutError, EngineUnavailableError
+from serving.metrics import Metrics
 from serving.router import TieredRouter
 from tests.unit.fakes import FakeEngine
 
@@ -145,3 +146,25 @@ def test_stream_validator_timeout_raises_with_trace():
     with pytest.raises(EngineTimeoutError) as info:
         run(go())
     assert info.value.route.stages[-1].decision == "failed"
+
+
+class RecordingMetrics(Metrics):
+    def __init__(self) -> None:
+        self.stages: list[tuple[str, str]] = []
+
+    def stage(self, stage: str, decision: str, latency_ms: float) -> None:
+        self.stages.append((stage, decision))
+
+
+def test_every_recorded_stage_reaches_the_metrics_even_when_a_stream_fails():
+    metrics = RecordingMetrics()
+    router, _, _ = make(UNSURE, validator_fail=True, metrics=metrics)
+
+    async def go():
+        s = await router.open_stream(req())
+        return [c async for c in s.chunks]
+
+    with pytest.raises(EngineUnavailableError) as info:
+        run(go())
+    assert metrics.stages == [(s.stage, s.decision) for s in info.value.route.stages]
+    assert metrics.stages == [("scout", "escalate"), ("validator", "failed")]

@@ -1,0 +1,27 @@
+import yaml
+
+from serving import cli
+
+
+def write_profile(path, cache_dir):
+    args = {"profile": "x", "cache_dir": str(cache_dir),
+            "scout": {"model": "smollm2-135m-instruct"}, "validator": {"model": "Qwen/Qwen2.5-7B-Instruct"}}
+    path.write_text(yaml.safe_dump({"applications": [{"import_path": "deployments.app:build_app", "args": args}]}))
+    return path
+
+
+def test_prepare_uses_the_cache_dir_the_profile_serves_from(tmp_path, monkeypatch, capsys):
+    calls = []
+    monkeypatch.setattr("serving.models.prepare_model", lambda name, cache: calls.append((name, cache)))
+    monkeypatch.delenv("INFOPT_CACHE_DIR", raising=False)
+    profile = write_profile(tmp_path / "p.yaml", tmp_path / "from-yaml")
+    assert cli.main(["models", "prepare", "--profile", str(profile)]) == 0
+    assert calls == [("smollm2-135m-instruct", tmp_path / "from-yaml")]
+    assert "Qwen/Qwen2.5-7B-Instruct: not in the catalog" in capsys.readouterr().out
+    calls.clear()
+    assert cli.main(["--cache-dir", str(tmp_path / "cli"), "models", "prepare", "--profile", str(profile)]) == 0
+    assert calls == [("smollm2-135m-instruct", tmp_path / "cli")]
+
+
+def test_prepare_needs_something_to_prepare():
+    assert cli.main(["models", "prepare"]) == 2
