@@ -1,4 +1,4 @@
-"""The application DAG: Ingress -> (Scout, Validator).
+"""The application DAG: Ingress -> (SemanticCache -> Embedder, Scout, Validator).
 
 `serve run deployments.app:build_app` (with `key=value` args or a profile's YAML) and
 `serve run cluster/<profile>.yaml` both end here.
@@ -10,6 +10,7 @@ from typing import Any
 
 from ray.serve import Application
 
+from deployments.cache import Embedder, SemanticCacheDeployment
 from deployments.engines import build_engine
 from deployments.ingress import Ingress
 from serving.config import AppConfig, load_profile
@@ -29,4 +30,21 @@ def build_app(args: dict[str, Any]) -> Application:
         num_replicas=config.api.num_replicas,
         max_ongoing_requests=config.api.max_ongoing_requests,
         ray_actor_options={"num_cpus": config.api.num_cpus},
-    ).bind(scout, validator, config)
+    ).bind(scout, validator, config, build_cache(config))
+
+
+def build_cache(config: AppConfig) -> Application | None:
+    """The SemanticCache deployment (with its Embedder), or None when the cache is off."""
+    if not config.cache.enabled:
+        return None
+    emb = config.cache.embedder
+    # Resolved here, in the driver: an unprepared embedder fails `serve run` with the fix.
+    model_path = config.resolve_model(emb.model)
+    embedder = Embedder.options(
+        autoscaling_config=emb.autoscaling.model_dump(),
+        ray_actor_options={"num_cpus": emb.num_cpus, "num_gpus": emb.num_gpus},
+    ).bind(model_path, emb)
+    return SemanticCacheDeployment.options(
+        num_replicas=config.cache.num_replicas,
+        ray_actor_options={"num_cpus": config.cache.num_cpus},
+    ).bind(embedder, config)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import logging
+import time
 from collections.abc import Awaitable
 from typing import Any
 
@@ -13,9 +15,17 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ray import serve
 
 from serving.api import ChatCompletionRequest, CompletionRequest, RouteTrace
+from serving.cache.client import ServeResponseCache
+from serving.cache.store import Selector
 from serving.config import AppConfig
 from serving.engines.serve_llm import ServeLLMEngine
-from serving.errors import EngineUnavailableError, InferenceOptimizerError, InvalidRequestError, to_openai_error
+from serving.errors import (
+    AuthenticationError,
+    EngineUnavailableError,
+    InferenceOptimizerError,
+    InvalidRequestError,
+    to_openai_error,
+)
 from serving.metrics import ServeMetrics
 from serving.router import TieredRouter
 from serving.service import OpenAIService, parse_request
@@ -23,6 +33,7 @@ from serving.service import OpenAIService, parse_request
 logger = logging.getLogger("ray.serve")
 ROUTE_HEADER = "x-infopt-route"
 HEALTH_TIMEOUT_S = 10.0
+ADMIN_TIMEOUT_S = 30.0
 
 app = FastAPI(title="Inference Optimizer", description="OpenAI-compatible tiered LLM serving on Ray Serve.")
 
@@ -62,8 +73,10 @@ async def _json_body(request: Request) -> Any:
 class Ingress:
     """Routes OpenAI requests through the tiered router; see `serving.service`."""
 
-    def __init__(self, scout: Any, validator: Any, config: AppConfig) -> None:
+    def __init__(self, scout: Any, validator: Any, config: AppConfig, cache: Any = None) -> None:
         self.metrics = ServeMetrics()
+        self.cache = ServeResponseCache(cache) if cache is not None else None
+        self.cache_config = config.cache
         router = TieredRouter(
             ServeLLMEngine(scout, config.scout.served_name()),
             ServeLLMEngine(validator, config.validator.served_name()),
@@ -71,6 +84,8 @@ class Ingress:
             scout_timeout_s=config.scout.request_timeout_s,
             validator_timeout_s=config.validator.request_timeout_s,
             metrics=self.metrics,
+            cache=self.cache,
+            cache_config=config.cache,
         )
         self.service = OpenAIService(router, config.api)
 
@@ -117,6 +132,56 @@ class Ingress:
     async def completions(self, request: Request) -> Response:
         return await self._answer(self._completion(request))
 
+    # -- cache administration ---------------------------------------------------------------
+
+    def _cache_admin(self, request: Request) -> ServeResponseCache:
+        """The cache, once the caller has shown the admin key (when one is configured)."""
+        if self.cache is None:
+            raise InvalidRequestError("the semantic cache is not enabled in this deployment (cache.enabled)")
+        key = self.cache_config.admin_key
+        if key:
+            given = request.headers.get("authorization", "")
+            scheme, _, token = given.partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), key.encode()):
+                raise AuthenticationError("cache administration needs 'Authorization: Bearer <admin key>'")
+        return self.cache
+
+    async def _invalidate(self, request: Request) -> Response:
+        cache = self._cache_admin(request)
+        q = request.query_params
+        unknown = set(q) - {"namespace", "model", "older_than_s", "tag", "all"}
+        if unknown:
+            raise InvalidRequestError(f"unknown query parameter(s): {', '.join(sorted(unknown))}",
+                                      param=sorted(unknown)[0])
+        older_than = None
+        if "older_than_s" in q:
+            try:
+                age = float(q["older_than_s"])
+            except ValueError:
+                raise InvalidRequestError("older_than_s must be a number of seconds", param="older_than_s") from None
+            if age < 0:
+                raise InvalidRequestError("older_than_s must not be negative", param="older_than_s")
+            older_than = time.time() - age
+        selector = Selector(namespace=q.get("namespace"), model=q.get("model"), tag=q.get("tag"),
+                            older_than=older_than)
+        if selector.is_all() and q.get("all", "").lower() != "true":
+            raise InvalidRequestError("say which entries to delete (namespace, model, older_than_s, tag) or all=true")
+        deleted = await asyncio.wait_for(cache.invalidate(selector), ADMIN_TIMEOUT_S)
+        return JSONResponse({"object": "cache.invalidation", "deleted": deleted})
+
+    async def _stats(self, request: Request) -> Response:
+        cache = self._cache_admin(request)
+        stats = await asyncio.wait_for(cache.stats(), ADMIN_TIMEOUT_S)
+        return JSONResponse({"object": "cache.stats", **stats})
+
+    @app.delete("/v1/cache")
+    async def cache_invalidate(self, request: Request) -> Response:
+        return await self._answer(self._invalidate(request))
+
+    @app.get("/v1/cache/stats")
+    async def cache_stats(self, request: Request) -> Response:
+        return await self._answer(self._stats(request))
+
     @app.get("/v1/models")
     async def models(self) -> dict[str, Any]:
         return self.service.list_models()
@@ -124,7 +189,15 @@ class Ingress:
     @app.get("/healthz")
     async def healthz(self) -> dict[str, Any]:
         try:
-            return await asyncio.wait_for(self.service.check_health(), HEALTH_TIMEOUT_S)
+            health = await asyncio.wait_for(self.service.check_health(), HEALTH_TIMEOUT_S)
         except TimeoutError:
             raise EngineUnavailableError(f"engines did not answer a health check within {HEALTH_TIMEOUT_S:g} s") \
                 from None
+        if self.cache is not None:
+            # Reported, never fatal: requests bypass a cache that is down.
+            try:
+                await asyncio.wait_for(self.cache.stats(), self.cache_config.timeout_s)
+                health["cache"] = "ok"
+            except Exception as exc:
+                health["cache"] = f"unavailable ({type(exc).__name__})"
+        return health

@@ -70,6 +70,29 @@ class StreamOptions(_Strict):
 Stop = Annotated[str | list[str] | None, Field(description="Up to 4 sequences where generation stops.")]
 
 
+# Namespaces and tags end up in payload indexes and in DELETE /v1/cache query strings.
+_NAME = r"^[A-Za-z0-9_.:\-]{1,64}$"
+
+
+class CacheControl(_Strict):
+    """Per-request semantic cache control (the `cache` extension field)."""
+
+    mode: Literal["use", "bypass", "refresh"] = Field(
+        "use",
+        description="'use': look up, then admit; 'bypass': neither; 'refresh': skip the lookup, admit the new answer.",
+    )
+    namespace: str | None = Field(
+        None, pattern=_NAME, description="Tenant or application whose entries this request may see and write."
+    )
+    ttl_s: float | None = Field(None, gt=0, description="Lifetime of the entry this request admits (seconds).")
+    allow_sampled: bool = Field(
+        False, description="Cache this request although it samples (temperature > 0, no seed)."
+    )
+    tags: list[Annotated[str, Field(pattern=_NAME)]] = Field(
+        default_factory=list, max_length=8, description="Labels stored with the entry (invalidate by tag)."
+    )
+
+
 class _SamplingFields(_Strict):
     """Fields shared by chat and text completions."""
 
@@ -90,6 +113,7 @@ class _SamplingFields(_Strict):
     confidence_threshold: float | None = Field(
         None, ge=0, le=1, description="Per-request override of the Scout confidence threshold."
     )
+    cache: CacheControl | None = Field(None, description="Semantic cache control for this request.")
 
     @model_validator(mode="after")
     def _supported(self) -> _SamplingFields:
@@ -188,7 +212,7 @@ class CompletionRequest(_SamplingFields):
 class StageRecord(BaseModel):
     """What one stage of the request path decided, and how long it took."""
 
-    stage: str = Field(description="'scout', 'validator' (later: 'analyzer', 'cache', ...).")
+    stage: str = Field(description="'cache', 'scout', 'validator', 'admission' (later: 'analyzer', ...).")
     decision: str = Field(description="What the stage decided, e.g. 'confident', 'escalate', 'answered'.")
     latency_ms: float = Field(description="Wall time of the stage in milliseconds.")
     detail: dict[str, Any] = Field(default_factory=dict, description="Stage-specific figures.")
@@ -197,7 +221,7 @@ class StageRecord(BaseModel):
 class RouteTrace(BaseModel):
     """How a request was served: returned as the `route` object and `x-infopt-route` header."""
 
-    tier: str | None = Field(None, description="Who produced the answer: 'scout', 'validator' (later 'cache').")
+    tier: str | None = Field(None, description="Who produced the answer: 'cache', 'scout' or 'validator'.")
     requested_model: str = Field("auto", description="The `model` the client asked for.")
     reason: str | None = Field(None, description="Why that tier answered.")
     confidence: float | None = Field(None, description="Scout confidence score, when the Scout ran.")

@@ -48,11 +48,14 @@ def cmd_models_prepare(ns: argparse.Namespace) -> int:
     for profile in ns.profile or []:
         config = load_profile(profile)
         cache = Path(ns.cache_dir) if ns.cache_dir else config.cache_dir
-        for engine in (config.scout, config.validator):
-            if engine.model in CATALOG:
-                jobs.append((engine.model, cache))
+        models = [config.scout.model, config.validator.model]
+        if config.cache.enabled:
+            models.append(config.cache.embedder.model)
+        for model in models:
+            if model in CATALOG:
+                jobs.append((model, cache))
             else:
-                print(f"{engine.model}: not in the catalog (a hub ID or path): vLLM loads it itself, skipping")
+                print(f"{model}: not in the catalog (a hub ID or path): it is loaded as given, skipping")
     if ns.embedder:
         jobs.append(("all-minilm-l6-v2", default_cache))
     if not jobs:

@@ -9,7 +9,7 @@ automatically. Later stages (cache, analyzer, ...) add their metrics here the sa
 from __future__ import annotations
 
 # Milliseconds: from a cache hit (~1 ms) to a long CPU generation (minutes).
-LATENCY_BOUNDARIES_MS = [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 120000, 300000]
+LATENCY_BOUNDARIES_MS = [0.5, 1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 120000, 300000]
 CONFIDENCE_BOUNDARIES = [0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99]
 
 
@@ -27,6 +27,12 @@ class Metrics:
 
     def tokens(self, tier: str, prompt_tokens: int, completion_tokens: int) -> None:
         """Tokens processed by a tier."""
+
+    def cache_event(self, event: str, reason: str = "", n: int = 1) -> None:
+        """Cache events: exact_hit, semantic_hit, miss, guard_rejected (reason), admitted, evicted, expired, ..."""
+
+    def cache_lookup(self, decision: str, latency_ms: float) -> None:
+        """One lookup inside the cache (embedding and store search included)."""
 
 
 class ServeMetrics(Metrics):
@@ -51,6 +57,15 @@ class ServeMetrics(Metrics):
             f"{prefix}_tokens", description="Tokens processed per tier and kind.", tag_keys=("tier", "kind")
         )
 
+        self._cache_events = m.Counter(
+            f"{prefix}_cache_events", description="Semantic cache events (hits, misses, guard rejections, "
+            "admissions, evictions, expirations).", tag_keys=("event", "reason"),
+        )
+        self._cache_lookup_ms = m.Histogram(
+            f"{prefix}_cache_lookup_ms", description="Latency of cache lookups inside the cache deployment.",
+            boundaries=LATENCY_BOUNDARIES_MS, tag_keys=("decision",),
+        )
+
     def request(self, route: str, status: int) -> None:
         self._requests.inc(tags={"route": route, "status": str(status)})
 
@@ -63,3 +78,10 @@ class ServeMetrics(Metrics):
     def tokens(self, tier: str, prompt_tokens: int, completion_tokens: int) -> None:
         self._tokens.inc(prompt_tokens, tags={"tier": tier, "kind": "prompt"})
         self._tokens.inc(completion_tokens, tags={"tier": tier, "kind": "completion"})
+
+    def cache_event(self, event: str, reason: str = "", n: int = 1) -> None:
+        if n:
+            self._cache_events.inc(n, tags={"event": event, "reason": reason})
+
+    def cache_lookup(self, decision: str, latency_ms: float) -> None:
+        self._cache_lookup_ms.observe(latency_ms, tags={"decision": decision})

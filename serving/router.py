@@ -1,12 +1,18 @@
-"""The request path: Scout first, Validator when the Scout is not sure.
+"""The request path: cache, then Scout, then Validator when the Scout is not sure.
 
 One decision per stage, each recorded in the `RouteTrace` returned with the answer:
 
+* ``cache`` stage (when a cache is configured) — ``exact_hit`` / ``semantic_hit`` serve
+  the cached answer (tier ``cache``); ``miss`` goes on; ``skipped`` when the request may
+  not use the cache (sampled, logprobs, ``cache.mode`` bypass/refresh); ``bypass`` when
+  the cache failed or was too slow: a cache problem never fails a request.
 * ``scout`` stage — the Scout answers with token logprobs; its confidence (see
   `serving.confidence`) is compared with the threshold: ``confident`` returns the
   Scout's answer, ``escalate`` hands over to the Validator. A Scout that fails or
   times out also escalates (``failed``): the Validator can still answer.
 * ``validator`` stage — the Validator answers (``answered``).
+* ``admission`` stage (after a miss) — the answer is ``admitted`` to the cache, or
+  ``rejected`` by the admission policy (`serving.cache.policy`), or ``failed``.
 
 A client may force a tier with ``model: scout`` / ``model: validator``; the stage then
 records ``forced``. Errors carry the trace so far (`exc.route`).
@@ -20,15 +26,25 @@ time-to-first-token for a much shorter end-to-end time on small models.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 
-from serving.api import RouteTrace
+from serving.api import CacheControl, RouteTrace
+from serving.cache.keys import CacheKey, cache_key, digest
+from serving.cache.policy import rejection_reason, skip_reason
+from serving.cache.semantic import CachedAnswer, ResponseCache
 from serving.confidence import confidence, describe
-from serving.config import TieringConfig
-from serving.engines.base import Generation, GenerationChunk, GenerationRequest, LLMEngine
-from serving.errors import EngineTimeoutError, InferenceOptimizerError, RequestError, ServiceError
+from serving.config import CacheConfig, TieringConfig
+from serving.engines.base import Generation, GenerationChunk, GenerationRequest, LLMEngine, Usage
+from serving.errors import (
+    EngineTimeoutError,
+    InferenceOptimizerError,
+    InvalidRequestError,
+    RequestError,
+    ServiceError,
+)
 from serving.metrics import Metrics
 
 
@@ -49,6 +65,16 @@ class RoutedStream:
     model: str
 
 
+@dataclass
+class _Admission:
+    """What admitting the answer of a cache miss needs (the lookup's embedding included)."""
+
+    key: CacheKey
+    vector: list[float] | None
+    ttl_s: float | None
+    tags: list[str]
+
+
 class TieredRouter:
     """Decides, per request, whether the Scout's answer is returned or the Validator is asked."""
 
@@ -61,6 +87,8 @@ class TieredRouter:
         scout_timeout_s: float = 300.0,
         validator_timeout_s: float = 300.0,
         metrics: Metrics | None = None,
+        cache: ResponseCache | None = None,
+        cache_config: CacheConfig | None = None,
     ) -> None:
         self.scout = scout
         self.validator = validator
@@ -68,21 +96,29 @@ class TieredRouter:
         self.scout_timeout_s = scout_timeout_s
         self.validator_timeout_s = validator_timeout_s
         self.metrics = metrics or Metrics()
+        self.cache = cache
+        self.cache_config = cache_config or CacheConfig()
+        # The engines behind every route: cached answers of other engines never match.
+        self.fingerprint = digest([scout.model_id, validator.model_id])[:16]
 
     # -- public ---------------------------------------------------------------------------
 
     async def complete(
-        self, request: GenerationRequest, model: str = "auto", threshold: float | None = None
+        self, request: GenerationRequest, model: str = "auto", threshold: float | None = None,
+        cache: CacheControl | None = None,
     ) -> Routed:
         """Answer `request`, choosing the tier by `model` ('auto', 'scout', 'validator')."""
         trace = self._new_trace(model, threshold)
         started = time.perf_counter()
         try:
-            gen = await self._scout_stage(request, model, trace)
+            gen, admission = await self._cache_stage(request, model, cache, trace)
             if gen is None:
-                gen = await self._validator_complete(request, model, trace)
-            elif not request.logprobs:
-                gen = replace(gen, tokens=None)
+                gen = await self._scout_stage(request, model, trace)
+                if gen is None:
+                    gen = await self._validator_complete(request, model, trace)
+                elif not request.logprobs:
+                    gen = replace(gen, tokens=None)
+                await self._admit(admission, gen, trace)
         except InferenceOptimizerError as exc:
             exc.route = self._finish(trace, started)
             raise
@@ -90,13 +126,20 @@ class TieredRouter:
         return Routed(gen, trace)
 
     async def open_stream(
-        self, request: GenerationRequest, model: str = "auto", threshold: float | None = None
+        self, request: GenerationRequest, model: str = "auto", threshold: float | None = None,
+        cache: CacheControl | None = None,
     ) -> RoutedStream:
         """Decide the tier (running the Scout if needed), then return the chunks to send."""
         trace = self._new_trace(model, threshold)
         started = time.perf_counter()
         try:
+            gen, admission = await self._cache_stage(request, model, cache, trace)
+            if gen is not None:
+                self._finish(trace, started)
+                return RoutedStream(_replay(gen, False), trace, gen.model)
             gen = await self._scout_stage(request, model, trace)
+            if gen is not None:
+                await self._admit(admission, gen, trace)
         except InferenceOptimizerError as exc:
             exc.route = self._finish(trace, started)
             raise
@@ -106,7 +149,7 @@ class TieredRouter:
         # Decided now, not when the generator first runs: the header is sent before any chunk.
         trace.tier, trace.reason = "validator", self._validator_reason(model, trace)
         return RoutedStream(
-            self._validator_stream(request, trace, started), trace, self.validator.model_id
+            self._validator_stream(request, trace, started, admission), trace, self.validator.model_id
         )
 
     # -- stages ---------------------------------------------------------------------------
@@ -117,6 +160,79 @@ class TieredRouter:
             threshold=self.tiering.threshold if threshold is None else threshold,
             confidence_method=describe(self.tiering.confidence),
         )
+
+    async def _cache_stage(
+        self, request: GenerationRequest, model: str, control: CacheControl | None, trace: RouteTrace
+    ) -> tuple[Generation | None, _Admission | None]:
+        """Serve from the cache when it has the answer; otherwise say how to admit the new one."""
+        if self.cache is None:
+            return None, None
+        cfg, control = self.cache_config, control or CacheControl()
+        t0 = time.perf_counter()
+        if control.ttl_s is not None and control.ttl_s > cfg.max_ttl_s:
+            raise InvalidRequestError(f"cache.ttl_s is {control.ttl_s:g}, above the limit of {cfg.max_ttl_s:g} s",
+                                      param="cache.ttl_s")
+        reason = "bypass_requested" if control.mode == "bypass" else skip_reason(
+            request, cfg, allow_sampled=control.allow_sampled)
+        if reason is not None:
+            self._record(trace, "cache", "skipped", t0, reason=reason)
+            return None, None
+        key = cache_key(request, model=model, namespace=control.namespace or cfg.default_namespace,
+                        fingerprint=self.fingerprint)
+        admission = _Admission(key, None, control.ttl_s, list(control.tags))
+        if control.mode == "refresh":
+            self._record(trace, "cache", "skipped", t0, reason="refresh")
+            return None, admission
+        try:
+            found = await asyncio.wait_for(self.cache.lookup(key), cfg.timeout_s)
+        except TimeoutError:
+            self._record(trace, "cache", "bypass", t0, error=f"lookup took longer than {cfg.timeout_s:g} s")
+            return None, None
+        except Exception as exc:  # whatever the cache's failure, the request goes on without it
+            self._record(trace, "cache", "bypass", t0, error=f"{type(exc).__name__}: {exc}"[:300])
+            return None, None
+        detail: dict[str, object] = {"namespace": key.namespace}
+        if found.rejected:
+            detail["guard_rejected"] = found.rejected
+        entry = found.entry
+        if entry is None:
+            admission.vector = found.vector
+            self._record(trace, "cache", "miss", t0, **detail)
+            return None, admission
+        self._record(trace, "cache", found.decision, t0, similarity=round(found.similarity or 1.0, 4),
+                     entry=entry.provenance(), **detail)
+        trace.tier, trace.reason = "cache", "exact" if found.decision == "exact_hit" else "semantic"
+        gen = Generation(text=entry.answer, finish_reason=entry.finish_reason,
+                         usage=Usage(entry.prompt_tokens, entry.completion_tokens), model=entry.engine_model)
+        return gen, None
+
+    async def _admit(self, admission: _Admission | None, gen: Generation, trace: RouteTrace) -> None:
+        """Offer a generated answer to the cache (policy first); never fails the request."""
+        if admission is None or self.cache is None:
+            return
+        t0 = time.perf_counter()
+        tier = trace.tier or "validator"
+        answer = CachedAnswer(
+            text=gen.text, finish_reason=gen.finish_reason, prompt_tokens=gen.usage.prompt_tokens,
+            completion_tokens=gen.usage.completion_tokens, tier=tier,
+            engine_model=gen.model or (self.scout if tier == "scout" else self.validator).model_id,
+            confidence=trace.confidence if tier == "scout" else None,
+        )
+        reason = rejection_reason(answer, self.cache_config)
+        if reason is not None:
+            self._record(trace, "admission", "rejected", t0, reason=reason)
+            return
+        try:
+            entry = await asyncio.wait_for(
+                self.cache.admit(admission.key, answer, vector=admission.vector, ttl_s=admission.ttl_s,
+                                 tags=admission.tags),
+                self.cache_config.timeout_s,
+            )
+        except Exception as exc:
+            error = "timeout" if isinstance(exc, TimeoutError) else f"{type(exc).__name__}: {exc}"[:300]
+            self._record(trace, "admission", "failed", t0, error=error)
+            return
+        self._record(trace, "admission", "admitted", t0, entry_id=entry)
 
     def _uses_scout(self, model: str) -> bool:
         return model == "scout" or (model == "auto" and self.tiering.enabled)
@@ -174,10 +290,14 @@ class TieredRouter:
         return gen
 
     async def _validator_stream(
-        self, request: GenerationRequest, trace: RouteTrace, started: float
+        self, request: GenerationRequest, trace: RouteTrace, started: float, admission: _Admission | None = None
     ) -> AsyncIterator[GenerationChunk]:
         t0 = time.perf_counter()
         tokens = 0
+        # What the stream said, so a completed answer can still be admitted to the cache.
+        parts: list[str] = []
+        finish_reason: str | None = None
+        usage = Usage()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.validator_timeout_s
         chunks = self.validator.stream(request)
@@ -191,7 +311,10 @@ class TieredRouter:
                     break
                 if chunk.usage is not None:
                     tokens = chunk.usage.completion_tokens
+                    usage = chunk.usage
                     self.metrics.tokens("validator", chunk.usage.prompt_tokens, tokens)
+                parts.append(chunk.text)
+                finish_reason = chunk.finish_reason or finish_reason
                 yield chunk
         except TimeoutError:
             exc = EngineTimeoutError(f"{self.validator.model_id} did not finish within {self.validator_timeout_s:g} s")
@@ -206,6 +329,8 @@ class TieredRouter:
             if hasattr(chunks, "aclose"):
                 await chunks.aclose()
         self._record(trace, "validator", "answered", t0, tokens=tokens)
+        gen = Generation(text="".join(parts), finish_reason=finish_reason, usage=usage, model=self.validator.model_id)
+        await self._admit(admission, gen, trace)
         self._finish(trace, started)
 
     def _record(self, trace: RouteTrace, stage: str, decision: str, started: float, **detail: object) -> None:
@@ -225,12 +350,20 @@ class TieredRouter:
         return trace
 
 
+# Before every non-space that follows a space: word-sized pieces that join back to the text.
+_WORD_START = re.compile(r"(?<=\s)(?=\S)")
+
+
 async def _replay(gen: Generation, with_logprobs: bool) -> AsyncIterator[GenerationChunk]:
-    """Replay a finished answer as chunks, one per token when the tokens spell the text."""
+    """Replay a finished answer as chunks: one per token when the tokens spell the text, else one per word."""
     tokens = gen.tokens or []
     if tokens and "".join(t.token for t in tokens) == gen.text:
         for t in tokens:
             yield GenerationChunk(text=t.token, tokens=[t] if with_logprobs else None)
-    elif gen.text:
-        yield GenerationChunk(text=gen.text, tokens=tokens if with_logprobs else None)
+    elif with_logprobs and tokens:
+        yield GenerationChunk(text=gen.text, tokens=tokens)
+    else:
+        for piece in _WORD_START.split(gen.text):
+            if piece:
+                yield GenerationChunk(text=piece)
     yield GenerationChunk(finish_reason=gen.finish_reason, usage=gen.usage)

@@ -162,7 +162,7 @@ class OpenAIService:
     async def chat(self, req: ChatCompletionRequest) -> tuple[dict[str, Any], RouteTrace]:
         """A whole chat completion and its route."""
         tier = self._route_model(req.model)
-        routed = await self.router.complete(self.chat_request(req), tier, req.confidence_threshold)
+        routed = await self.router.complete(self.chat_request(req), tier, req.confidence_threshold, req.cache)
         gen = routed.generation
         body = ChatCompletion(
             id=new_id("chatcmpl"), object="chat.completion", created=int(time.time()), model=gen.model,
@@ -175,7 +175,8 @@ class OpenAIService:
     async def completion(self, req: CompletionRequest) -> tuple[dict[str, Any], RouteTrace]:
         """A whole text completion and its route."""
         tier = self._route_model(req.model)
-        routed = await self.router.complete(self.completion_request(req), tier, req.confidence_threshold)
+        routed = await self.router.complete(self.completion_request(req), tier, req.confidence_threshold,
+                                            req.cache)
         gen = routed.generation
         body = Completion(
             id=new_id("cmpl"), object="text_completion", created=int(time.time()), model=gen.model,
@@ -195,7 +196,7 @@ class OpenAIService:
     async def chat_stream(self, req: ChatCompletionRequest) -> tuple[AsyncIterator[str], RouteTrace]:
         """SSE events of a streamed chat completion; the route is decided before the first one."""
         tier = self._route_model(req.model)
-        stream = await self.router.open_stream(self.chat_request(req), tier, req.confidence_threshold)
+        stream = await self.router.open_stream(self.chat_request(req), tier, req.confidence_threshold, req.cache)
         cid, created = new_id("chatcmpl"), int(time.time())
 
         def event(chunk: GenerationChunk | None, first: bool = False) -> dict[str, Any]:
@@ -214,7 +215,8 @@ class OpenAIService:
     async def completion_stream(self, req: CompletionRequest) -> tuple[AsyncIterator[str], RouteTrace]:
         """SSE events of a streamed text completion."""
         tier = self._route_model(req.model)
-        stream = await self.router.open_stream(self.completion_request(req), tier, req.confidence_threshold)
+        stream = await self.router.open_stream(self.completion_request(req), tier, req.confidence_threshold,
+                                               req.cache)
         cid, created = new_id("cmpl"), int(time.time())
 
         def event(chunk: GenerationChunk | None, first: bool = False) -> dict[str, Any]:

@@ -59,6 +59,9 @@ class GuardResult:
     reason: str | None = None
 
 
+PASS = GuardResult(True)
+
+
 def _words(text: str) -> list[str]:
     return [w.lower().replace("’", "'") for w in _WORD.findall(text)]
 

@@ -2,7 +2,8 @@
 
 A request is split into what must match exactly and what may match by meaning:
 
-* ``exact`` — a hash of the normalised request: namespace, model, kind, every message
+* ``exact`` — a hash of the normalised request: namespace, model (and the engines'
+  fingerprint), kind, every message
   (or the prompt) and the sampling parameters that change the output. Equal ``exact``
   keys are the same request; an exact hit needs no similarity and no guard.
 * ``context`` — a hash of everything *around* the question: the system prompt and earlier
@@ -68,6 +69,7 @@ class CacheKey:
 
     namespace: str
     model: str
+    fingerprint: str
     exact: str
     context: str
     params: str
@@ -78,8 +80,14 @@ def _messages(request: GenerationRequest) -> list[dict[str, str]]:
     return [{"role": m["role"], "content": normalize(str(m.get("content") or ""))} for m in request.messages or []]
 
 
-def cache_key(request: GenerationRequest, *, model: str, namespace: str = "default") -> CacheKey:
-    """The key of `request` answered by `model` in `namespace` (a tenant or an application)."""
+def cache_key(
+    request: GenerationRequest, *, model: str, namespace: str = "default", fingerprint: str = ""
+) -> CacheKey:
+    """The key of `request` to routing model `model` in `namespace` (a tenant or an application).
+
+    `fingerprint` names the engines behind the route (their model ids): answers cached for
+    other engines never match, so a model upgrade starts from a cold cache, not a stale one.
+    """
     params = output_params(request)
     if request.kind == "completion":
         question: str | None = normalize(request.prompt or "")
@@ -95,7 +103,10 @@ def cache_key(request: GenerationRequest, *, model: str, namespace: str = "defau
     return CacheKey(
         namespace=namespace,
         model=model,
-        exact=digest({"ns": namespace, "model": model, "kind": request.kind, "body": body, "params": params}),
+        fingerprint=fingerprint,
+        exact=digest(
+            {"ns": namespace, "model": model, "fp": fingerprint, "kind": request.kind, "body": body, "params": params}
+        ),
         context=digest({"kind": request.kind, "context": context}),
         params=digest(params),
         question=question,

@@ -5,6 +5,7 @@
 
 from serving.config.api import ApiConfig
 from serving.config.app import AppConfig, load_profile, profile_args, profile_path, profiles_dir
+from serving.config.cache import CacheConfig, EmbedderConfig
 from serving.config.engine import AutoscalingConfig, EngineConfig
 from serving.config.tiering import ConfidenceConfig, TieringConfig
 
@@ -12,7 +13,9 @@ __all__ = [
     "ApiConfig",
     "AppConfig",
     "AutoscalingConfig",
+    "CacheConfig",
     "ConfidenceConfig",
+    "EmbedderConfig",
     "EngineConfig",
     "TieringConfig",
     "load_profile",

@@ -11,6 +11,7 @@ from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from serving.config.api import ApiConfig
+from serving.config.cache import CacheConfig
 from serving.config.engine import EngineConfig
 from serving.config.tiering import TieringConfig
 
@@ -43,6 +44,7 @@ class AppConfig(BaseSettings):
     validator: EngineConfig = Field(description="The large model that answers what the Scout is unsure of.")
     tiering: TieringConfig = Field(default_factory=TieringConfig, description="Scout -> Validator decision.")
     api: ApiConfig = Field(default_factory=ApiConfig, description="Limits of the OpenAI-compatible ingress.")
+    cache: CacheConfig = Field(default_factory=CacheConfig, description="The semantic cache in front of the tiers.")
 
     @model_validator(mode="after")
     def _cores_not_shared(self) -> AppConfig:
@@ -64,6 +66,10 @@ class AppConfig(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # The environment wins over the profile file so that one YAML serves many machines.
         return env_settings, init_settings
+
+    def cache_store_path(self) -> Path:
+        """The folder of the embedded cache store: `cache.path`, or `<cache_dir>/semantic-cache`."""
+        return self.cache.path or self.cache_dir / "semantic-cache"
 
     def resolve_model(self, model: str) -> str:
         """Return what vLLM should load for `model` (see `serving.models.resolve`)."""

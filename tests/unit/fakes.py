@@ -1,10 +1,14 @@
-"""Fakes of the engine interface (they subclass the real ABC)."""
+"""Fakes of the engine and embedder interfaces (they subclass the real ABCs)."""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import math
+import re
 from collections.abc import AsyncIterator
 
+from serving.cache.embedder import Embedder
 from serving.engines.base import Generation, GenerationChunk, GenerationRequest, LLMEngine, TokenLogprob, Usage
 from serving.errors import EngineUnavailableError
 
@@ -52,3 +56,43 @@ class FakeEngine(LLMEngine):
     async def check_health(self) -> None:
         if self.fail:
             raise EngineUnavailableError(f"{self.model_id} is down")
+
+
+class FakeEmbedder(Embedder):
+    """Bag-of-words vectors (hashed, unit length): shared words make texts similar.
+
+    Good enough to exercise the cache's logic; the real model's judgement of paraphrases is
+    tested with the real model.
+    """
+
+    dimension = 64
+
+    def __init__(self, fail: bool = False, delay_s: float = 0.0) -> None:
+        self.fail = fail
+        self.delay_s = delay_s
+        self.calls = 0
+
+    @staticmethod
+    def vector(text: str) -> list[float]:
+        v = [0.0] * FakeEmbedder.dimension
+        for w in re.findall(r"\w+", text.lower()):
+            v[int(hashlib.md5(w.encode()).hexdigest(), 16) % FakeEmbedder.dimension] += 1.0
+        norm = math.sqrt(sum(x * x for x in v)) or 1.0
+        return [x / norm for x in v]
+
+    async def embed(self, texts: list[str]) -> list[list[float]]:
+        self.calls += 1
+        await asyncio.sleep(self.delay_s)
+        if self.fail:
+            raise ConnectionError("embedder is down")
+        return [self.vector(t) for t in texts]
+
+
+class FakeClock:
+    """A clock tests move by hand."""
+
+    def __init__(self, now: float = 1_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now

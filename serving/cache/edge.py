@@ -1,0 +1,156 @@
+"""`EdgeStore`: the Qdrant engine inside this process (qdrant-edge-py).
+
+Filtered search runs in Qdrant's Rust engine with payload indexes (about a millisecond at
+tens of thousands of entries), where qdrant-client's local mode filters in Python. The
+shard is persisted in its folder (write-ahead log), so entries survive a restart; the
+folder is locked by the process that opened it, hence one cache replica in this mode.
+API notes: docs/notes/qdrant-edge.md.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from serving.cache.store import (
+    FLOAT_FIELDS,
+    KEYWORD_FIELDS,
+    CacheEntry,
+    Match,
+    Selector,
+    StoreError,
+    VectorStore,
+)
+
+
+class EdgeStore(VectorStore):
+    """A persistent qdrant-edge shard in `path` holding `dimension`-d cosine vectors."""
+
+    def __init__(self, path: str | Path, dimension: int, *, open_timeout_s: float = 30.0) -> None:
+        import qdrant_edge as q
+
+        self._q = q
+        self.path = Path(path)
+        self.dimension = dimension
+        self._shard = self._open(open_timeout_s)
+
+    def _open(self, timeout_s: float):
+        q = self._q
+        self.path.mkdir(parents=True, exist_ok=True)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                if (self.path / "edge_config.json").exists():
+                    shard = q.EdgeShard.load(str(self.path))
+                else:
+                    config = q.EdgeConfig(
+                        vectors=q.EdgeVectorParams(size=self.dimension, distance=q.Distance.Cosine),
+                        # One search thread: the cache shares small machines with the engines.
+                        max_search_threads=1,
+                    )
+                    shard = q.EdgeShard.create(str(self.path), config)
+                break
+            except Exception as exc:
+                # A replica being replaced may still hold the folder's lock for a moment.
+                if "WouldBlock" not in str(exc) or time.monotonic() > deadline:
+                    raise StoreError(f"cannot open the cache store at {self.path}: {exc}") from exc
+                time.sleep(0.5)
+        schema = shard.info().payload_schema
+        for name in KEYWORD_FIELDS + FLOAT_FIELDS:
+            if name not in schema:
+                kind = q.PayloadSchemaType.Keyword if name in KEYWORD_FIELDS else q.PayloadSchemaType.Float
+                shard.update(q.UpdateOperation.create_field_index(name, kind))
+        return shard
+
+    # -- filters ----------------------------------------------------------------------
+
+    def _eq(self, key: str, value: str):
+        return self._q.FieldCondition(key=key, match=self._q.MatchValue(value))
+
+    def _range(self, key: str, **bounds: float):
+        return self._q.FieldCondition(key=key, range=self._q.RangeFloat(**bounds))
+
+    def _selector_filter(self, s: Selector):
+        q = self._q
+        must = []
+        if s.namespace is not None:
+            must.append(self._eq("namespace", s.namespace))
+        if s.model is not None:
+            must.append(q.Filter(should=[self._eq("model", s.model), self._eq("engine_model", s.model)]))
+        if s.tag is not None:
+            must.append(self._eq("tags", s.tag))
+        if s.older_than is not None:
+            must.append(self._range("created_at", lt=s.older_than))
+        if s.expired_at is not None:
+            must.append(self._range("expires_at", lte=s.expired_at))
+        return q.Filter(must=must) if must else None
+
+    # -- VectorStore ------------------------------------------------------------------
+
+    def get(self, ids: list[str]) -> list[CacheEntry]:
+        return [CacheEntry.from_payload(r.payload) for r in self._shard.retrieve(ids, True, False)]
+
+    def search(self, vector: list[float], match: Match, limit: int, threshold: float) -> list[tuple[CacheEntry, float]]:
+        q = self._q
+        flt = q.Filter(must=[
+            self._eq("lookup", "semantic"),
+            self._eq("namespace", match.namespace),
+            self._eq("model", match.model),
+            self._eq("fingerprint", match.fingerprint),
+            self._eq("context", match.context),
+            self._eq("params", match.params),
+            self._range("expires_at", gt=match.now),
+        ])
+        points = self._shard.query(q.QueryRequest(
+            query=q.Query.Nearest(list(vector)), filter=flt, limit=limit, with_payload=True, with_vector=False,
+            score_threshold=threshold,
+        ))
+        return [(CacheEntry.from_payload(p.payload), float(p.score)) for p in points]
+
+    def upsert(self, entries: list[tuple[CacheEntry, list[float]]]) -> None:
+        q = self._q
+        points = [q.Point(e.id, list(v), e.payload()) for e, v in entries]
+        self._shard.update(q.UpdateOperation.upsert_points(points))
+
+    def record_hit(self, entry: CacheEntry, now: float) -> None:
+        entry.hits += 1
+        entry.last_hit_at = now
+        self._shard.update(self._q.UpdateOperation.set_payload([entry.id], {"hits": entry.hits, "last_hit_at": now}))
+
+    def delete(self, selector: Selector) -> int:
+        q = self._q
+        flt = self._selector_filter(selector)
+        n = self._shard.count(q.CountRequest(exact=True, filter=flt))
+        if n:
+            if flt is None:
+                # delete_points_by_filter needs a filter: one that every entry matches.
+                flt = q.Filter(must=[self._range("created_at", gte=0.0)])
+            self._shard.update(q.UpdateOperation.delete_points_by_filter(flt))
+        return n
+
+    def delete_ids(self, ids: list[str]) -> None:
+        if ids:
+            self._shard.update(self._q.UpdateOperation.delete_points(ids))
+
+    def count(self, namespace: str | None = None) -> int:
+        flt = self._q.Filter(must=[self._eq("namespace", namespace)]) if namespace is not None else None
+        return self._shard.count(self._q.CountRequest(exact=True, filter=flt))
+
+    def namespaces(self) -> dict[str, int]:
+        facets = self._shard.facet(self._q.FacetRequest("namespace", limit=10_000, exact=True))
+        return {str(h.value): int(h.count) for h in facets.hits}
+
+    def least_recently_hit(self, namespace: str, n: int) -> list[str]:
+        q = self._q
+        records, _ = self._shard.scroll(q.ScrollRequest(
+            limit=n, filter=q.Filter(must=[self._eq("namespace", namespace)]), with_payload=False,
+            order_by=q.OrderBy("last_hit_at", q.Direction.Asc),
+        ))
+        return [str(r.id) for r in records]
+
+    def flush(self) -> None:
+        self._shard.flush()
+
+    def close(self) -> None:
+        self._shard.flush()
+        self._shard.close()

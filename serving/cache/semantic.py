@@ -1,0 +1,236 @@
+"""The semantic cache: exact and semantic lookup, guarded hits, admission, freshness, size.
+
+`ResponseCache` is what the request path talks to; `SemanticCache` implements it over a
+`VectorStore` and an `Embedder` (the `SemanticCache` deployment holds one, the ingress
+talks to it through `ServeResponseCache`).
+
+Lookup, in order:
+
+1. **exact** — the entry whose id is derived from the request's exact key (same namespace,
+   model, messages and output-changing parameters). No embedding, no guard.
+2. **semantic** — the last user turn is embedded; the store returns the nearest entries
+   with similarity >= `similarity_threshold` among those with the *same* namespace, model,
+   engines, context digest (system prompt + earlier turns) and parameters, not expired.
+   Each candidate, most similar first, must pass the guards (`serving.cache.guards`);
+   a vetoed candidate is counted and the next one tried.
+
+Expired entries are never returned (the search filters on `expires_at`) and are deleted by
+`sweep()`. When a namespace holds more than `max_entries_per_namespace` entries, the least
+recently hit are evicted on admission.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from abc import ABC, abstractmethod
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
+
+from serving.cache import guards
+from serving.cache.embedder import Embedder
+from serving.cache.keys import CacheKey
+from serving.cache.store import CacheEntry, Match, Selector, VectorStore, entry_id
+from serving.config.cache import CacheConfig
+from serving.metrics import Metrics
+
+T = TypeVar("T")
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class CachedAnswer:
+    """An answer offered for admission, with who produced it."""
+
+    text: str
+    finish_reason: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    tier: str
+    engine_model: str
+    confidence: float | None = None
+
+
+@dataclass
+class CacheLookup:
+    """The outcome of a lookup. On a miss, `vector` is kept so admission need not embed again."""
+
+    decision: Literal["exact_hit", "semantic_hit", "miss"]
+    entry: CacheEntry | None = None
+    similarity: float | None = None
+    vector: list[float] | None = None
+    # Semantic candidates above the threshold that a guard vetoed: [{"reason", "similarity"}].
+    rejected: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def hit(self) -> bool:
+        return self.entry is not None
+
+
+class ResponseCache(ABC):
+    """A cache of final answers, consulted before generation and fed after it."""
+
+    @abstractmethod
+    async def lookup(self, key: CacheKey) -> CacheLookup:
+        """Find an answer for `key` (exact, then semantic)."""
+
+    @abstractmethod
+    async def admit(self, key: CacheKey, answer: CachedAnswer, *, vector: list[float] | None = None,
+                    ttl_s: float | None = None, tags: list[str] | None = None) -> str:
+        """Store `answer` for `key`; return the entry id."""
+
+    @abstractmethod
+    async def invalidate(self, selector: Selector) -> int:
+        """Delete the selected entries; return how many."""
+
+    @abstractmethod
+    async def stats(self) -> dict[str, Any]:
+        """Entries per namespace and this cache's counters."""
+
+
+class SemanticCache(ResponseCache):
+    """`ResponseCache` over a vector store and an embedder (see the module docstring)."""
+
+    def __init__(
+        self,
+        store: VectorStore,
+        embedder: Embedder,
+        config: CacheConfig,
+        *,
+        metrics: Metrics | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if store.dimension != embedder.dimension:
+            raise ValueError(f"store holds {store.dimension}-d vectors, the embedder makes {embedder.dimension}-d")
+        self.store = store
+        self.embedder = embedder
+        self.config = config
+        self.metrics = metrics or Metrics()
+        self.clock = clock
+        self.counters: Counter[str] = Counter()
+        # One thread for every store call: the bindings block (and hold the GIL), and one
+        # writer at a time keeps read-modify-write steps (hits, eviction) consistent.
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cache-store")
+
+    async def _store(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    def _count(self, event: str, reason: str = "", n: int = 1) -> None:
+        self.counters[f"{event}:{reason}" if reason else event] += n
+        self.metrics.cache_event(event, reason, n)
+
+    # -- lookup ---------------------------------------------------------------------------
+
+    async def lookup(self, key: CacheKey) -> CacheLookup:
+        t0 = time.perf_counter()
+        result = await self._lookup(key)
+        self.metrics.cache_lookup(result.decision, (time.perf_counter() - t0) * 1000)
+        self._count(result.decision)
+        return result
+
+    async def _lookup(self, key: CacheKey) -> CacheLookup:
+        now = self.clock()
+        found = await self._store(self.store.get, [entry_id(key.exact)])
+        if found and found[0].expires_at > now and found[0].namespace == key.namespace:
+            entry = found[0]
+            await self._store(self.store.record_hit, entry, now)
+            return CacheLookup("exact_hit", entry, similarity=1.0)
+        if key.question is None:
+            return CacheLookup("miss")
+        (vector,) = await self.embedder.embed([key.question])
+        match = Match(namespace=key.namespace, model=key.model, fingerprint=key.fingerprint, context=key.context,
+                      params=key.params, now=now)
+        candidates = await self._store(self.store.search, vector, match, self.config.candidates,
+                                       self.config.similarity_threshold)
+        rejected: list[dict[str, Any]] = []
+        for entry, similarity in candidates:
+            verdict = guards.check(entry.question or "", key.question) if self.config.guards else guards.PASS
+            if not verdict.ok:
+                rejected.append({"reason": verdict.reason, "similarity": round(similarity, 4)})
+                self._count("guard_rejected", verdict.reason or "")
+                continue
+            await self._store(self.store.record_hit, entry, now)
+            return CacheLookup("semantic_hit", entry, similarity=similarity, rejected=rejected)
+        return CacheLookup("miss", vector=vector, rejected=rejected)
+
+    # -- admission ------------------------------------------------------------------------
+
+    async def admit(self, key: CacheKey, answer: CachedAnswer, *, vector: list[float] | None = None,
+                    ttl_s: float | None = None, tags: list[str] | None = None) -> str:
+        now = self.clock()
+        if vector is None:
+            if key.question is not None:
+                (vector,) = await self.embedder.embed([key.question])
+            else:
+                # Exact-only entries are never searched (semantic=False): any unit vector will do.
+                vector = [1.0] + [0.0] * (self.store.dimension - 1)
+        entry = CacheEntry(
+            namespace=key.namespace, model=key.model, fingerprint=key.fingerprint, exact=key.exact,
+            context=key.context, params=key.params, question=key.question, answer=answer.text,
+            finish_reason=answer.finish_reason, prompt_tokens=answer.prompt_tokens,
+            completion_tokens=answer.completion_tokens, tier=answer.tier, engine_model=answer.engine_model,
+            confidence=answer.confidence, created_at=now, expires_at=now + (ttl_s or self.config.default_ttl_s),
+            last_hit_at=now, hits=0, tags=sorted(set(tags or [])),
+        )
+        await self._store(self._write, entry, vector)
+        self._count("admitted")
+        return entry.id
+
+    def _write(self, entry: CacheEntry, vector: list[float]) -> None:
+        """Upsert, then evict the least recently hit entries of the namespace beyond its cap."""
+        self.store.upsert([(entry, vector)])
+        excess = self.store.count(entry.namespace) - self.config.max_entries_per_namespace
+        if excess > 0:
+            victims = [i for i in self.store.least_recently_hit(entry.namespace, excess + 1) if i != entry.id]
+            self.store.delete_ids(victims[:excess])
+            self._count("evicted", n=len(victims[:excess]))
+
+    # -- freshness and administration -----------------------------------------------------
+
+    async def sweep(self) -> int:
+        """Delete expired entries; return how many."""
+        n = await self._store(self.store.delete, Selector(expired_at=self.clock()))
+        if n:
+            self._count("expired", n=n)
+        await self._store(self.store.flush)
+        return n
+
+    async def sweep_forever(self, interval_s: float) -> None:
+        """Sweep every `interval_s` seconds until cancelled; a failed sweep is logged and retried."""
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await self.sweep()
+            except Exception:
+                logger.exception("cache sweep failed")
+
+    async def invalidate(self, selector: Selector) -> int:
+        n = await self._store(self.store.delete, selector)
+        self._count("invalidated", n=n)
+        return n
+
+    async def stats(self) -> dict[str, Any]:
+        namespaces = await self._store(self.store.namespaces)
+        return {
+            "entries": sum(namespaces.values()),
+            "namespaces": namespaces,
+            "backend": type(self.store).__name__,
+            "similarity_threshold": self.config.similarity_threshold,
+            "guards": self.config.guards,
+            "max_entries_per_namespace": self.config.max_entries_per_namespace,
+            "counters": dict(sorted(self.counters.items())),
+        }
+
+    async def close(self) -> None:
+        """Flush and release the store."""
+        await self._store(self.store.close)
+        self._pool.shutdown(wait=True)
+
+    def close_now(self, timeout_s: float = 10.0) -> None:
+        """`close()` for synchronous callers (a replica's `__del__`)."""
+        self._pool.submit(self.store.close).result(timeout=timeout_s)
+        self._pool.shutdown(wait=False)

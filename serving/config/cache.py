@@ -1,0 +1,117 @@
+"""Configuration of the semantic cache: its store, its embedder and its policies."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from serving.config.engine import AutoscalingConfig
+
+
+class EmbedderConfig(BaseModel):
+    """The sentence-embedding deployment (`Embedder`), scaled on its own."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(
+        "all-minilm-l6-v2",
+        description="Catalog name (prepared by `infopt models prepare --embedder`), local folder or hub ID "
+        "of a sentence-transformers model.",
+    )
+    dimension: int = Field(384, ge=1, description="Size of the model's embeddings (the store's vector size).")
+    device: Literal["cpu", "cuda"] = Field("cpu", description="Where the embedder runs.")
+    num_cpus: float = Field(0.25, gt=0, description="Ray CPUs reserved by each embedder replica.")
+    num_gpus: float = Field(0.0, ge=0, description="Ray GPUs reserved by each embedder replica (device 'cuda').")
+    torch_threads: int = Field(1, ge=1, description="CPU threads torch may use per replica.")
+    max_batch_size: int = Field(32, ge=1, description="Most texts embedded in one `@serve.batch` call.")
+    batch_wait_timeout_s: float = Field(
+        0.005, ge=0, description="How long a batch waits to fill before it is embedded."
+    )
+    autoscaling: AutoscalingConfig = Field(
+        default_factory=lambda: AutoscalingConfig(min_replicas=1, max_replicas=2, target_ongoing_requests=16),
+        description="Replica bounds of the Embedder deployment.",
+    )
+
+
+class CacheConfig(BaseModel):
+    """When an answer is served from the cache, what is admitted, and where it is kept.
+
+    Lookup is exact first (a hash of the whole normalised request), then semantic: the last
+    user turn's embedding against entries with the same context, model, parameters and
+    namespace, at similarity >= `similarity_threshold`, then the false-hit guards.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(False, description="Consult the cache before the Scout and admit answers after.")
+    backend: Literal["edge", "server"] = Field(
+        "edge",
+        description="'edge': the Qdrant engine in-process (qdrant-edge-py), persisted under `path`, one cache "
+        "replica; 'server': a Qdrant server through qdrant-client at `url` (many replicas).",
+    )
+    path: Path | None = Field(
+        None, description="Folder of the embedded store (default: <cache_dir>/semantic-cache)."
+    )
+    url: str | None = Field(None, description="Qdrant server URL for backend 'server', e.g. http://qdrant:6333.")
+    api_key: str | None = Field(None, description="Qdrant server API key (env INFOPT_CACHE__API_KEY).")
+    collection: str = Field("infopt_cache", description="Qdrant collection (server) or shard folder name (edge).")
+    num_replicas: int = Field(1, ge=1, description="SemanticCache replicas; backend 'edge' allows exactly one.")
+    num_cpus: float = Field(0.1, gt=0, description="Ray CPUs reserved by each SemanticCache replica.")
+
+    similarity_threshold: float = Field(
+        0.9,
+        ge=0,
+        le=1,
+        description="Cosine similarity a semantic hit needs (chosen with scripts/eval_cache.py on QQP for <= 1% "
+        "false hits; see docs/benchmarks.md).",
+    )
+    guards: bool = Field(
+        True, description="Veto semantic hits whose negation, opposites, numbers or names differ."
+    )
+    candidates: int = Field(
+        3, ge=1, le=32, description="Nearest entries checked by the guards before a semantic lookup is a miss."
+    )
+
+    admit_scout_min_confidence: float = Field(
+        0.7,
+        ge=0,
+        le=1,
+        description="Scout answers are admitted only with confidence >= this (stricter than the tiering "
+        "threshold); Validator answers are always final.",
+    )
+    admit_truncated: bool = Field(False, description="Also admit answers cut by max_tokens (finish_reason 'length').")
+    admit_sampled: bool = Field(
+        False,
+        description="Cache sampled requests (temperature > 0 without a seed) without the request opting in "
+        "(cache.allow_sampled).",
+    )
+    default_ttl_s: float = Field(86400.0, gt=0, description="Lifetime of an entry unless the request sets cache.ttl_s.")
+    max_ttl_s: float = Field(30 * 86400.0, gt=0, description="Largest cache.ttl_s a request may ask for.")
+    max_entries_per_namespace: int = Field(
+        100_000, ge=1, description="Entries kept per namespace; beyond it the least recently hit are evicted."
+    )
+    sweep_interval_s: float = Field(60.0, gt=0, description="How often expired entries are deleted.")
+    timeout_s: float = Field(
+        2.0, gt=0, description="A lookup or admission slower than this is abandoned; the request bypasses the cache."
+    )
+    admin_key: str | None = Field(
+        None, description="Bearer key required by DELETE /v1/cache and GET /v1/cache/stats when set "
+        "(env INFOPT_CACHE__ADMIN_KEY)."
+    )
+    default_namespace: str = Field("default", description="Namespace of requests that do not name one.")
+    embedder: EmbedderConfig = Field(default_factory=EmbedderConfig, description="The embedding deployment.")
+
+    @model_validator(mode="after")
+    def _backend_rules(self) -> CacheConfig:
+        if self.backend == "edge" and self.num_replicas != 1:
+            raise ValueError(
+                "cache.backend 'edge' keeps the store inside one process (it locks its folder): "
+                "num_replicas must be 1; use backend 'server' with a Qdrant server for more replicas"
+            )
+        if self.backend == "server" and not self.url:
+            raise ValueError("cache.backend 'server' needs cache.url (e.g. http://qdrant:6333)")
+        if self.default_ttl_s > self.max_ttl_s:
+            raise ValueError(f"default_ttl_s ({self.default_ttl_s}) exceeds max_ttl_s ({self.max_ttl_s})")
+        return self
