@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 PROFILE ?= laptop
 STAMP := $(VENV)/.installed
 
-.PHONY: install models run test test-unit lint bench-tiers clean
+.PHONY: install models run test test-unit lint bench-tiers bench-cache eval-cache clean
 
 $(STAMP): pyproject.toml constraints-cpu.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -43,6 +43,14 @@ lint: install
 bench-tiers: install
 	$(BIN)/infopt models prepare --profile tiny
 	$(BIN)/python scripts/bench_tiers.py --profile tiny
+
+bench-cache: install
+	$(BIN)/infopt models prepare --profile tiny
+	$(BIN)/python scripts/bench_cache.py --profile tiny
+
+eval-cache: install
+	$(BIN)/infopt models prepare --embedder
+	$(BIN)/python scripts/eval_cache.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

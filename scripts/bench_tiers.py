@@ -224,6 +224,9 @@ def main() -> int:
     from serving.config import load_profile
 
     config = load_profile(args.profile)
+    # Tiers and hops are measured without the cache (repeated prompts would be cache hits);
+    # scripts/bench_cache.py measures the cache.
+    config.cache.enabled = False
     ps, source = prompts(args.requests)
     result: dict = {"profile": config.profile, "scout": config.scout.served_name(),
                     "validator": config.validator.served_name(), "prompts": source, "max_tokens": args.max_tokens,

@@ -68,8 +68,8 @@ class AppConfig(BaseSettings):
         return env_settings, init_settings
 
     def cache_store_path(self) -> Path:
-        """The folder of the embedded cache store: `cache.path`, or `<cache_dir>/semantic-cache`."""
-        return self.cache.path or self.cache_dir / "semantic-cache"
+        """The folder of the embedded cache store: `cache.path`, or `<cache_dir>/semantic-cache/<profile>`."""
+        return self.cache.path or self.cache_dir / "semantic-cache" / self.profile
 
     def resolve_model(self, model: str) -> str:
         """Return what vLLM should load for `model` (see `serving.models.resolve`)."""

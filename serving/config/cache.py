@@ -52,7 +52,7 @@ class CacheConfig(BaseModel):
         "replica; 'server': a Qdrant server through qdrant-client at `url` (many replicas).",
     )
     path: Path | None = Field(
-        None, description="Folder of the embedded store (default: <cache_dir>/semantic-cache)."
+        None, description="Folder of the embedded store (default: <cache_dir>/semantic-cache/<profile>)."
     )
     url: str | None = Field(None, description="Qdrant server URL for backend 'server', e.g. http://qdrant:6333.")
     api_key: str | None = Field(None, description="Qdrant server API key (env INFOPT_CACHE__API_KEY).")

