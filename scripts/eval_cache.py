@@ -158,6 +158,7 @@ def main() -> int:
     dup = np.array([p[2] == 1 for p in pairs])
     verdicts = [guards.check(a, b) for a, b, _ in pairs]
     ok = np.array([v.ok for v in verdicts])
+    every = [guards.vetoes(a, b) for a, b, _ in pairs]
     rows = sweep(sim, dup, ok)
 
     guarded = [r for r in rows if r["guards"]]
@@ -171,6 +172,17 @@ def main() -> int:
         if a and not v.ok:
             bucket = vetoes["duplicates" if d else "non_duplicates"]
             bucket[v.reason or "?"] = bucket.get(v.reason or "?", 0) + 1
+
+    # Ablation at the chosen threshold: each guard left out in turn.
+    names = sorted(set().union(*every))
+    ablation = {}
+    for left_out in [None, *names]:
+        keep = np.array([not (v - {left_out}) for v in every])
+        hit = above & keep
+        tp, fp = int((hit & dup).sum()), int((hit & ~dup).sum())
+        ablation["all guards" if left_out is None else f"without {left_out}"] = {
+            "hit_rate_duplicates": tp / int(dup.sum()), "false_hit_rate": fp / int((~dup).sum()),
+            "precision": tp / max(tp + fp, 1)}
 
     sts = None
     sts_report = None
@@ -196,7 +208,8 @@ def main() -> int:
         "pairs": len(pairs), "duplicates": int(dup.sum()), "target_false_hit_rate": ns.target,
         "chosen": chosen, "without_guards_at_chosen": unguarded_same,
         "without_guards_lowest_within_target": unguarded_within,
-        "guard_vetoes_above_threshold": vetoes, "stsb": sts_report, "gptcache_anchor": GPTCACHE, "sweep": rows,
+        "guard_vetoes_above_threshold": vetoes, "ablation_at_chosen": ablation, "stsb": sts_report,
+        "gptcache_anchor": GPTCACHE, "sweep": rows,
     }
     (ns.out / "eval_cache.json").write_text(json.dumps(result, indent=2))
     plot(rows, chosen["threshold"], sts, ns.out / "eval_cache.png")
@@ -224,6 +237,11 @@ def main() -> int:
             f"{chosen['hit_rate_duplicates'] / max(unguarded_within['hit_rate_duplicates'], 1e-9):.2f}x recall)."
         )
     summary.append(f"Guard vetoes above the chosen threshold: {vetoes}.")
+    summary += ["", f"Ablation at {chosen['threshold']:.2f}:", "",
+                "| guards | hit rate (duplicates) | false-hit rate | precision |", "|---|---|---|---|"]
+    summary += [f"| {k} | {v['hit_rate_duplicates']:.1%} | {v['false_hit_rate']:.2%} | {v['precision']:.2%} |"
+                for k, v in ablation.items()]
+    summary.append("")
     summary.append(f"Anchor: GPTCache reports {GPTCACHE['precision']:.0%} precision at {GPTCACHE['hit_rate']:.0%} "
                    f"hit rate at its 0.95 setting.")
     if sts_report:

@@ -8,10 +8,18 @@ hit is served, the cached question and the new one are compared on what embeddin
   ...) must match, and no antonym pair ("on"/"off", "increase"/"decrease", ...) may be
   split between the two questions;
 * numbers — the multiset of numbers (digits, decimals, percentages, number words up to
-  twenty) must be equal;
+  twenty, and whole tokens that carry a digit: "iPhone 5" is not "iPhone 5s") must be equal;
+* qualifiers — a word that narrows the question ("first", "latest", "only", "best", ...)
+  in one question and not the other: "Who was the president?" is not "Who was the first
+  president?";
 * named things — quoted strings, and capitalised words that are not sentence-initial
   (a cheap proxy for named entities: "Paris" vs "Rome", "Python" vs "Java"), of either
-  question must appear in the other (in any case: users do not capitalise reliably).
+  question must appear in the other (in any case: users do not capitalise reliably);
+* swapped roles — the same content words with two of them exchanged ("Can a hospital sue
+  you?" vs "Can I sue a hospital?" keeps "hospital" and "sue" but swaps who does what).
+
+Each check raises precision at the chosen similarity threshold on real paraphrase data
+(QQP; the ablation is printed by scripts/eval_cache.py, figures in docs/benchmarks.md).
 
 No model is called: each check is a regex over two short strings (microseconds).
 """
@@ -24,7 +32,22 @@ from dataclasses import dataclass
 
 NEGATIONS = frozenset(
     "not no never none nobody nothing neither nor nowhere without cannot cant dont doesnt didnt isnt arent "
-    "wasnt werent wont wouldnt shouldnt couldnt hasnt havent hadnt aint".split()
+    "wasnt werent wont wouldnt shouldnt couldnt hasnt havent hadnt aint non".split()
+)
+# Words that narrow what is asked about. Superlatives of degree ("fastest way to learn X"
+# = "how to learn X quickly") cost some true hits, but leaving them out let more wrong
+# hits through than it saved right ones on QQP (docs/benchmarks.md).
+QUALIFIERS = frozenset(
+    "first last best worst most least only new newest latest original oldest next previous former current top "
+    "biggest largest smallest cheapest fastest easiest hardest".split()
+)
+# Function words: what is left after them is what a question is about.
+STOPWORDS = frozenset(
+    "a an the is are was were be been being do does did done doing have has had having i me my mine we us our you "
+    "your he him his she her it its they them their what which who whom whose when where why how that this these "
+    "those there here of in on at to for from by with about as into onto over under than then so if or and but "
+    "can could should would will shall may might must get got some any many much more very just also too "
+    "s t".split()
 )
 ANTONYMS: tuple[tuple[str, str], ...] = (
     ("on", "off"), ("enable", "disable"), ("enabled", "disabled"), ("increase", "decrease"),
@@ -45,7 +68,9 @@ NUMBER_WORDS = {
     )
 }
 _WORD = re.compile(r"[A-Za-z][A-Za-z'’]*")
-_NUMBER = re.compile(r"(?<![\w.])[-+]?\d[\d,]*(?:\.\d+)?%?")
+_NUMBER = re.compile(r"(?<![\w.])[-+]?\d[\d,]*(?:\.\d+)?%?(?![\w])")
+_SPACED_PERCENT = re.compile(r"(\d)\s+%")
+_DIGIT_TOKEN = re.compile(r"\b(?=\w*\d)(?=\w*[A-Za-z])\w+\b")
 _QUOTED = re.compile(r"\"([^\"]+)\"|“([^”]+)”|'([^']{2,})'|`([^`]+)`")
 _POSSESSIVE = re.compile(r"['’]s?$")
 _SENTENCE_START = re.compile(r"(?:^|[.!?]\s+|\n)\s*[\"'“(]*([A-Z][\w'’-]*)")
@@ -73,6 +98,8 @@ def negations(text: str) -> Counter[str]:
         bare = w.replace("'", "")
         if bare in NEGATIONS:
             out[bare] += 1
+        elif bare.startswith("non") and "-" in w:
+            out["non"] += 1
         elif w.endswith("n't"):
             out["n't"] += 1
     return out
@@ -81,6 +108,7 @@ def negations(text: str) -> Counter[str]:
 def numbers(text: str) -> Counter[str]:
     """Numbers as written (commas dropped, trailing zeros of decimals kept out), plus number words."""
     out: Counter[str] = Counter()
+    text = _SPACED_PERCENT.sub(r"\1%", text)
     for raw in _NUMBER.findall(text):
         n = raw.replace(",", "").lstrip("+")
         if "." in n and not n.endswith("%"):
@@ -89,6 +117,8 @@ def numbers(text: str) -> Counter[str]:
     for w in _words(text):
         if w in NUMBER_WORDS:
             out[NUMBER_WORDS[w]] += 1
+    for tok in _DIGIT_TOKEN.findall(text):
+        out[tok.lower()] += 1
     return out
 
 
@@ -101,6 +131,23 @@ def named(text: str) -> frozenset[str]:
         if m.start() not in starts and m.group(0) not in ("I", "I'm", "I've", "I'd", "I'll")
     }
     return frozenset(quoted | caps)
+
+
+def content_words(text: str) -> list[str]:
+    """The words a question is about, in order (function words and negations left out)."""
+    return [w for w in (x.replace("'", "") for x in _words(text)) if w not in STOPWORDS and w not in NEGATIONS]
+
+
+def _swapped(a: list[str], b: list[str]) -> bool:
+    """Same content words (each once), two of them exchanged: who does what to whom changed.
+
+    Only a single exchange counts: rephrasings move words around more freely ("import data
+    into MySQL from Excel" = "import Excel data into MySQL").
+    """
+    if len(a) < 2 or len(a) != len(b) or len(set(a)) != len(a) or set(a) != set(b):
+        return False
+    diff = [i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y]
+    return len(diff) == 2
 
 
 def _unmatched(names: frozenset[str], other: str) -> bool:
@@ -116,6 +163,24 @@ def _antonym_split(a: set[str], b: set[str]) -> tuple[str, str] | None:
     return None
 
 
+def vetoes(cached: str, new: str) -> set[str]:
+    """Every check that would veto (for evaluation: `check` stops at the first)."""
+    out = set()
+    if negations(cached) != negations(new):
+        out.add("negation")
+    if _antonym_split(set(_words(cached)), set(_words(new))) is not None:
+        out.add("opposite")
+    if numbers(cached) != numbers(new):
+        out.add("numbers")
+    if QUALIFIERS.intersection(_words(cached)) != QUALIFIERS.intersection(_words(new)):
+        out.add("qualifier")
+    if _unmatched(named(cached), new) or _unmatched(named(new), cached):
+        out.add("entities")
+    if _swapped(content_words(cached), content_words(new)):
+        out.add("swapped")
+    return out
+
+
 def check(cached: str, new: str) -> GuardResult:
     """Veto a semantic hit of `new` on an entry cached for `cached` when their meaning may differ."""
     if negations(cached) != negations(new):
@@ -125,6 +190,10 @@ def check(cached: str, new: str) -> GuardResult:
         return GuardResult(False, "opposite")
     if numbers(cached) != numbers(new):
         return GuardResult(False, "numbers")
+    if QUALIFIERS.intersection(_words(cached)) != QUALIFIERS.intersection(_words(new)):
+        return GuardResult(False, "qualifier")
     if _unmatched(named(cached), new) or _unmatched(named(new), cached):
         return GuardResult(False, "entities")
+    if _swapped(content_words(cached), content_words(new)):
+        return GuardResult(False, "swapped")
     return GuardResult(True)

@@ -61,7 +61,7 @@ class CacheConfig(BaseModel):
     num_cpus: float = Field(0.1, gt=0, description="Ray CPUs reserved by each SemanticCache replica.")
 
     similarity_threshold: float = Field(
-        0.9,
+        0.95,
         ge=0,
         le=1,
         description="Cosine similarity a semantic hit needs (chosen with scripts/eval_cache.py on QQP for <= 1% "

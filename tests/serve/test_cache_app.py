@@ -91,12 +91,15 @@ def test_paraphrase_is_a_semantic_hit(client: httpx.Client):
     r = ask(client, "How can I reverse a list in Python?", space)
     route = r.json()["route"]
     assert route["tier"] == "cache" and route["reason"] == "semantic", route
-    assert route["stages"][0]["detail"]["similarity"] >= 0.9
+    assert route["stages"][0]["detail"]["similarity"] >= 0.95
 
 
+# Both pairs embed above the 0.95 threshold with all-MiniLM-L6-v2 (0.986 and 0.963).
 @pytest.mark.parametrize(("cached", "asked", "guard"), [
-    ("How do I turn on the lights in Python turtle?", "How do I turn off the lights in Python turtle?", "opposite"),
-    ("What is 15 percent of 80?", "What is 20 percent of 80?", "numbers"),
+    ("In Python, how do I sort a list of dictionaries by a key in ascending order?",
+     "In Python, how do I sort a list of dictionaries by a key in descending order?", "opposite"),
+    ("What is the time complexity of Python's list.sort for 1000 items?",
+     "What is the time complexity of Python's list.sort for 5000 items?", "numbers"),
 ])
 def test_opposite_meaning_and_different_numbers_are_misses(client: httpx.Client, cached: str, asked: str, guard: str):
     space = ns()
