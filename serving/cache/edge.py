@@ -138,7 +138,8 @@ class EdgeStore(VectorStore):
 
     def namespaces(self) -> dict[str, int]:
         facets = self._shard.facet(self._q.FacetRequest("namespace", limit=10_000, exact=True))
-        return {str(h.value): int(h.count) for h in facets.hits}
+        # Deleted values linger in the facet with count 0.
+        return {str(h.value): int(h.count) for h in facets.hits if h.count}
 
     def least_recently_hit(self, namespace: str, n: int) -> list[str]:
         q = self._q

@@ -132,7 +132,7 @@ class QdrantServerStore(VectorStore):
 
     def namespaces(self) -> dict[str, int]:
         hits = self._client.facet(self.collection, "namespace", limit=10_000, exact=True).hits
-        return {str(h.value): int(h.count) for h in hits}
+        return {str(h.value): int(h.count) for h in hits if h.count}
 
     def least_recently_hit(self, namespace: str, n: int) -> list[str]:
         m = self._m

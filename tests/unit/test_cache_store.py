@@ -78,6 +78,7 @@ def test_delete_by_selector(store):
     assert store.namespaces() == {"a": 2, "b": 2}
     assert store.delete(Selector(tag="faq")) == 1
     assert store.delete(Selector(model="small")) == 1  # the engine model matches too
+    assert store.namespaces() == {"b": 2}  # an emptied namespace is gone from the stats
     assert store.delete(Selector(older_than=20.0)) == 1
     assert store.delete(Selector(expired_at=60.0)) == 1
     assert store.count() == 0
