@@ -15,8 +15,9 @@ hit is served, the cached question and the new one are compared on what embeddin
 * named things — quoted strings, and capitalised words that are not sentence-initial
   (a cheap proxy for named entities: "Paris" vs "Rome", "Python" vs "Java"), of either
   question must appear in the other (in any case: users do not capitalise reliably);
-* swapped roles — the same content words with two of them exchanged ("Can a hospital sue
-  you?" vs "Can I sue a hospital?" keeps "hospital" and "sue" but swaps who does what).
+* swapped roles — the same content words with two parts exchanged around the rest ("Can a
+  hospital sue you?" vs "Can I sue a hospital?", "Was Darth Vader more powerful than Anakin
+  Skywalker?" vs the reverse): same words, who does what to whom changed.
 
 Each check raises precision at the chosen similarity threshold on real paraphrase data
 (QQP; the ablation is printed by scripts/eval_cache.py, figures in docs/benchmarks.md).
@@ -139,15 +140,30 @@ def content_words(text: str) -> list[str]:
 
 
 def _swapped(a: list[str], b: list[str]) -> bool:
-    """Same content words (each once), two of them exchanged: who does what to whom changed.
+    """The same content words with two parts exchanged: who does what to whom changed.
 
-    Only a single exchange counts: rephrasings move words around more freely ("import data
-    into MySQL from Excel" = "import Excel data into MySQL").
+    After the common beginning and end, `a` reads X M Y and `b` reads Y M X ("Darth Vader
+    | more powerful | Anakin Skywalker"), with a middle M, or X and Y single words
+    ("hospital sue" / "sue hospital"). Moving one block past another with nothing between
+    them is how rephrasings reorder ("import data into MySQL from Excel" = "import Excel
+    data into MySQL"), so that is not counted.
     """
-    if len(a) < 2 or len(a) != len(b) or len(set(a)) != len(a) or set(a) != set(b):
+    if len(a) < 2 or len(a) != len(b) or a == b or sorted(a) != sorted(b):
         return False
-    diff = [i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y]
-    return len(diff) == 2
+    start = 0
+    while a[start] == b[start]:
+        start += 1
+    end = 0
+    while a[-1 - end] == b[-1 - end]:
+        end += 1
+    x_m_y, y_m_x = a[start:len(a) - end], b[start:len(b) - end]
+    n = len(x_m_y)
+    for i in range(1, n):  # len(X)
+        for j in range(1, n - i + 1):  # len(Y)
+            x, y, m = x_m_y[:i], x_m_y[n - j:], x_m_y[i:n - j]
+            if y_m_x == y + m + x and (m or i == j == 1):
+                return True
+    return False
 
 
 def _unmatched(names: frozenset[str], other: str) -> bool:

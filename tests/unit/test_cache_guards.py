@@ -20,6 +20,8 @@ from serving.cache.guards import check, named, negations, numbers, vetoes
         ("Who was the Nigerian president?", "Who was the first Nigerian president?", "qualifier"),
         ("Who designed Skype's new emoticons?", "Who designed Skype's original emoticons?", "qualifier"),
         ("Can a hospital sue you?", "Can I sue a hospital?", "swapped"),
+        ("Was Darth Vader more powerful than Anakin Skywalker?", "Was Anakin Skywalker more powerful than Darth Vader?",
+         "swapped"),
     ],
 )
 def test_meaning_changes_are_vetoed(a, b, reason):
