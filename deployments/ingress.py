@@ -79,7 +79,9 @@ class Ingress:
         self.cache_config = config.cache
         router = TieredRouter(
             ServeLLMEngine(scout, config.scout.served_name()),
-            ServeLLMEngine(validator, config.validator.served_name()),
+            ServeLLMEngine(validator, config.validator.served_name(),
+                           tokenizer=config.resolve_model(config.validator.model)
+                           if config.tiering.verified_escalation else None),
             config.tiering,
             scout_timeout_s=config.scout.request_timeout_s,
             validator_timeout_s=config.validator.request_timeout_s,

@@ -28,6 +28,9 @@ class Metrics:
     def tokens(self, tier: str, prompt_tokens: int, completion_tokens: int) -> None:
         """Tokens processed by a tier."""
 
+    def draft(self, proposed: int, accepted: int) -> None:
+        """One verified draft: tokens proposed by the Scout, accepted by the Validator."""
+
     def cache_event(self, event: str, reason: str = "", n: int = 1) -> None:
         """Cache events: exact_hit, semantic_hit, miss, guard_rejected (reason), admitted, evicted, expired, ..."""
 
@@ -66,6 +69,12 @@ class ServeMetrics(Metrics):
             boundaries=LATENCY_BOUNDARIES_MS, tag_keys=("decision",),
         )
 
+        self._draft_tokens = m.Counter(
+            f"{prefix}_draft_tokens", description="Verified escalation: draft tokens proposed and accepted.",
+            tag_keys=("kind",),
+        )
+        self._drafts = m.Counter(f"{prefix}_drafts_verified", description="Drafts verified by the Validator.")
+
     def request(self, route: str, status: int) -> None:
         self._requests.inc(tags={"route": route, "status": str(status)})
 
@@ -76,8 +85,19 @@ class ServeMetrics(Metrics):
         self._confidence.observe(value)
 
     def tokens(self, tier: str, prompt_tokens: int, completion_tokens: int) -> None:
-        self._tokens.inc(prompt_tokens, tags={"tier": tier, "kind": "prompt"})
-        self._tokens.inc(completion_tokens, tags={"tier": tier, "kind": "completion"})
+        # Ray counters refuse an increment of 0 (an empty answer would fail the request).
+        if prompt_tokens:
+            self._tokens.inc(prompt_tokens, tags={"tier": tier, "kind": "prompt"})
+        if completion_tokens:
+            self._tokens.inc(completion_tokens, tags={"tier": tier, "kind": "completion"})
+
+    def draft(self, proposed: int, accepted: int) -> None:
+        self._drafts.inc()
+        # Ray counters refuse an increment of 0.
+        if proposed:
+            self._draft_tokens.inc(proposed, tags={"kind": "proposed"})
+        if accepted:
+            self._draft_tokens.inc(accepted, tags={"kind": "accepted"})
 
     def cache_event(self, event: str, reason: str = "", n: int = 1) -> None:
         if n:

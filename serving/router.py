@@ -46,6 +46,7 @@ from serving.errors import (
     ServiceError,
 )
 from serving.metrics import Metrics
+from serving.verify import can_verify
 
 
 @dataclass
@@ -113,9 +114,9 @@ class TieredRouter:
         try:
             gen, admission = await self._cache_stage(request, model, cache, trace)
             if gen is None:
-                gen = await self._scout_stage(request, model, trace)
+                gen, draft = await self._scout_stage(request, model, trace)
                 if gen is None:
-                    gen = await self._validator_complete(request, model, trace)
+                    gen = await self._validator_complete(request, model, trace, draft)
                 elif not request.logprobs:
                     gen = replace(gen, tokens=None)
                 await self._admit(admission, gen, trace)
@@ -137,7 +138,7 @@ class TieredRouter:
             if gen is not None:
                 self._finish(trace, started)
                 return RoutedStream(_replay(gen, False), trace, gen.model)
-            gen = await self._scout_stage(request, model, trace)
+            gen, _draft = await self._scout_stage(request, model, trace)
             if gen is not None:
                 await self._admit(admission, gen, trace)
         except InferenceOptimizerError as exc:
@@ -237,10 +238,12 @@ class TieredRouter:
     def _uses_scout(self, model: str) -> bool:
         return model == "scout" or (model == "auto" and self.tiering.enabled)
 
-    async def _scout_stage(self, request: GenerationRequest, model: str, trace: RouteTrace) -> Generation | None:
-        """Run the Scout when the route includes it; return its answer when it is to be served."""
+    async def _scout_stage(
+        self, request: GenerationRequest, model: str, trace: RouteTrace
+    ) -> tuple[Generation | None, Generation | None]:
+        """Run the Scout when the route includes it: (its answer to serve, or its draft after an escalation)."""
         if not self._uses_scout(model):
-            return None
+            return None, None
         forced = model == "scout"
         # The Scout always returns token logprobs: they are what confidence is made of.
         scout_req = replace(request, logprobs=True)
@@ -253,7 +256,7 @@ class TieredRouter:
             self._record(trace, "scout", "failed", t0, error=exc.message)
             if forced:
                 raise
-            return None
+            return None, None
         score = confidence([t.logprob for t in gen.tokens or []], self.tiering.confidence)
         trace.confidence = round(score, 6)
         self.metrics.confidence(score)
@@ -264,9 +267,9 @@ class TieredRouter:
             finish_reason=gen.finish_reason,
         )
         if decision == "escalate":
-            return None
+            return None, gen
         trace.tier, trace.reason = "scout", decision
-        return gen
+        return gen, None
 
     def _validator_reason(self, model: str, trace: RouteTrace) -> str:
         if model == "validator":
@@ -275,16 +278,34 @@ class TieredRouter:
             return "tiering_disabled"
         return "scout_failed" if trace.stages[-1].decision == "failed" else "escalated"
 
-    async def _validator_complete(self, request: GenerationRequest, model: str, trace: RouteTrace) -> Generation:
+    async def _validator_complete(
+        self, request: GenerationRequest, model: str, trace: RouteTrace, draft: Generation | None = None
+    ) -> Generation:
         reason = self._validator_reason(model, trace)
         t0 = time.perf_counter()
+        verify = draft is not None and self.tiering.verified_escalation and self.validator.can_verify \
+            and can_verify(request) is None
         try:
-            gen = await self._call(self.validator, request, self.validator_timeout_s)
+            if verify:
+                verified = await asyncio.wait_for(self.validator.verify(request, draft.text), self.validator_timeout_s)
+                gen = verified.generation
+            else:
+                gen = await self._call(self.validator, request, self.validator_timeout_s)
+        except TimeoutError:
+            exc = EngineTimeoutError(f"{self.validator.model_id} did not answer within {self.validator_timeout_s:g} s")
+            self._record(trace, "validator", "failed", t0, error=exc.message)
+            raise exc from None
         except ServiceError as exc:
             self._record(trace, "validator", "failed", t0, error=exc.message)
             raise
-        self._record(trace, "validator", "answered", t0, tokens=gen.usage.completion_tokens,
-                     finish_reason=gen.finish_reason)
+        if verify:
+            self._record(trace, "validator", "verified", t0, tokens=gen.usage.completion_tokens,
+                         finish_reason=gen.finish_reason, draft_tokens=verified.proposed,
+                         accepted_tokens=verified.accepted, generated_tokens=verified.generated)
+            self.metrics.draft(verified.proposed, verified.accepted)
+        else:
+            self._record(trace, "validator", "answered", t0, tokens=gen.usage.completion_tokens,
+                         finish_reason=gen.finish_reason)
         self.metrics.tokens("validator", gen.usage.prompt_tokens, gen.usage.completion_tokens)
         trace.tier, trace.reason = "validator", reason
         return gen

@@ -42,3 +42,8 @@ class TieringConfig(BaseModel):
     confidence: ConfidenceConfig = Field(
         default_factory=ConfidenceConfig, description="How the confidence score is computed."
     )
+    verified_escalation: bool = Field(
+        False,
+        description="On escalation, the Validator verifies the Scout's draft in one prefill pass and generates "
+        "only the rest (greedy requests; identical output). See serving/verify.py.",
+    )

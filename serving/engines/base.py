@@ -10,7 +10,10 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from serving.verify import Verified
 
 
 @dataclass
@@ -103,3 +106,14 @@ class LLMEngine(ABC):
 
     async def check_health(self) -> None:  # noqa: B027 - optional hook, default healthy
         """Raise `EngineUnavailableError` when the engine cannot serve."""
+
+    #: Whether `verify` is implemented (see `serving.verify`).
+    can_verify: bool = False
+
+    async def verify(self, request: GenerationRequest, draft: str) -> Verified:
+        """Answer a greedy `request` by verifying `draft` (another model's answer) first.
+
+        The result must equal `generate(request)` token for token. Engines that cannot
+        score a prompt leave `can_verify` False.
+        """
+        raise NotImplementedError

@@ -20,6 +20,7 @@ from serving.errors import (
     InferenceOptimizerError,
     InvalidRequestError,
 )
+from serving.verify import Verified, accept_length
 
 _CONTEXT_MARKERS = ("maximum context length", "max_model_len", "context length", "input_tokens")
 
@@ -73,12 +74,97 @@ def _usage(u: dict[str, Any] | None) -> Usage | None:
 class ServeLLMEngine(LLMEngine):
     """Calls an LLMServer deployment through its DeploymentHandle."""
 
-    def __init__(self, handle: Any, model_id: str) -> None:
+    def __init__(self, handle: Any, model_id: str, tokenizer: str | None = None) -> None:
         from ray.serve.llm import openai_api_models as oai
 
         self._handle = handle
         self._oai = oai
         self.model_id = model_id
+        # Where the model's tokenizer is (its folder or hub ID): needed by `verify` only.
+        self._tokenizer_source = tokenizer
+        self._tokenizer: Any = None
+        self.can_verify = tokenizer is not None
+
+    # -- verified escalation ----------------------------------------------------------------
+
+    def _tok(self) -> Any:
+        if self._tokenizer is None:
+            from transformers import AutoTokenizer
+
+            self._tokenizer = AutoTokenizer.from_pretrained(self._tokenizer_source)
+            eos = {self._tokenizer.eos_token_id}
+            try:
+                from transformers import GenerationConfig
+
+                gen_eos = GenerationConfig.from_pretrained(self._tokenizer_source).eos_token_id
+                eos |= set(gen_eos if isinstance(gen_eos, list) else [gen_eos])
+            except OSError:
+                pass
+            self._eos = {e for e in eos if e is not None}
+        return self._tokenizer
+
+    def _prompt_ids(self, req: GenerationRequest) -> list[int]:
+        tok = self._tok()
+        if req.kind == "chat":
+            out = tok.apply_chat_template(req.messages, add_generation_prompt=True, tokenize=True)
+            ids = out["input_ids"] if isinstance(out, dict) or hasattr(out, "keys") else out
+            return list(ids)
+        return list(tok(req.prompt or "").input_ids)
+
+    async def _complete_ids(self, ids: list[int], max_tokens: int, **extra: Any) -> dict[str, Any]:
+        vreq = self._oai.CompletionRequest(model=self.model_id, prompt=ids, max_tokens=max_tokens, temperature=0.0,
+                                           return_token_ids=True, **extra)
+        try:
+            async for item in self._handle.completions.options(stream=True).remote(vreq):
+                if _is_error(item):
+                    raise error_from_engine(item)
+                return item.model_dump() if hasattr(item, "model_dump") else item
+        except InferenceOptimizerError:
+            raise
+        except Exception as exc:
+            raise EngineUnavailableError(f"{self.model_id}: {type(exc).__name__}: {exc}"[:500]) from exc
+        raise EngineUnavailableError(f"{self.model_id}: the engine returned no response")
+
+    async def verify(self, request: GenerationRequest, draft: str) -> Verified:
+
+        tok = self._tok()
+        prompt = self._prompt_ids(request)
+        proposed = list(tok(draft, add_special_tokens=False).input_ids)[: request.max_tokens]
+        # One prefill over prompt + draft: the Validator's own choice at every draft position,
+        # and (max_tokens=1) its next token after the whole draft.
+        scored = (await self._complete_ids(prompt + proposed, 1, prompt_logprobs=1))["choices"][0]
+        positions = scored.get("prompt_logprobs") or []
+        choices = [_top1(positions[len(prompt) + j]) for j in range(len(proposed))]
+        k = accept_length(proposed, choices)
+        if k < len(proposed):
+            correction: int | None = choices[k]
+        else:
+            nxt = scored.get("token_ids") or []
+            correction = nxt[0] if nxt else None  # None: the engine stopped right after the draft
+        ids = proposed[:k]
+        finish = "stop"
+        # Completion tokens as the engine counts them: an end-of-sequence token counts.
+        counted = k
+        if k >= request.max_tokens:
+            finish = "length"  # the whole draft, as long as the answer may be: nothing to add
+        elif correction is None or correction in self._eos:
+            counted += correction is not None  # the draft was the whole answer
+        else:
+            ids.append(correction)
+            counted += 1
+            remaining = request.max_tokens - len(ids)
+            if remaining > 0:
+                rest = await self._complete_ids(prompt + ids, remaining)
+                choice = rest["choices"][0]
+                ids += [t for t in choice.get("token_ids") or [] if t not in self._eos]
+                counted += ((rest.get("usage") or {}).get("completion_tokens")
+                            or len(choice.get("token_ids") or []))
+                finish = choice.get("finish_reason") or "stop"
+            else:
+                finish = "length"
+        text = tok.decode(ids, skip_special_tokens=True)
+        gen = Generation(text=text, finish_reason=finish, usage=Usage(len(prompt), counted), model=self.model_id)
+        return Verified(gen, proposed=len(proposed), accepted=k, generated=counted - k)
 
     def _to_vllm(self, req: GenerationRequest, stream: bool) -> Any:
         common: dict[str, Any] = dict(
@@ -176,6 +262,17 @@ class ServeLLMEngine(LLMEngine):
             await self._handle.check_health.remote()
         except Exception as exc:
             raise EngineUnavailableError(f"{self.model_id} is not healthy: {type(exc).__name__}") from exc
+
+
+def _top1(position: dict[Any, Any] | None) -> int | None:
+    """The token ranked first at one prompt position (vLLM's prompt logprobs: {token_id: Logprob})."""
+    if not position:
+        return None
+    for token_id, lp in position.items():
+        rank = lp.get("rank") if isinstance(lp, dict) else getattr(lp, "rank", None)
+        if rank == 1:
+            return int(token_id)
+    return None
 
 
 def _is_error(item: Any) -> bool:

@@ -307,3 +307,49 @@ def test_dead_scout_replica_gives_503_or_falls_back_then_recovers(svc: Service, 
         time.sleep(3)
     else:
         pytest.fail("the Scout did not come back")
+
+
+# -- verified escalation (the tiny profile turns it on) ----------------------------------
+
+VERIFY_PROMPTS = [
+    "What is the capital of France?", "Write a Python function that reverses a string.",
+    "Explain recursion in one sentence.", "What is 17 times 23?", "Name three primary colors.",
+    "How do I read a file line by line in Python?", "What does HTTP status 404 mean?",
+    "Give me a haiku about autumn.", "What is a hash map?", "Translate 'good morning' into Spanish.",
+    "Write a SQL query that counts rows in a table named users.", "Who wrote Romeo and Juliet?",
+    "What is the boiling point of water in Fahrenheit?", "List two sorting algorithms.",
+    "What is the difference between a list and a tuple in Python?", "Say hello in JSON.",
+    "How many days are in a leap year?", "Write a bash command that lists hidden files.",
+    "What is the square root of 144?", "Explain what an API is to a child.",
+    "Write a regular expression that matches an email address.", "What is the largest planet?",
+    "Describe the color blue without using the word blue.", "What is a closure in JavaScript?",
+    "Convert 100 Celsius to Kelvin.", "Suggest a name for a pet turtle.",
+]
+VERIFY_COMPLETIONS = ["def fibonacci(n):", "The three laws of motion are", "import numpy as np\n\n# create",
+                      "SELECT name FROM"]
+
+
+def test_verified_escalation_equals_the_validator_alone_token_for_token(client: httpx.Client):
+    """Greedy: the Validator verifying the Scout's draft answers exactly what it answers alone."""
+    accepted = proposed = 0
+    for prompt in VERIFY_PROMPTS:
+        body = {"messages": [{"role": "user", "content": prompt}], "temperature": 0, "max_tokens": 16}
+        alone = chat(client, model="validator", **body).json()
+        # Threshold 1.0: the Scout always escalates, so the Validator verifies its draft.
+        verified = chat(client, model="auto", confidence_threshold=1.0, **body).json()
+        assert "route" in verified, verified
+        stage = verified["route"]["stages"][-1]
+        assert stage["stage"] == "validator" and stage["decision"] == "verified", verified["route"]
+        assert verified["choices"][0]["message"]["content"] == alone["choices"][0]["message"]["content"], prompt
+        assert verified["usage"]["completion_tokens"] == alone["usage"]["completion_tokens"], prompt
+        assert verified["choices"][0]["finish_reason"] == alone["choices"][0]["finish_reason"], prompt
+        accepted += stage["detail"]["accepted_tokens"]
+        proposed += stage["detail"]["draft_tokens"]
+    for prompt in VERIFY_COMPLETIONS:
+        body = {"prompt": prompt, "temperature": 0, "max_tokens": 16}
+        alone = client.post("/v1/completions", json={**body, "model": "validator"}).json()
+        verified = client.post("/v1/completions", json={**body, "confidence_threshold": 1.0}).json()
+        assert verified["route"]["stages"][-1]["decision"] == "verified"
+        assert verified["choices"][0]["text"] == alone["choices"][0]["text"], prompt
+    assert len(VERIFY_PROMPTS) + len(VERIFY_COMPLETIONS) >= 30
+    assert proposed > 0 and 0 <= accepted <= proposed

@@ -1,0 +1,179 @@
+"""Verified escalation: acceptance logic, and `ServeLLMEngine.verify` against a scripted engine.
+
+The scripted engine plays vLLM's side of the protocol (prompt logprobs with ranks, token
+ids, usage) for a Validator whose greedy answer to any prompt is a fixed token sequence;
+the tokenizer is the real Qwen2.5 one (prepared by `make test`), so re-tokenising drafts is
+real.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+import pytest
+
+from serving.config import TieringConfig
+from serving.config.app import default_cache_dir
+from serving.engines.base import GenerationRequest
+from serving.router import TieredRouter
+from serving.verify import Verified, accept_length, can_verify
+from tests.unit.fakes import FakeEngine
+
+QWEN = default_cache_dir() / "models" / "qwen2.5-coder-0.5b-instruct"
+SMOL = default_cache_dir() / "models" / "smollm2-135m-instruct"
+ANSWER = "The capital of France is Paris. It is on the Seine."
+EOS = 151645
+
+
+def test_accept_length():
+    assert accept_length([1, 2, 3], [1, 2, 3]) == 3
+    assert accept_length([1, 2, 3], [1, 9, 3]) == 1
+    assert accept_length([1, 2, 3], [7, 2, 3]) == 0
+    assert accept_length([], [1]) == 0
+    assert accept_length([1, 2], [1]) == 1  # no choice known past the scored positions
+
+
+def test_only_plain_greedy_requests_are_verified():
+    base = dict(messages=[{"role": "user", "content": "hi"}], temperature=0)
+    assert can_verify(GenerationRequest(**base)) is None
+    assert can_verify(GenerationRequest(**{**base, "temperature": 0.7})) == "sampled"
+    assert can_verify(GenerationRequest(**base, stop=["\n"])) == "stop_strings"
+    assert can_verify(GenerationRequest(**base, logprobs=True)) == "logprobs"
+
+
+class ScriptedHandle:
+    """A Validator LLMServer whose greedy answer to any prompt is `answer` then EOS."""
+
+    def __init__(self, tokenizer, answer: str, prompt_len: int) -> None:
+        self.answer = [*tokenizer(answer, add_special_tokens=False).input_ids, EOS]
+        self.prompt_len = prompt_len
+        self.calls: list[dict] = []
+        self.completions = self
+
+    def options(self, **_):
+        return self
+
+    def remote(self, vreq):
+        return self._respond(vreq)
+
+    async def _respond(self, vreq):
+        ids, n = list(vreq.prompt), vreq.max_tokens
+        self.calls.append({"ids": ids, "max_tokens": n, "prompt_logprobs": vreq.prompt_logprobs})
+        generated = ids[self.prompt_len:]
+        plp = None
+        if vreq.prompt_logprobs:
+            plp = [None] * len(ids)
+            for p in range(self.prompt_len, len(ids)):
+                best = self.answer[p - self.prompt_len] if p - self.prompt_len < len(self.answer) else EOS
+                plp[p] = {ids[p]: {"logprob": -0.1 if ids[p] == best else -3.0, "rank": 1 if ids[p] == best else 2}}
+                plp[p][best] = {"logprob": -0.1, "rank": 1}
+        # Greedy continuation: the answer goes on where `generated` leaves it (it agrees with it).
+        rest = self.answer[len(generated):len(generated) + n]
+        finish = "stop" if rest and rest[-1] == EOS else "length"
+        yield {"choices": [{"text": "", "token_ids": rest, "finish_reason": finish, "prompt_logprobs": plp}],
+               "usage": {"prompt_tokens": len(ids), "completion_tokens": len(rest)}}
+
+
+@pytest.fixture(scope="module")
+def tok():
+    if not QWEN.exists():
+        pytest.skip(f"{QWEN} not prepared: run `infopt models prepare --profile tiny`")
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(QWEN)
+
+
+def engine_and_handle(tok, max_tokens: int = 64):
+    from serving.engines.serve_llm import ServeLLMEngine
+
+    request = GenerationRequest(messages=[{"role": "user", "content": "Capital of France?"}], temperature=0,
+                                max_tokens=max_tokens)
+    prompt = tok.apply_chat_template(request.messages, add_generation_prompt=True, tokenize=True)
+    prompt_len = len(prompt["input_ids"] if hasattr(prompt, "keys") else prompt)
+    handle = ScriptedHandle(tok, ANSWER, prompt_len)
+    engine = ServeLLMEngine(handle, "qwen", tokenizer=str(QWEN))
+    return engine, handle, request
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+@pytest.mark.parametrize(("draft", "accepted_words"), [
+    ("A city called Paris.", 0),                                       # wrong from the first token
+    ("The capital of France is Lyon, a big city.", 5),                 # wrong in the middle
+    (ANSWER, None),                                                    # the whole draft accepted
+    ("", 0),                                                           # an empty draft
+])
+def test_verify_always_returns_the_validators_own_answer(tok, draft, accepted_words):
+    engine, handle, request = engine_and_handle(tok)
+    out: Verified = run(engine.verify(request, draft))
+    assert out.generation.text == ANSWER
+    assert out.generation.finish_reason == "stop"
+    answer_tokens = len(tok(ANSWER, add_special_tokens=False).input_ids)
+    assert out.generation.usage.completion_tokens == answer_tokens + 1  # EOS counts, as vLLM counts it
+    assert out.proposed == len(tok(draft, add_special_tokens=False).input_ids)
+    if accepted_words is None:
+        assert out.accepted == out.proposed == answer_tokens
+        assert len(handle.calls) == 1  # the scoring pass already produced the final EOS: no second call
+    else:
+        prefix = " ".join(ANSWER.split()[:accepted_words])
+        assert out.accepted == (len(tok(prefix, add_special_tokens=False).input_ids) if prefix else 0)
+        assert len(handle.calls) == 2 and handle.calls[0]["prompt_logprobs"] == 1
+        # The continuation starts after the accepted prefix and the Validator's correction.
+        assert len(handle.calls[1]["ids"]) == handle.prompt_len + out.accepted + 1
+
+
+def test_draft_longer_than_max_tokens_is_cut_and_the_answer_ends_at_max_tokens(tok):
+    engine, handle, request = engine_and_handle(tok, max_tokens=4)
+    out = run(engine.verify(request, ANSWER))
+    assert out.proposed == 4 and out.accepted == 4 and len(handle.calls) == 1
+    expected = tok.decode(tok(ANSWER, add_special_tokens=False).input_ids[:4])
+    assert out.generation.text == expected and out.generation.finish_reason == "length"
+    assert out.generation.usage.completion_tokens == 4
+
+
+def test_a_draft_from_another_tokenizer_is_retokenised(tok):
+    if not SMOL.exists():
+        pytest.skip(f"{SMOL} not prepared")
+    from transformers import AutoTokenizer
+
+    smol = AutoTokenizer.from_pretrained(SMOL)
+    smol_ids = smol(ANSWER, add_special_tokens=False).input_ids
+    assert smol_ids != tok(ANSWER, add_special_tokens=False).input_ids  # really different vocabularies
+    engine, _, request = engine_and_handle(tok)
+    out = run(engine.verify(request, smol.decode(smol_ids)))
+    assert out.generation.text == ANSWER and out.accepted == out.proposed
+
+
+class VerifyingFake(FakeEngine):
+    can_verify = True
+
+    def __init__(self, *a, **kw) -> None:
+        super().__init__(*a, **kw)
+        self.drafts: list[str] = []
+
+    async def verify(self, request, draft):
+        self.drafts.append(draft)
+        gen = await self.generate(request)
+        return Verified(gen, proposed=len(draft), accepted=2, generated=gen.usage.completion_tokens - 2)
+
+
+def test_router_verifies_the_draft_on_escalation_only_when_configured():
+    unsure = [math.log(0.99)] * 3 + [math.log(0.05)]
+    for enabled in (True, False):
+        scout = FakeEngine("small", ["Par", "is", ".", ""], unsure)
+        validator = VerifyingFake("large", ["Paris", " is", " the", " capital"])
+        router = TieredRouter(scout, validator, TieringConfig(threshold=0.5, verified_escalation=enabled))
+        out = run(router.complete(GenerationRequest(messages=[{"role": "user", "content": "q"}], temperature=0)))
+        last = out.trace.stages[-1]
+        assert out.generation.text == "Paris is the capital"
+        if enabled:
+            assert last.decision == "verified" and validator.drafts == ["Paris."]
+            assert last.detail["accepted_tokens"] == 2 and last.detail["draft_tokens"] == 6
+        else:
+            assert last.decision == "answered" and validator.drafts == []
+        # Sampled requests are never verified.
+        out = run(router.complete(GenerationRequest(messages=[{"role": "user", "content": "q"}], temperature=0.5)))
+        assert out.trace.stages[-1].decision in ("answered", "confident") or out.trace.tier == "scout"
