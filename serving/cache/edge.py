@@ -16,10 +16,13 @@ from serving.cache.store import (
     FLOAT_FIELDS,
     KEYWORD_FIELDS,
     CacheEntry,
+    Condition,
     Match,
     Selector,
     StoreError,
     VectorStore,
+    match_conditions,
+    selector_conditions,
 )
 
 
@@ -64,25 +67,17 @@ class EdgeStore(VectorStore):
 
     # -- filters ----------------------------------------------------------------------
 
-    def _eq(self, key: str, value: str):
-        return self._q.FieldCondition(key=key, match=self._q.MatchValue(value))
-
-    def _range(self, key: str, **bounds: float):
-        return self._q.FieldCondition(key=key, range=self._q.RangeFloat(**bounds))
-
-    def _selector_filter(self, s: Selector):
+    def _filter(self, conditions: list[Condition]):
+        """Our conditions as a qdrant-edge `Filter` (None when there are none)."""
         q = self._q
         must = []
-        if s.namespace is not None:
-            must.append(self._eq("namespace", s.namespace))
-        if s.model is not None:
-            must.append(q.Filter(should=[self._eq("model", s.model), self._eq("engine_model", s.model)]))
-        if s.tag is not None:
-            must.append(self._eq("tags", s.tag))
-        if s.older_than is not None:
-            must.append(self._range("created_at", lt=s.older_than))
-        if s.expired_at is not None:
-            must.append(self._range("expires_at", lte=s.expired_at))
+        for c in conditions:
+            fields = [
+                q.FieldCondition(key=k, match=q.MatchValue(c.value)) if c.op == "eq"
+                else q.FieldCondition(key=k, range=q.RangeFloat(**{c.op: c.value}))
+                for k in c.keys
+            ]
+            must.append(fields[0] if len(fields) == 1 else q.Filter(should=fields))
         return q.Filter(must=must) if must else None
 
     # -- VectorStore ------------------------------------------------------------------
@@ -92,17 +87,9 @@ class EdgeStore(VectorStore):
 
     def search(self, vector: list[float], match: Match, limit: int, threshold: float) -> list[tuple[CacheEntry, float]]:
         q = self._q
-        flt = q.Filter(must=[
-            self._eq("lookup", "semantic"),
-            self._eq("namespace", match.namespace),
-            self._eq("model", match.model),
-            self._eq("fingerprint", match.fingerprint),
-            self._eq("context", match.context),
-            self._eq("params", match.params),
-            self._range("expires_at", gt=match.now),
-        ])
         points = self._shard.query(q.QueryRequest(
-            query=q.Query.Nearest(list(vector)), filter=flt, limit=limit, with_payload=True, with_vector=False,
+            query=q.Query.Nearest(list(vector)), filter=self._filter(match_conditions(match)), limit=limit,
+            with_payload=True, with_vector=False,
             score_threshold=threshold,
         ))
         return [(CacheEntry.from_payload(p.payload), float(p.score)) for p in points]
@@ -119,12 +106,11 @@ class EdgeStore(VectorStore):
 
     def delete(self, selector: Selector) -> int:
         q = self._q
-        flt = self._selector_filter(selector)
-        n = self._shard.count(q.CountRequest(exact=True, filter=flt))
+        conditions = selector_conditions(selector)
+        n = self._shard.count(q.CountRequest(exact=True, filter=self._filter(conditions)))
         if n:
-            if flt is None:
-                # delete_points_by_filter needs a filter: one that every entry matches.
-                flt = q.Filter(must=[self._range("created_at", gte=0.0)])
+            # delete_points_by_filter needs a filter: with none given, one that every entry matches.
+            flt = self._filter(conditions or [Condition(("created_at",), "gte", 0.0)])
             self._shard.update(q.UpdateOperation.delete_points_by_filter(flt))
         return n
 
@@ -133,7 +119,7 @@ class EdgeStore(VectorStore):
             self._shard.update(self._q.UpdateOperation.delete_points(ids))
 
     def count(self, namespace: str | None = None) -> int:
-        flt = self._q.Filter(must=[self._eq("namespace", namespace)]) if namespace is not None else None
+        flt = self._filter(selector_conditions(Selector(namespace=namespace)))
         return self._shard.count(self._q.CountRequest(exact=True, filter=flt))
 
     def namespaces(self) -> dict[str, int]:
@@ -144,7 +130,7 @@ class EdgeStore(VectorStore):
     def least_recently_hit(self, namespace: str, n: int) -> list[str]:
         q = self._q
         records, _ = self._shard.scroll(q.ScrollRequest(
-            limit=n, filter=q.Filter(must=[self._eq("namespace", namespace)]), with_payload=False,
+            limit=n, filter=self._filter(selector_conditions(Selector(namespace=namespace))), with_payload=False,
             order_by=q.OrderBy("last_hit_at", q.Direction.Asc),
         ))
         return [str(r.id) for r in records]

@@ -14,9 +14,12 @@ from serving.cache.store import (
     FLOAT_FIELDS,
     KEYWORD_FIELDS,
     CacheEntry,
+    Condition,
     Match,
     Selector,
     VectorStore,
+    match_conditions,
+    selector_conditions,
 )
 
 
@@ -62,26 +65,18 @@ class QdrantServerStore(VectorStore):
 
     # -- filters ----------------------------------------------------------------------
 
-    def _eq(self, key: str, value: str):
-        return self._m.FieldCondition(key=key, match=self._m.MatchValue(value=value))
-
-    def _range(self, key: str, **bounds: float):
-        return self._m.FieldCondition(key=key, range=self._m.Range(**bounds))
-
-    def _selector_filter(self, s: Selector):
+    def _filter(self, conditions: list[Condition]):
+        """Our conditions as a qdrant-client `Filter` (an empty one matches everything)."""
         m = self._m
         must = []
-        if s.namespace is not None:
-            must.append(self._eq("namespace", s.namespace))
-        if s.model is not None:
-            must.append(m.Filter(should=[self._eq("model", s.model), self._eq("engine_model", s.model)]))
-        if s.tag is not None:
-            must.append(self._eq("tags", s.tag))
-        if s.older_than is not None:
-            must.append(self._range("created_at", lt=s.older_than))
-        if s.expired_at is not None:
-            must.append(self._range("expires_at", lte=s.expired_at))
-        return m.Filter(must=must) if must else m.Filter()
+        for c in conditions:
+            fields = [
+                m.FieldCondition(key=k, match=m.MatchValue(value=c.value)) if c.op == "eq"
+                else m.FieldCondition(key=k, range=m.Range(**{c.op: c.value}))
+                for k in c.keys
+            ]
+            must.append(fields[0] if len(fields) == 1 else m.Filter(should=fields))
+        return m.Filter(must=must)
 
     # -- VectorStore ------------------------------------------------------------------
 
@@ -90,17 +85,9 @@ class QdrantServerStore(VectorStore):
         return [CacheEntry.from_payload(r.payload or {}) for r in records]
 
     def search(self, vector: list[float], match: Match, limit: int, threshold: float) -> list[tuple[CacheEntry, float]]:
-        flt = self._m.Filter(must=[
-            self._eq("lookup", "semantic"),
-            self._eq("namespace", match.namespace),
-            self._eq("model", match.model),
-            self._eq("fingerprint", match.fingerprint),
-            self._eq("context", match.context),
-            self._eq("params", match.params),
-            self._range("expires_at", gt=match.now),
-        ])
         points = self._client.query_points(
-            self.collection, query=list(vector), query_filter=flt, limit=limit, with_payload=True,
+            self.collection, query=list(vector), query_filter=self._filter(match_conditions(match)), limit=limit,
+            with_payload=True,
             score_threshold=threshold,
         ).points
         return [(CacheEntry.from_payload(p.payload or {}), float(p.score)) for p in points]
@@ -116,7 +103,7 @@ class QdrantServerStore(VectorStore):
                                  points=[entry.id], wait=True)
 
     def delete(self, selector: Selector) -> int:
-        flt = self._selector_filter(selector)
+        flt = self._filter(selector_conditions(selector))
         n = self._client.count(self.collection, count_filter=flt, exact=True).count
         if n:
             self._client.delete(self.collection, points_selector=self._m.FilterSelector(filter=flt), wait=True)
@@ -127,7 +114,7 @@ class QdrantServerStore(VectorStore):
             self._client.delete(self.collection, points_selector=self._m.PointIdsList(points=ids), wait=True)
 
     def count(self, namespace: str | None = None) -> int:
-        flt = self._m.Filter(must=[self._eq("namespace", namespace)]) if namespace is not None else None
+        flt = self._filter(selector_conditions(Selector(namespace=namespace)))
         return self._client.count(self.collection, count_filter=flt, exact=True).count
 
     def namespaces(self) -> dict[str, int]:
@@ -137,7 +124,7 @@ class QdrantServerStore(VectorStore):
     def least_recently_hit(self, namespace: str, n: int) -> list[str]:
         m = self._m
         records, _ = self._client.scroll(
-            self.collection, scroll_filter=m.Filter(must=[self._eq("namespace", namespace)]), limit=n,
+            self.collection, scroll_filter=self._filter(selector_conditions(Selector(namespace=namespace))), limit=n,
             order_by=m.OrderBy(key="last_hit_at", direction=m.Direction.ASC), with_payload=False,
         )
         return [str(r.id) for r in records]

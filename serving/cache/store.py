@@ -108,6 +108,43 @@ class Match:
     now: float  # entries with expires_at <= now are never returned
 
 
+@dataclass(frozen=True)
+class Condition:
+    """One filter condition, independent of the Qdrant binding: any of `keys` satisfies `op` `value`.
+
+    `op` is "eq" (keyword match) or a range bound: "lt", "lte", "gt", "gte".
+    """
+
+    keys: tuple[str, ...]
+    op: str
+    value: str | float
+
+
+def selector_conditions(s: Selector) -> list[Condition]:
+    """The conditions (all must hold) of an invalidation; empty: every entry."""
+    out = []
+    if s.namespace is not None:
+        out.append(Condition(("namespace",), "eq", s.namespace))
+    if s.model is not None:
+        out.append(Condition(("model", "engine_model"), "eq", s.model))
+    if s.tag is not None:
+        out.append(Condition(("tags",), "eq", s.tag))
+    if s.older_than is not None:
+        out.append(Condition(("created_at",), "lt", s.older_than))
+    if s.expired_at is not None:
+        out.append(Condition(("expires_at",), "lte", s.expired_at))
+    return out
+
+
+def match_conditions(m: Match) -> list[Condition]:
+    """The conditions (all must hold) a semantic candidate meets besides similarity."""
+    return [
+        Condition(("lookup",), "eq", "semantic"),
+        *(Condition((k,), "eq", getattr(m, k)) for k in ("namespace", "model", "fingerprint", "context", "params")),
+        Condition(("expires_at",), "gt", m.now),
+    ]
+
+
 class StoreError(Exception):
     """The store failed; the cache treats it as a miss (the request bypasses the cache)."""
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import socket
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,3 +77,27 @@ def deploy(config: AppConfig, port: int, app_builder: Any = None) -> Service:
                 pass
             time.sleep(1)
     raise RuntimeError("the service did not become healthy")
+
+
+@contextmanager
+def running(config: AppConfig) -> Iterator[Service]:
+    """Ray, the app for `config` and its metrics endpoint for the length of a test module; all torn down after."""
+    import ray
+    from ray import serve
+
+    require_models(config)
+    metrics_port = start_ray()
+    try:
+        service = deploy(config, free_port())
+        service.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+        yield service
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def client(svc: Service) -> Iterator[httpx.Client]:
+    """An HTTP client of the module's service (each module defines `svc`)."""
+    with svc.client() as c:
+        yield c

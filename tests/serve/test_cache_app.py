@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from tests.serve.conftest import Service, deploy, free_port, require_models, start_ray
+from tests.serve.conftest import Service, running
 
 pytestmark = pytest.mark.serve
 
@@ -23,33 +23,17 @@ ADMIN = {"authorization": "Bearer test-admin-key"}
 
 @pytest.fixture(scope="module")
 def svc(tmp_path_factory):
-    import ray
-    from ray import serve
-
     from serving.config import load_profile
     from serving.models import is_prepared
 
     config = load_profile("tiny")
-    require_models(config)
     if not is_prepared(config.cache.embedder.model, config.cache_dir):
         pytest.skip("embedder not prepared: run `infopt models prepare --profile tiny`")
     config.cache.path = tmp_path_factory.mktemp("semantic-cache")
     config.cache.admin_key = "test-admin-key"
     config.cache.admit_truncated = True
-    metrics_port = start_ray()
-    try:
-        service = deploy(config, free_port())
-        service.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+    with running(config) as service:
         yield service
-    finally:
-        serve.shutdown()
-        ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def client(svc: Service):
-    with svc.client() as c:
-        yield c
 
 
 def ns() -> dict:

@@ -13,7 +13,7 @@ import httpx
 import openai
 import pytest
 
-from tests.serve.conftest import Service, deploy, free_port, require_models, start_ray
+from tests.serve.conftest import Service, running
 
 pytestmark = pytest.mark.serve
 
@@ -25,9 +25,6 @@ CAPITAL = [{"role": "user", "content": "What is the capital of France?"}]
 
 @pytest.fixture(scope="module")
 def svc():
-    import ray
-    from ray import serve
-
     from serving.config import load_profile
 
     config = load_profile("tiny")
@@ -35,21 +32,8 @@ def svc():
     # Routing is tested here without the cache (its repeats would be cache hits); the cache
     # has its own module, test_cache_app.py.
     config.cache.enabled = False
-    require_models(config)
-    metrics_port = start_ray()
-    try:
-        service = deploy(config, free_port())
-        service.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+    with running(config) as service:
         yield service
-    finally:
-        serve.shutdown()
-        ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def client(svc: Service):
-    with svc.client() as c:
-        yield c
 
 
 @pytest.fixture(scope="module")
