@@ -1,0 +1,681 @@
+"""Validator-only vs tiered vs tiered + cache (+ verified escalation), one workload, one run.
+
+    python scripts/bench.py --profile tiny        # or: make bench
+    python scripts/bench.py --profile tiny --requests 24 --modes validator-only tiered
+
+For each mode the service is started afresh (Ray Serve, the profile's AppConfig with the
+mode's overrides, an empty cache, cold engines), warmed up with two requests outside the
+workload, and sent the same workload (`scripts/workload.py`, same seed: ShareGPT, exact
+repeats, QQP paraphrase pairs, GSM8K, MT-Bench sessions; greedy; half streamed) with
+`--concurrency` requests in flight at most. Modes:
+
+- `validator-only`: `tiering.enabled=false`, cache off: every request goes to the Validator.
+- `tiered`: Scout first, escalate to the Validator when unsure; cache off.
+- `tiered+cache`: the same with the semantic cache on.
+- `tiered+cache+verified`: and `tiering.verified_escalation` (the Validator verifies the
+  Scout's draft instead of regenerating it; non-streamed greedy requests).
+- `+speculative`: added when the Validator config has a `speculative` section (see
+  `speculative_overrides`).
+
+Measured per mode, printed as ratios to validator-only:
+- Validator compute: CPU-seconds of the Validator replica's process tree (the Ray actor and
+  the vLLM engine process it spawns; psutil, delta over the workload). It counts everything
+  the Validator does for the workload, prefill and verification included, which generated
+  tokens would miss. Also the Validator's busy seconds and generated tokens from the route
+  traces (the only figures available for a remote or GPU Validator).
+- p50/p99 end-to-end latency, TTFT p50 (streamed requests), throughput (requests/s).
+- Route mix (the `route` object's tier) and fidelity: the share of answers identical to the
+  validator-only answer of the same request (greedy).
+
+Writes reports/bench_<profile>.json, the section between `<!-- bench.py:start -->` and
+`<!-- bench.py:end -->` of docs/benchmarks.md (rows for every profile; profiles not run
+are "not measured"; results of other profiles are kept), and docs/img/bench_<profile>_*.png.
+Runs unchanged on CPU or GPU profiles. Absolute times on a shared machine are noise; the
+ratios, measured side by side in one run, are the result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import copy
+import json
+import math
+import os
+import platform
+import re
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "scripts"))
+
+from workload import (  # noqa: E402
+    DEFAULT_DATA_DIR,
+    Record,
+    StreamReader,
+    WorkItem,
+    WorkloadSpec,
+    build,
+    mix,
+    read_whole,
+    summarize,
+)
+
+START, END = "<!-- bench.py:start -->", "<!-- bench.py:end -->"
+RESULTS_RE = re.compile(r"<!-- bench\.py:results (.*?) -->", re.S)
+BASELINE = "validator-only"
+GPU_PROFILES = ("gpu-a100x4", "gpu-h100x8")
+VALIDATOR_ACTOR = "ServeReplica:infopt:Validator"
+WARMUP = [{"role": "user", "content": "Say hello in five words."}]
+
+
+@dataclass
+class Mode:
+    """One configuration of the service: overrides merged into the profile's config."""
+
+    key: str
+    label: str
+    overrides: dict[str, Any]
+
+
+def base_modes() -> list[Mode]:
+    off = {"enabled": False}
+    return [
+        Mode(BASELINE, "Validator only", {"tiering": {"enabled": False, "verified_escalation": False}, "cache": off}),
+        Mode("tiered", "Scout + Validator", {"tiering": {"enabled": True, "verified_escalation": False},
+                                             "cache": off}),
+        Mode("tiered+cache", "+ semantic cache", {"tiering": {"enabled": True, "verified_escalation": False},
+                                                  "cache": {"enabled": True}}),
+        Mode("tiered+cache+verified", "+ verified escalation",
+             {"tiering": {"enabled": True, "verified_escalation": True}, "cache": {"enabled": True}}),
+    ]
+
+
+def speculative_overrides() -> dict[str, Any] | None:
+    """Overrides that turn on the Validator's speculative decoding, or None while the config has none.
+
+    The hook for the speculative-decoding issue: when `EngineConfig` grows a `speculative`
+    section with an `enabled` switch, the mode appears on its own.
+    """
+    from serving.config import EngineConfig
+
+    field_info = EngineConfig.model_fields.get("speculative")
+    if field_info is None:
+        return None
+    sub = getattr(field_info.annotation, "model_fields", {})
+    if "enabled" not in sub:
+        return None
+    return {"validator": {"speculative": {"enabled": True}}}
+
+
+def all_modes() -> list[Mode]:
+    modes = base_modes()
+    spec = speculative_overrides()
+    if spec is not None:
+        last = copy.deepcopy(modes[-1].overrides)
+        modes.append(Mode("tiered+cache+verified+speculative", "+ speculative decoding", merge(last, spec)))
+    return modes
+
+
+def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """Deep-merge `over` into a copy of `base`."""
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
+# -- the Validator's compute ------------------------------------------------------------
+
+
+class CpuProbe:
+    """CPU-seconds (user + system) used by a set of processes and their descendants between two reads."""
+
+    def __init__(self, find: Callable[[], list[int]]):
+        self.find = find
+        self.before: dict[int, float] = {}
+
+    @staticmethod
+    def by_cmdline(needle: str) -> Callable[[], list[int]]:
+        """Processes whose command line (Ray's process title) contains `needle`."""
+
+        def find() -> list[int]:
+            import psutil
+
+            out = []
+            for p in psutil.process_iter(["pid", "cmdline"]):
+                cmd = " ".join(p.info.get("cmdline") or [])
+                if needle in cmd:
+                    out.append(p.info["pid"])
+            return out
+
+        return find
+
+    def _read(self) -> dict[int, float]:
+        import psutil
+
+        seen: dict[int, float] = {}
+        for pid in self.find():
+            try:
+                root = psutil.Process(pid)
+                for p in [root, *root.children(recursive=True)]:
+                    t = p.cpu_times()
+                    seen[p.pid] = t.user + t.system
+            except psutil.Error:
+                continue
+        return seen
+
+    def start(self) -> int:
+        self.before = self._read()
+        return len(self.before)
+
+    def stop(self) -> float:
+        after = self._read()
+        return sum(v - self.before.get(pid, 0.0) for pid, v in after.items())
+
+
+# -- driving the workload ---------------------------------------------------------------
+
+
+async def send(client: Any, item: WorkItem, model: str, rec: Record) -> Record:
+    """Send one request with httpx (async) and measure it the way the locustfile does."""
+    body = item.body(model)
+    t0 = time.perf_counter()
+    if not item.stream:
+        r = await client.post("/v1/chat/completions", json=body)
+        try:
+            data = r.json()
+        except ValueError:
+            data = {"error": {"message": r.text[:200]}}
+        return read_whole(rec, r.status_code, data, time.perf_counter() - t0, r.headers.get("x-infopt-route"))
+    async with client.stream("POST", "/v1/chat/completions", json=body) as r:
+        rec.status, rec.headers_s = r.status_code, time.perf_counter() - t0
+        reader = StreamReader(rec, t0)
+        if r.status_code != 200:
+            rec.error = f"HTTP {r.status_code}: {(await r.aread())[:200]!r}"
+        else:
+            async for line in r.aiter_lines():
+                if line:
+                    reader.line(line)
+        reader.close()
+        if rec.tier is None:
+            rec.tier = r.headers.get("x-infopt-route")
+    return rec
+
+
+async def drive(base_url: str, items: list[WorkItem], concurrency: int, model: str = "auto",
+                timeout_s: float = 900.0) -> tuple[list[Record], float]:
+    """Send `items` at their arrival times, at most `concurrency` at once; return the records and the wall time."""
+    import httpx
+
+    sem = asyncio.Semaphore(concurrency)
+    start = time.perf_counter()
+
+    async def one(client: httpx.AsyncClient, item: WorkItem) -> Record:
+        delay = start + item.at_s - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        async with sem:
+            rec = Record(item.id, item.kind, item.stream, lag_s=max(0.0, time.perf_counter() - start - item.at_s))
+            rec.sent_at_s = time.perf_counter() - start
+            try:
+                return await send(client, item, model, rec)
+            except Exception as exc:  # a failed request is a result, not the end of the benchmark
+                rec.error = f"{type(exc).__name__}: {exc}"
+                rec.e2e_s = time.perf_counter() - start - rec.sent_at_s
+                return rec
+
+    limits = httpx.Limits(max_connections=concurrency + 2)
+    async with httpx.AsyncClient(base_url=base_url, timeout=timeout_s, limits=limits) as client:
+        records = await asyncio.gather(*(one(client, it) for it in items))
+    return list(records), time.perf_counter() - start
+
+
+def measure(base_url: str, items: list[WorkItem], concurrency: int, probe: CpuProbe | None = None,
+            model: str = "auto") -> dict[str, Any]:
+    """Run the workload against a running service: summary, records and the Validator's CPU-seconds."""
+    idle_rate = None
+    if probe is not None and not probe.start():
+        print("  (no Validator process found on this machine: Validator CPU-s not measured)", flush=True)
+    elif probe is not None:
+        time.sleep(2.0)  # what the idle replica burns (polling threads): reported, not subtracted
+        idle_rate = probe.stop() / 2.0
+        probe.start()
+    records, wall = asyncio.run(drive(base_url, items, concurrency, model))
+    cpu = probe.stop() if probe is not None and probe.before else None
+    out = summarize(records, wall)
+    out["validator_cpu_s"] = cpu
+    out["validator_idle_cpu_per_s"] = idle_rate
+    out["records"] = [r.to_dict() for r in records]
+    return out
+
+
+# -- comparison ---------------------------------------------------------------------------
+
+
+def fidelity(records: list[dict[str, Any]], baseline: list[dict[str, Any]]) -> dict[str, Any]:
+    """Share of answers identical to the baseline's answer to the same request (both answered)."""
+    base = {r["id"]: r for r in baseline if r["ok"]}
+    same = total = 0
+    by_tier: dict[str, list[int]] = {}
+    for r in records:
+        b = base.get(r["id"])
+        if not r["ok"] or b is None:
+            continue
+        hit = r["text"] == b["text"]
+        total += 1
+        same += hit
+        t = by_tier.setdefault(r.get("tier") or "unknown", [0, 0])
+        t[0] += hit
+        t[1] += 1
+    return {"identical": same, "compared": total, "share": same / total if total else math.nan,
+            "by_tier": {k: {"identical": v[0], "compared": v[1]} for k, v in by_tier.items()}}
+
+
+def ratio(x: float | None, base: float | None) -> float:
+    if x is None or base is None or not math.isfinite(x) or not math.isfinite(base) or base == 0:
+        return math.nan
+    return x / base
+
+
+def compare(results: dict[str, dict[str, Any]], baseline: str = BASELINE) -> list[dict[str, Any]]:
+    """One row per mode: absolute figures, ratios to `baseline`, route mix and fidelity."""
+    base = results[baseline]
+    rows = []
+    for key, res in results.items():
+        fid = fidelity(res["records"], base["records"])
+        rows.append({
+            "mode": key, "label": res.get("label", key), "requests": res["requests"], "ok": res["ok"],
+            "errors": res["errors"], "route_mix": res["route_mix"],
+            "validator_cpu_s": res.get("validator_cpu_s"), "validator_busy_s": res["validator_busy_s"],
+            "validator_tokens": res["validator_tokens"], "p50_s": res["p50_s"], "p99_s": res["p99_s"],
+            "ttft_p50_s": res["ttft_p50_s"], "throughput_rps": res["throughput_rps"],
+            "fidelity": fid["share"], "fidelity_detail": fid,
+            "x": {
+                "validator_cpu_s": ratio(res.get("validator_cpu_s"), base.get("validator_cpu_s")),
+                "validator_busy_s": ratio(res["validator_busy_s"], base["validator_busy_s"]),
+                "validator_tokens": ratio(res["validator_tokens"], base["validator_tokens"]),
+                "p50_s": ratio(res["p50_s"], base["p50_s"]),
+                "p99_s": ratio(res["p99_s"], base["p99_s"]),
+                "ttft_p50_s": ratio(res["ttft_p50_s"], base["ttft_p50_s"]),
+                "throughput_rps": ratio(res["throughput_rps"], base["throughput_rps"]),
+            },
+        })
+    return rows
+
+
+def _x(v: float) -> str:
+    return "n/a" if v is None or not math.isfinite(v) else f"{v:.2f}x"
+
+
+def _s(v: float | None) -> str:
+    return "n/a" if v is None or not math.isfinite(v) else f"{v:.1f}"
+
+
+def mix_text(m: dict[str, int]) -> str:
+    order = ["cache", "scout", "validator"]
+    keys = [k for k in order if k in m] + sorted(k for k in m if k not in order)
+    return " / ".join(f"{k} {m[k]}" for k in keys)
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    """The ratio table (vs validator-only) with the absolute figures beside it."""
+    lines = [
+        "| mode | Validator CPU-s | Validator busy-s | Validator tokens | p50 latency | p99 latency | TTFT p50 "
+        "| throughput | route mix (cache / scout / validator) | identical to validator-only |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|",
+    ]
+    for r in rows:
+        x = r["x"]
+        fid = r["fidelity_detail"]
+        same = f"{fid['identical']}/{fid['compared']} ({_pct(fid['share'])})" if fid["compared"] else "n/a"
+        errors = f", {r['errors']} errors" if r["errors"] else ""
+        lines.append(
+            f"| {r['mode']} | {_x(x['validator_cpu_s'])} ({_s(r['validator_cpu_s'])} s) "
+            f"| {_x(x['validator_busy_s'])} ({_s(r['validator_busy_s'])} s) "
+            f"| {_x(x['validator_tokens'])} ({r['validator_tokens']}) "
+            f"| {_x(x['p50_s'])} ({_s(r['p50_s'])} s) | {_x(x['p99_s'])} ({_s(r['p99_s'])} s) "
+            f"| {_x(x['ttft_p50_s'])} ({_s(r['ttft_p50_s'])} s) "
+            f"| {_x(x['throughput_rps'])} ({r['throughput_rps']:.3f}/s) "
+            f"| {mix_text(r['route_mix'])}{errors} | {same} |")
+    return "\n".join(lines)
+
+
+def profile_summary(run: dict[str, Any]) -> dict[str, Any]:
+    """What the docs keep per profile across runs (small): the ratio rows and the run's context."""
+    keep = ("mode", "route_mix", "fidelity", "x", "errors", "requests")
+    return {"date": run["date"], "machine": run["machine"], "workload": run["workload_text"],
+            "rows": [{k: r[k] for k in keep} for r in run["rows"]]}
+
+
+def render_section(run: dict[str, Any], kept: dict[str, Any], profiles: list[str], img_rel: str) -> str:
+    """The markdown between the markers: this run in full, then one row per profile per mode."""
+    kept = {**kept, run["profile"]: profile_summary(run)}
+    p = run["profile"]
+    lines = [
+        START,
+        "## Side by side: validator-only, tiered, cache, verified escalation (`scripts/bench.py`)",
+        "",
+        "Generated by `python scripts/bench.py` (`make bench`); re-running it replaces this section "
+        "(rows of other profiles are kept). Each mode starts the service afresh (cold engines, empty "
+        "cache) and gets the same workload, same seed. Ratios are to validator-only; absolute values "
+        "in brackets. Validator CPU-s: CPU time of the Validator replica's processes (Ray actor + vLLM "
+        "engine) over the workload; busy-s: the Validator stages' wall time summed over requests "
+        "(route traces); tokens: tokens the Validator generated. Identical: same text as the "
+        "validator-only answer to the same request (greedy).",
+        "",
+        f"### Profile `{p}` ({run['scout']} -> {run['validator']}), {run['date']}",
+        "",
+        f"Machine: {run['machine']}. Workload: {run['workload_text']}. Wall time of the benchmark: "
+        f"{run['bench_wall_s'] / 60:.1f} min.",
+        "",
+        table(run["rows"]),
+        "",
+    ]
+    lines += highlights(run["rows"])
+    lines += ["", f"![latency CDFs]({img_rel}/bench_{p}_latency.png)",
+              f"![route mix]({img_rel}/bench_{p}_routes.png)",
+              f"![savings]({img_rel}/bench_{p}_savings.png)", "",
+              "### All profiles (ratios to validator-only)", "",
+              "| profile | mode | Validator CPU-s | Validator busy-s | p50 | p99 | TTFT p50 | throughput "
+              "| identical | measured |",
+              "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    mode_keys = [m.key for m in all_modes()]
+    for prof in profiles:
+        got = kept.get(prof)
+        if not got:
+            for mk in mode_keys:
+                lines.append(f"| `{prof}` | {mk} | not measured | | | | | | | not measured |")
+            continue
+        for r in got["rows"]:
+            x = r["x"]
+            lines.append(f"| `{prof}` | {r['mode']} | {_x(x['validator_cpu_s'])} | {_x(x['validator_busy_s'])} "
+                         f"| {_x(x['p50_s'])} | {_x(x['p99_s'])} | {_x(x['ttft_p50_s'])} "
+                         f"| {_x(x['throughput_rps'])} | {_pct(r['fidelity'])} | {got['date']}, {got['machine']} |")
+    lines += ["", f"<!-- bench.py:results {json.dumps(kept, sort_keys=True, default=_json_default)} -->", END]
+    return "\n".join(lines)
+
+
+def _pct(v: float | None) -> str:
+    return "n/a" if v is None or not math.isfinite(v) else f"{100 * v:.0f}%"
+
+
+def _json_default(o: Any) -> Any:
+    return None if isinstance(o, float) and not math.isfinite(o) else str(o)
+
+
+def highlights(rows: list[dict[str, Any]]) -> list[str]:
+    """Plain sentences read off the table (no judgement: that is for the reader)."""
+    out = []
+    for r in rows:
+        if r["mode"] == BASELINE:
+            continue
+        x = r["x"]
+        out.append(f"- `{r['mode']}`: Validator CPU {_x(x['validator_cpu_s'])}, p50 {_x(x['p50_s'])}, "
+                   f"p99 {_x(x['p99_s'])}, TTFT {_x(x['ttft_p50_s'])}, throughput {_x(x['throughput_rps'])}; "
+                   f"{_pct(r['fidelity'])} of answers identical; route mix {mix_text(r['route_mix'])}.")
+    return out
+
+
+def kept_results(md: str) -> dict[str, Any]:
+    m = RESULTS_RE.search(md)
+    if not m:
+        return {}
+    try:
+        return json.loads(m.group(1))
+    except json.JSONDecodeError:
+        return {}
+
+
+def write_section(md_path: Path, section: str) -> None:
+    """Replace the text between the markers (inclusive), or append the section when absent."""
+    md = md_path.read_text() if md_path.exists() else "# Benchmarks\n"
+    if START in md and END in md:
+        head, rest = md.split(START, 1)
+        _, tail = rest.split(END, 1)
+        md = head + section + tail
+    else:
+        md = md.rstrip("\n") + "\n\n" + section + "\n"
+    md_path.write_text(md)
+
+
+def plot(run: dict[str, Any], results: dict[str, dict[str, Any]], img: Path) -> list[Path]:
+    """Latency CDFs, route mix and savings PNGs; returns the paths written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    p = run["profile"]
+    img.mkdir(parents=True, exist_ok=True)
+    paths = []
+    fig, ax = plt.subplots(1, 2, figsize=(12, 4.2))
+    for key, res in results.items():
+        ok = [r for r in res["records"] if r["ok"]]
+        for a, vals in ((ax[0], sorted(r["e2e_s"] for r in ok)),
+                        (ax[1], sorted(r["ttft_s"] for r in ok if r["stream"] and r["ttft_s"] is not None))):
+            if vals:
+                a.step(vals, [(i + 1) / len(vals) for i in range(len(vals))], where="post", label=key)
+    ax[0].set(xlabel="end-to-end latency (s)", ylabel="share of requests", title=f"End to end ({p})")
+    ax[1].set(xlabel="time to first token (s)", title="TTFT (streamed requests)")
+    for a in ax:
+        a.grid(alpha=0.3)
+        a.legend(fontsize=8)
+    fig.tight_layout()
+    paths.append(img / f"bench_{p}_latency.png")
+    fig.savefig(paths[-1], dpi=100)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(8, 4))
+    keys = list(results)
+    bottom = [0] * len(keys)
+    tiers = ["cache", "scout", "validator"]
+    tiers += sorted({t for r in results.values() for t in r["route_mix"]} - set(tiers))
+    colors = {"cache": "tab:green", "scout": "tab:orange", "validator": "tab:red"}
+    for t in tiers:
+        vals = [results[k]["route_mix"].get(t, 0) for k in keys]
+        if any(vals):
+            ax.bar(keys, vals, bottom=bottom, label=t, color=colors.get(t))
+            bottom = [b + v for b, v in zip(bottom, vals, strict=True)]
+    ax.set(ylabel="requests", title=f"Who answered ({p})")
+    ax.legend()
+    ax.tick_params(axis="x", labelsize=8)
+    fig.tight_layout()
+    paths.append(img / f"bench_{p}_routes.png")
+    fig.savefig(paths[-1], dpi=100)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(10, 4.2))
+    metrics = [("validator_cpu_s", "Validator CPU-s"), ("validator_busy_s", "Validator busy-s"),
+               ("p50_s", "p50"), ("p99_s", "p99"), ("ttft_p50_s", "TTFT p50"), ("throughput_rps", "throughput")]
+    rows = [r for r in run["rows"] if r["mode"] != BASELINE]
+    width = 0.8 / max(len(rows), 1)
+    for i, r in enumerate(rows):
+        vals = [r["x"][m] if r["x"][m] is not None and math.isfinite(r["x"][m]) else 0 for m, _ in metrics]
+        ax.bar([j + i * width for j in range(len(metrics))], vals, width, label=r["mode"])
+    ax.axhline(1.0, color="black", lw=0.8, ls="--")
+    ax.set_xticks([j + width * (len(rows) - 1) / 2 for j in range(len(metrics))], [m[1] for m in metrics])
+    ax.set(ylabel="x validator-only (lower is better, except throughput)", title=f"Ratios to validator-only ({p})")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    paths.append(img / f"bench_{p}_savings.png")
+    fig.savefig(paths[-1], dpi=100)
+    plt.close(fig)
+    return paths
+
+
+def machine() -> str:
+    cores = os.cpu_count()
+    gpu = ""
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            gpu = f", {torch.cuda.device_count()}x {torch.cuda.get_device_name(0)}"
+    except Exception:  # torch absent or broken: a CPU machine as far as the label goes
+        pass
+    return f"{cores} cores ({platform.machine()}){gpu or ', no GPU'}"
+
+
+def workload_text(spec: WorkloadSpec, items: list[WorkItem], concurrency: int) -> str:
+    arrivals = {"none": f"closed loop, {concurrency} in flight",
+                "constant": f"constant {spec.rate}/s, at most {concurrency} in flight",
+                "poisson": f"Poisson {spec.rate}/s, at most {concurrency} in flight",
+                "azure": f"Azure trace x{spec.time_scale}, at most {concurrency} in flight"}[spec.arrival]
+    kinds = ", ".join(f"{k} {v}" for k, v in mix(items).items())
+    streams = sum(w.stream for w in items)
+    return (f"{len(items)} requests (seed {spec.seed}: {kinds}), {streams} streamed, greedy, "
+            f"max_tokens {spec.max_tokens}, prompts <= {spec.max_prompt_chars} chars; {arrivals}")
+
+
+# -- the service ------------------------------------------------------------------------
+
+
+def deploy(args: dict[str, Any], port: int, health_timeout_s: float = 600) -> str:
+    """Run the app with config `args` on `port`; wait for /healthz; return the base URL."""
+    import httpx
+    from ray import serve
+
+    from deployments.app import build_app
+
+    serve.run(build_app(args), name="infopt", route_prefix="/")
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + health_timeout_s
+    with httpx.Client(base_url=base, timeout=30) as c:
+        while time.monotonic() < deadline:
+            try:
+                if c.get("/healthz").status_code == 200:
+                    return base
+            except httpx.HTTPError:
+                pass
+            time.sleep(1)
+    raise RuntimeError("the service did not become healthy")
+
+
+def warm_up(base: str) -> None:
+    import httpx
+
+    with httpx.Client(base_url=base, timeout=600) as c:
+        for model in ("scout", "validator"):
+            r = c.post("/v1/chat/completions", json={"model": model, "messages": WARMUP, "temperature": 0,
+                                                     "max_tokens": 8, "cache": {"mode": "bypass"}})
+            r.raise_for_status()
+
+
+def run_modes(profile: str, modes: list[Mode], items: list[WorkItem], concurrency: int, port: int) -> tuple[
+        dict[str, dict[str, Any]], Any]:
+    """Start the service once per mode, measure the workload; return {mode: result} and the base config."""
+    import ray
+    from ray import serve
+
+    from serving.config import AppConfig, load_profile
+
+    config = load_profile(profile)
+    base_args = config.model_dump(mode="json")
+    results: dict[str, dict[str, Any]] = {}
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    ray.init(address="local", include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        for mode in modes:
+            cache_dir = Path(tempfile.mkdtemp(prefix=f"bench-{mode.key}-"))
+            args = merge(base_args, mode.overrides)
+            args["cache"]["path"] = str(cache_dir)  # an empty cache per mode
+            AppConfig(**args)  # fail before deploying when an override is invalid
+            t0 = time.perf_counter()
+            try:
+                base = deploy(args, port)
+                print(f"[{mode.key}] deployed in {time.perf_counter() - t0:.0f} s", flush=True)
+                warm_up(base)
+                probe = CpuProbe(CpuProbe.by_cmdline(VALIDATOR_ACTOR))
+                res = measure(base, items, concurrency, probe)
+                res["label"] = mode.label
+                results[mode.key] = res
+                print(f"[{mode.key}] {res['ok']}/{res['requests']} ok in {res['wall_s']:.0f} s, "
+                      f"p50 {res['p50_s']:.1f} s, route mix {mix_text(res['route_mix'])}, "
+                      f"Validator CPU {_s(res['validator_cpu_s'])} s", flush=True)
+            finally:
+                serve.delete("infopt")
+                shutil.rmtree(cache_dir, ignore_errors=True)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    return results, config
+
+
+def report(run: dict[str, Any], results: dict[str, dict[str, Any]], out: Path, docs: Path | None,
+           img: Path | None) -> str:
+    """Print and write everything for a finished run; returns the markdown section."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"bench_{run['profile']}.json").write_text(
+        json.dumps({**run, "results": results}, indent=1, default=_json_default))
+    img_rel = os.path.relpath(img, docs.parent) if (img and docs) else "img"
+    md = docs.read_text() if docs and docs.exists() else ""
+    profiles = [run["profile"], *[p for p in ("tiny", "laptop", *GPU_PROFILES) if p != run["profile"]]]
+    section = render_section(run, kept_results(md), profiles, img_rel)
+    if img is not None:
+        plot(run, results, img)
+    if docs is not None:
+        write_section(docs, section)
+    return section
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--profile", default="tiny")
+    ap.add_argument("--requests", type=int, default=32, help="requests per mode")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--max-tokens", type=int, default=32)
+    ap.add_argument("--max-prompt-chars", type=int, default=1000)
+    ap.add_argument("--concurrency", type=int, default=4, help="requests in flight at most")
+    ap.add_argument("--arrival", default="none", choices=("none", "constant", "poisson", "azure"))
+    ap.add_argument("--rate", type=float, default=1.0)
+    ap.add_argument("--time-scale", type=float, default=1.0)
+    ap.add_argument("--stream-share", type=float, default=0.5)
+    ap.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    ap.add_argument("--modes", nargs="+", help="subset of modes (validator-only is always run first)")
+    ap.add_argument("--port", type=int, default=8021)
+    ap.add_argument("--out", type=Path, default=REPO / "reports")
+    ap.add_argument("--docs", type=Path, default=REPO / "docs" / "benchmarks.md")
+    ap.add_argument("--img", type=Path, default=REPO / "docs" / "img")
+    ap.add_argument("--no-docs", action="store_true", help="write reports/ only")
+    ns = ap.parse_args()
+
+    spec = WorkloadSpec(requests=ns.requests, seed=ns.seed, data_dir=ns.data_dir, max_tokens=ns.max_tokens,
+                        max_prompt_chars=ns.max_prompt_chars, arrival=ns.arrival, rate=ns.rate,
+                        time_scale=ns.time_scale, stream_share=ns.stream_share)
+    items = build(spec)
+    modes = all_modes()
+    if ns.modes:
+        unknown = set(ns.modes) - {m.key for m in modes}
+        if unknown:
+            ap.error(f"unknown modes {sorted(unknown)}; known: {[m.key for m in modes]}")
+        modes = [m for m in modes if m.key == BASELINE or m.key in ns.modes]
+    print(f"workload: {workload_text(spec, items, ns.concurrency)}", flush=True)
+    print(f"modes: {', '.join(m.key for m in modes)}", flush=True)
+    t0 = time.perf_counter()
+    results, config = run_modes(ns.profile, modes, items, ns.concurrency, ns.port)
+    run = {"profile": config.profile, "scout": config.scout.served_name(),
+           "validator": config.validator.served_name(), "date": date.today().isoformat(), "machine": machine(),
+           "workload_text": workload_text(spec, items, ns.concurrency), "bench_wall_s": time.perf_counter() - t0,
+           "rows": compare(results)}
+    report(run, results, ns.out, None if ns.no_docs else ns.docs, None if ns.no_docs else ns.img)
+    print("\n" + table(run["rows"]))
+    print("\n" + "\n".join(highlights(run["rows"])))
+    if not ns.no_docs:
+        print(f"\nwrote {ns.docs} (section between the bench.py markers), {ns.img}/bench_{run['profile']}_*.png")
+    print(f"wrote {ns.out / ('bench_' + run['profile'] + '.json')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

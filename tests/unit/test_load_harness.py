@@ -1,0 +1,252 @@
+"""The load-test harness measures what it claims: scripts/workload.py, locustfile.py and bench.py.
+
+A CI-sized smoke, loopback only: locust runs headless for a few seconds against a fake
+OpenAI-compatible server (tests/unit/fake_openai_server.py), and bench.py's measurement,
+comparison and report code runs against the same fake in two "modes". The assertions are
+about counts and orderings (TTFT <= end to end, chunks-1 inter-token events, route mixes
+that add up, ratios against the baseline), never about how fast anything was.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.unit.fake_openai_server import answer, serving
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "scripts"))
+
+import bench  # noqa: E402
+import workload  # noqa: E402
+
+SHARED = workload.DEFAULT_DATA_DIR
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A miniature copy of ../shared/data's layout, so the smoke runs without the shared data."""
+    d = tmp_path_factory.mktemp("data")
+    (d / "sharegpt").mkdir()
+    (d / "sharegpt" / "ShareGPT_V3_filtered_1000.json").write_text(json.dumps(
+        [{"id": str(i), "conversations": [{"from": "human", "value": f"ShareGPT prompt number {i}?"}]}
+         for i in range(30)]))
+    (d / "qqp").mkdir()
+    rows = [f"{i}\t{2 * i}\t{2 * i + 1}\tHow do I learn topic {i}?\tWhat is the best way to learn topic {i}?\t1"
+            for i in range(10)]
+    rows += ["malformed line", "99\t1\t2\tIs A B?\tIs C D?\t0"]
+    (d / "qqp" / "qqp_dev.tsv").write_text("\n".join(rows) + "\n")
+    (d / "gsm8k").mkdir()
+    (d / "gsm8k" / "test.jsonl").write_text("\n".join(
+        json.dumps({"question": f"Tom has {i} apples and buys 3 more. How many?", "answer": f"#### {i + 3}"})
+        for i in range(10)))
+    (d / "mt_bench").mkdir()
+    (d / "mt_bench" / "mt_bench_question.jsonl").write_text("\n".join(
+        json.dumps({"question_id": i, "category": "math", "turns": [f"Turn one of {i}", f"Turn two of {i}"]})
+        for i in range(5)))
+    (d / "mt_bench" / "mt_bench_reference_answer_gpt-4.jsonl").write_text("\n".join(
+        json.dumps({"question_id": i, "choices": [{"index": 0, "turns": [f"Answer one of {i}", "x"]}]})
+        for i in range(5)))
+    (d / "traces").mkdir()
+    lines = ["TIMESTAMP,ContextTokens,GeneratedTokens"]
+    lines += [f"2023-11-16 18:15:{i:02d}.{(i * 137) % 1000:03d}0000,100,20" for i in range(50)]
+    (d / "traces" / "AzureLLMInferenceTrace_conv.csv").write_text("\n".join(lines) + "\n")
+    return d
+
+
+# -- workload ---------------------------------------------------------------------------
+
+
+def test_workload_is_deterministic_and_has_the_asked_mix(data_dir: Path) -> None:
+    spec = workload.WorkloadSpec(requests=40, seed=3, data_dir=data_dir, arrival="azure", time_scale=0.5)
+    a, b = workload.build(spec), workload.build(spec)
+    assert [(w.id, w.messages, w.at_s, w.stream) for w in a] == [(w.id, w.messages, w.at_s, w.stream) for w in b]
+    other = workload.build(workload.WorkloadSpec(requests=40, seed=4, data_dir=data_dir))
+    assert [w.messages for w in other] != [w.messages for w in a]
+    assert len(a) == 40
+    m = workload.mix(a)
+    assert m["exact_repeat"] == 4 and m["paraphrase"] == m["paraphrase_first"] == 4
+    assert m["gsm8k"] == 6 and m["session_turn1"] == m["session_turn2"] == 2
+    assert sum(m.values()) == 40
+    pos = {w.id: i for i, w in enumerate(a)}
+    by_id = {w.id: w for w in a}
+    for i, w in enumerate(a):
+        if w.kind == "exact_repeat":  # the same bytes as an earlier request
+            assert pos[w.group] < i and by_id[w.group].messages == w.messages
+        if w.kind in ("paraphrase", "session_turn2"):
+            first = [x for x in a if x.group == w.group and x.kind != w.kind]
+            assert len(first) == 1 and pos[first[0].id] < i
+            if w.kind == "session_turn2":  # the session's turns share a prefix
+                assert w.messages[:2] == first[0].messages
+    ats = [w.at_s for w in a]
+    assert ats == sorted(ats) and ats[0] == 0
+    slow = workload.build(workload.WorkloadSpec(requests=40, seed=3, data_dir=data_dir, arrival="azure"))
+    assert [w.at_s for w in slow][-1] == pytest.approx(2 * ats[-1], rel=1e-6)
+
+
+def test_workload_arrivals_and_validation(data_dir: Path) -> None:
+    const = workload.build(workload.WorkloadSpec(requests=10, data_dir=data_dir, arrival="constant", rate=2.0))
+    assert [w.at_s for w in const] == [i / 2 for i in range(10)]
+    assert {w.at_s for w in workload.build(workload.WorkloadSpec(requests=10, data_dir=data_dir,
+                                                                 arrival="none"))} == {0.0}
+    with pytest.raises(ValueError):
+        workload.build(workload.WorkloadSpec(requests=10, data_dir=data_dir, paraphrase_share=0.6))
+    with pytest.raises(workload.DataMissingError):
+        workload.build(workload.WorkloadSpec(requests=10, data_dir=data_dir / "nowhere"))
+
+
+@pytest.mark.skipif(not SHARED.exists(), reason="../shared/data absent")
+def test_workload_from_the_shared_data() -> None:
+    items = workload.build(workload.WorkloadSpec(requests=200, seed=0))
+    assert len(items) == 200 and len({w.id for w in items}) == 200
+    assert all(len(m["content"]) <= 1500 for w in items for m in w.messages if m["role"] == "user")
+    assert items[-1].at_s > 0
+
+
+# -- locust -----------------------------------------------------------------------------
+
+
+def _locust(base: str, out: Path, data_dir: Path, *extra: str) -> subprocess.CompletedProcess:
+    exe = Path(sys.executable).with_name("locust")
+    cmd = [str(exe), "-f", str(REPO / "scripts" / "locustfile.py"), "--headless", "--host", base,
+           "-u", "6", "-r", "6", "-t", "30s", "--stop-timeout", "5", "--only-summary",
+           "--csv", str(out / "load"), "--html", str(out / "load.html"), "--json-file", str(out / "load_stats"),
+           "--data-dir", str(data_dir), "--workload-requests", "24", "--arrival", "none", "--max-tokens", "8",
+           *extra]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INFOPT_LOAD_")}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=90, env=env, cwd=REPO)
+
+
+def test_locust_measures_streams_and_routes(tmp_path: Path, data_dir: Path) -> None:
+    with serving({"mode": "tiered"}) as base:
+        proc = _locust(base, tmp_path, data_dir, "--stream-share", "0.5")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for name in ("load_stats.csv", "load_failures.csv", "load.html", "load_stats.json", "load_requests.json"):
+        assert (tmp_path / name).exists(), name
+    report = json.loads((tmp_path / "load_requests.json").read_text())
+    recs = report["records"]
+    # The schedule ran out and stopped the run: every request was sent exactly once.
+    assert len(recs) == 24 and len({r["id"] for r in recs}) == 24
+    assert all(r["ok"] for r in recs), [r["error"] for r in recs if not r["ok"]]
+    streams = [r for r in recs if r["stream"]]
+    assert streams and len(streams) < len(recs)
+    for r in streams:
+        assert 0 <= r["headers_s"] <= r["ttft_s"] <= r["e2e_s"]
+        assert len(r["itl_s"]) == r["chunks"] - 1 and r["chunks"] == r["completion_tokens"]
+        assert r["ttft_s"] + sum(r["itl_s"]) <= r["e2e_s"] + 1e-9
+    # Every answer is the fake's, and its tier came from the route object.
+    items = {w.id: w for w in workload.build(workload.WorkloadSpec(requests=24, data_dir=data_dir, arrival="none",
+                                                                   max_tokens=8))}
+    for r in recs:
+        tokens, tier = answer(items[r["id"]].messages, 8, "tiered")
+        assert r["text"] == "".join(tokens) and r["tier"] == tier
+    summary = report["summary"]
+    assert sum(summary["route_mix"].values()) == summary["requests"] == 24
+    assert summary["streams"] == len(streams)
+
+    rows = {(r["Type"], r["Name"]): r for r in csv.DictReader((tmp_path / "load_stats.csv").open())}
+    count = {k: int(v["Request Count"]) for k, v in rows.items()}
+    assert count[("STREAM", "ttft")] == count[("STREAM", "e2e")] == len(streams)
+    assert count[("STREAM", "inter-token")] == sum(r["chunks"] - 1 for r in streams)
+    assert count[("POST", "/v1/chat/completions [stream]")] == len(streams)
+    assert count[("POST", "/v1/chat/completions")] == 24 - len(streams)
+    assert sum(c for (t, _), c in count.items() if t == "ROUTE") == 24
+    assert {n for (t, n) in count if t == "ROUTE"} == set(summary["route_mix"])
+    assert int(rows[("", "Aggregated")]["Failure Count"]) == 0
+    stats = json.loads((tmp_path / "load_stats.json").read_text())
+    assert {s["name"] for s in stats} >= {"ttft", "inter-token", "e2e"}
+
+
+def test_locust_only_non_streaming_users(tmp_path: Path, data_dir: Path) -> None:
+    with serving({"mode": "validator-only"}) as base:
+        proc = _locust(base, tmp_path, data_dir, "--stream-share", "0")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    recs = json.loads((tmp_path / "load_requests.json").read_text())["records"]
+    assert len(recs) == 24 and not any(r["stream"] for r in recs)
+    assert {r["tier"] for r in recs} == {"validator"}
+
+
+# -- bench.py ---------------------------------------------------------------------------
+
+
+def test_bench_measures_compares_and_reports(tmp_path: Path, data_dir: Path) -> None:
+    spec = workload.WorkloadSpec(requests=30, seed=1, data_dir=data_dir, arrival="none", max_tokens=8)
+    items = workload.build(spec)
+    state = {"mode": bench.BASELINE}
+    results = {}
+    with serving(state) as base:
+        for mode in (bench.BASELINE, "tiered"):
+            state["mode"] = mode
+            probe = bench.CpuProbe(lambda: [os.getpid()])
+            results[mode] = bench.measure(base, items, concurrency=3, probe=probe)
+            results[mode]["label"] = mode
+    for mode, res in results.items():
+        recs = res["records"]
+        assert res["requests"] == res["ok"] == len(recs) == 30
+        assert sum(res["route_mix"].values()) == 30
+        assert res["validator_cpu_s"] is not None and res["validator_cpu_s"] >= 0
+        for r in recs:
+            assert r["ttft_s"] <= r["e2e_s"]
+            if r["stream"]:
+                assert len(r["itl_s"]) == r["chunks"] - 1
+        expect = [answer(w.messages, 8, mode) for w in items]
+        assert [r["text"] for r in recs] == ["".join(t) for t, _ in expect]
+        assert res["validator_tokens"] == sum(len(t) for t, tier in expect if tier == "validator")
+    assert results[bench.BASELINE]["route_mix"] == {"validator": 30}
+
+    rows = {r["mode"]: r for r in bench.compare(results)}
+    base_row, tiered = rows[bench.BASELINE], rows["tiered"]
+    assert base_row["fidelity"] == 1.0
+    assert all(v == pytest.approx(1.0) for k, v in base_row["x"].items() if math.isfinite(v)), base_row["x"]
+    same = sum(answer(w.messages, 8, "tiered")[0] == answer(w.messages, 8, bench.BASELINE)[0] for w in items)
+    assert tiered["fidelity"] == pytest.approx(same / 30) and tiered["fidelity_detail"]["compared"] == 30
+    assert tiered["x"]["validator_tokens"] == pytest.approx(
+        results["tiered"]["validator_tokens"] / results[bench.BASELINE]["validator_tokens"])
+    assert tiered["x"]["validator_busy_s"] == pytest.approx(
+        results["tiered"]["validator_busy_s"] / results[bench.BASELINE]["validator_busy_s"])
+    assert tiered["x"]["p50_s"] == pytest.approx(results["tiered"]["p50_s"] / results[bench.BASELINE]["p50_s"])
+
+    docs = tmp_path / "docs" / "benchmarks.md"
+    docs.parent.mkdir()
+    docs.write_text("# Benchmarks\n\n## Someone else's section\n\nkeep me\n")
+    run = {"profile": "tiny", "scout": "s", "validator": "v", "date": "2026-01-01", "machine": "test",
+           "workload_text": bench.workload_text(spec, items, 3), "bench_wall_s": 60.0,
+           "rows": bench.compare(results)}
+    bench.report(run, results, tmp_path / "reports", docs, tmp_path / "docs" / "img")
+    first = docs.read_text()
+    assert "keep me" in first and first.count(bench.START) == first.count(bench.END) == 1
+    assert "| `gpu-a100x4` | validator-only | not measured |" in first
+    assert "| tiered | " in first and "(100%)" in first
+    for kind in ("latency", "routes", "savings"):
+        assert (tmp_path / "docs" / "img" / f"bench_tiny_{kind}.png").stat().st_size > 1000
+    assert json.loads((tmp_path / "reports" / "bench_tiny.json").read_text())["profile"] == "tiny"
+    # A GPU profile's run fills its rows and keeps tiny's; the section is replaced, not repeated.
+    bench.report({**run, "profile": "gpu-a100x4", "machine": "gpu box"}, results, tmp_path / "reports", docs,
+                 tmp_path / "docs" / "img")
+    second = docs.read_text()
+    assert second.count(bench.START) == 1 and "keep me" in second
+    assert "| `gpu-a100x4` | validator-only | not measured |" not in second
+    assert "| `tiny` | tiered |" in second and "| `gpu-a100x4` | tiered |" in second
+    assert "| `gpu-h100x8` | validator-only | not measured |" in second
+
+
+def test_bench_modes_and_overrides() -> None:
+    modes = {m.key: m for m in bench.all_modes()}
+    assert list(modes)[:4] == [bench.BASELINE, "tiered", "tiered+cache", "tiered+cache+verified"]
+    from serving.config import load_profile
+
+    base = load_profile("tiny").model_dump(mode="json")
+    for m in modes.values():
+        args = bench.merge(base, m.overrides)
+        assert args["scout"] == base["scout"]  # overrides touch only what the mode changes
+    assert bench.merge(base, modes[bench.BASELINE].overrides)["tiering"]["enabled"] is False
+    verified = bench.merge(base, modes["tiered+cache+verified"].overrides)
+    assert verified["tiering"]["verified_escalation"] is True and verified["cache"]["enabled"] is True
+    assert ("tiered+cache+verified+speculative" in modes) == (bench.speculative_overrides() is not None)
