@@ -8,7 +8,17 @@ BIN := $(VENV)/bin
 PROFILE ?= laptop
 STAMP := $(VENV)/.installed
 
-.PHONY: install models run test test-unit lint bench-tiers bench-cache eval-cache clean
+# make load: locust against a running service (start `make run` first, or pass HOST=).
+HOST ?= http://127.0.0.1:8000
+LOAD_USERS ?= 8
+LOAD_TIME ?= 120s
+LOAD_ARGS ?=
+LOAD_OUT ?= reports/load
+# make bench: one run of scripts/bench.py (each mode starts its own service).
+BENCH_PROFILE ?= tiny
+BENCH_ARGS ?=
+
+.PHONY: install models run test test-unit lint bench-tiers bench-cache eval-cache load bench clean
 
 $(STAMP): pyproject.toml constraints-cpu.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -51,6 +61,16 @@ bench-cache: install
 eval-cache: install
 	$(BIN)/infopt models prepare --embedder
 	$(BIN)/python scripts/eval_cache.py
+
+load: install
+	@curl -sf $(HOST)/healthz >/dev/null || { echo "no healthy service at $(HOST): start one with 'make run' (or pass HOST=...)"; exit 1; }
+	$(BIN)/locust -f scripts/locustfile.py --headless --host $(HOST) -u $(LOAD_USERS) -r $(LOAD_USERS) -t $(LOAD_TIME) \
+		--only-summary --csv $(LOAD_OUT)/load --html $(LOAD_OUT)/load.html --json-file $(LOAD_OUT)/load_stats $(LOAD_ARGS)
+	@echo "wrote $(LOAD_OUT)/load_stats.csv, load.html, load_stats.json, load_requests.json"
+
+bench: install
+	$(BIN)/infopt models prepare --profile $(BENCH_PROFILE)
+	$(BIN)/python scripts/bench.py --profile $(BENCH_PROFILE) $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
