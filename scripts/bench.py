@@ -100,29 +100,33 @@ def base_modes() -> list[Mode]:
     ]
 
 
-def speculative_overrides() -> dict[str, Any] | None:
-    """Overrides that turn on the Validator's speculative decoding, or None while the config has none.
+SPECULATIVE_DEFAULT = {"method": "ngram"}  # needs no second model and suits any tokenizer
 
-    The hook for the speculative-decoding issue: when `EngineConfig` grows a `speculative`
-    section with an `enabled` switch, the mode appears on its own.
-    """
+
+def has_speculative() -> bool:
+    """Whether the Validator config has a `speculative` section (the speculative-decoding issue)."""
     from serving.config import EngineConfig
 
-    field_info = EngineConfig.model_fields.get("speculative")
-    if field_info is None:
-        return None
-    sub = getattr(field_info.annotation, "model_fields", {})
-    if "enabled" not in sub:
-        return None
-    return {"validator": {"speculative": {"enabled": True}}}
+    return "speculative" in EngineConfig.model_fields
 
 
-def all_modes() -> list[Mode]:
+def all_modes(base_args: dict[str, Any] | None = None) -> list[Mode]:
+    """The modes to compare; `+speculative` when the config supports it.
+
+    With speculation in the config, every other mode turns it off (so each mode measures one
+    thing) and the last one turns it on: the profile's own `validator.speculative` when it
+    sets a method, else n-gram lookup.
+    """
     modes = base_modes()
-    spec = speculative_overrides()
-    if spec is not None:
-        last = copy.deepcopy(modes[-1].overrides)
-        modes.append(Mode("tiered+cache+verified+speculative", "+ speculative decoding", merge(last, spec)))
+    if not has_speculative():
+        return modes
+    off = {"validator": {"speculative": {"method": "none"}}}
+    for m in modes:
+        m.overrides = merge(m.overrides, off)
+    own = ((base_args or {}).get("validator") or {}).get("speculative") or {}
+    spec = own if own.get("method", "none") != "none" else SPECULATIVE_DEFAULT
+    modes.append(Mode("tiered+cache+verified+speculative", f"+ speculative decoding ({spec['method']})",
+                      merge(modes[-1].overrides, {"validator": {"speculative": dict(spec)}})))
     return modes
 
 
@@ -381,7 +385,12 @@ def render_section(run: dict[str, Any], kept: dict[str, Any], profiles: list[str
         table(run["rows"]),
         "",
     ]
+    labels = run.get("mode_labels") or {}
+    if labels:
+        lines += ["Modes: " + "; ".join(f"`{k}` {v}" for k, v in labels.items()) + ".", ""]
     lines += highlights(run["rows"])
+    for key, why in (run.get("failed_modes") or {}).items():
+        lines.append(f"- `{key}`: not measured, the service did not start ({why}).")
     lines += ["", f"![latency CDFs]({img_rel}/bench_{p}_latency.png)",
               f"![route mix]({img_rel}/bench_{p}_routes.png)",
               f"![savings]({img_rel}/bench_{p}_savings.png)", "",
@@ -571,17 +580,20 @@ def warm_up(base: str) -> None:
             r.raise_for_status()
 
 
-def run_modes(profile: str, modes: list[Mode], items: list[WorkItem], concurrency: int, port: int) -> tuple[
-        dict[str, dict[str, Any]], Any]:
-    """Start the service once per mode, measure the workload; return {mode: result} and the base config."""
+def run_modes(profile: str, modes: list[Mode] | None, items: list[WorkItem], concurrency: int, port: int) -> tuple[
+        dict[str, dict[str, Any]], dict[str, str], Any]:
+    """Start the service once per mode, measure the workload; return {mode: result}, {mode: why it failed}
+    and the profile's config. `modes` None: all modes for the profile."""
     import ray
     from ray import serve
 
-    from serving.config import AppConfig, load_profile
+    from serving.config import AppConfig, load_profile, profile_args
 
     config = load_profile(profile)
     base_args = config.model_dump(mode="json")
+    modes = all_modes(profile_args(profile)) if modes is None else modes
     results: dict[str, dict[str, Any]] = {}
+    failed: dict[str, str] = {}
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     ray.init(address="local", include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
@@ -593,7 +605,14 @@ def run_modes(profile: str, modes: list[Mode], items: list[WorkItem], concurrenc
             AppConfig(**args)  # fail before deploying when an override is invalid
             t0 = time.perf_counter()
             try:
-                base = deploy(args, port)
+                try:
+                    base = deploy(args, port)
+                except Exception as exc:  # one mode that cannot start must not lose the others' figures
+                    if mode.key == BASELINE:
+                        raise
+                    print(f"[{mode.key}] failed to start: {type(exc).__name__}: {exc}", flush=True)
+                    failed[mode.key] = f"{type(exc).__name__}: {str(exc)[:300]}"
+                    continue
                 print(f"[{mode.key}] deployed in {time.perf_counter() - t0:.0f} s", flush=True)
                 warm_up(base)
                 probe = CpuProbe(CpuProbe.by_cmdline(VALIDATOR_ACTOR))
@@ -609,7 +628,7 @@ def run_modes(profile: str, modes: list[Mode], items: list[WorkItem], concurrenc
     finally:
         serve.shutdown()
         ray.shutdown()
-    return results, config
+    return results, failed, config
 
 
 def report(run: dict[str, Any], results: dict[str, dict[str, Any]], out: Path, docs: Path | None,
@@ -654,7 +673,9 @@ def main() -> int:
                         max_prompt_chars=ns.max_prompt_chars, arrival=ns.arrival, rate=ns.rate,
                         time_scale=ns.time_scale, stream_share=ns.stream_share)
     items = build(spec)
-    modes = all_modes()
+    from serving.config import profile_args
+
+    modes = all_modes(profile_args(ns.profile))
     if ns.modes:
         unknown = set(ns.modes) - {m.key for m in modes}
         if unknown:
@@ -663,11 +684,12 @@ def main() -> int:
     print(f"workload: {workload_text(spec, items, ns.concurrency)}", flush=True)
     print(f"modes: {', '.join(m.key for m in modes)}", flush=True)
     t0 = time.perf_counter()
-    results, config = run_modes(ns.profile, modes, items, ns.concurrency, ns.port)
+    results, failed, config = run_modes(ns.profile, modes, items, ns.concurrency, ns.port)
     run = {"profile": config.profile, "scout": config.scout.served_name(),
            "validator": config.validator.served_name(), "date": date.today().isoformat(), "machine": machine(),
            "workload_text": workload_text(spec, items, ns.concurrency), "bench_wall_s": time.perf_counter() - t0,
-           "rows": compare(results)}
+           "rows": compare(results), "failed_modes": failed,
+           "mode_labels": {m.key: m.label for m in modes}}
     report(run, results, ns.out, None if ns.no_docs else ns.docs, None if ns.no_docs else ns.img)
     print("\n" + table(run["rows"]))
     print("\n" + "\n".join(highlights(run["rows"])))

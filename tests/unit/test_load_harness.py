@@ -218,12 +218,13 @@ def test_bench_measures_compares_and_reports(tmp_path: Path, data_dir: Path) -> 
     docs.write_text("# Benchmarks\n\n## Someone else's section\n\nkeep me\n")
     run = {"profile": "tiny", "scout": "s", "validator": "v", "date": "2026-01-01", "machine": "test",
            "workload_text": bench.workload_text(spec, items, 3), "bench_wall_s": 60.0,
-           "rows": bench.compare(results)}
+           "rows": bench.compare(results), "failed_modes": {"tiered+cache": "RuntimeError: boom"}}
     bench.report(run, results, tmp_path / "reports", docs, tmp_path / "docs" / "img")
     first = docs.read_text()
     assert "keep me" in first and first.count(bench.START) == first.count(bench.END) == 1
     assert "| `gpu-a100x4` | validator-only | not measured |" in first
     assert "| tiered | " in first and "(100%)" in first
+    assert "`tiered+cache`: not measured, the service did not start (RuntimeError: boom)" in first
     for kind in ("latency", "routes", "savings"):
         assert (tmp_path / "docs" / "img" / f"bench_tiny_{kind}.png").stat().st_size > 1000
     assert json.loads((tmp_path / "reports" / "bench_tiny.json").read_text())["profile"] == "tiny"
@@ -249,4 +250,14 @@ def test_bench_modes_and_overrides() -> None:
     assert bench.merge(base, modes[bench.BASELINE].overrides)["tiering"]["enabled"] is False
     verified = bench.merge(base, modes["tiered+cache+verified"].overrides)
     assert verified["tiering"]["verified_escalation"] is True and verified["cache"]["enabled"] is True
-    assert ("tiered+cache+verified+speculative" in modes) == (bench.speculative_overrides() is not None)
+    spec = modes.get("tiered+cache+verified+speculative")
+    assert (spec is not None) == bench.has_speculative()
+    if spec is not None:  # only the last mode speculates; it differs from the one before only by that
+        for m in list(modes.values())[:-1]:
+            assert bench.merge(base, m.overrides)["validator"]["speculative"]["method"] == "none"
+        on = bench.merge(base, spec.overrides)
+        assert on["validator"]["speculative"]["method"] != "none"
+        before = bench.merge(base, modes["tiered+cache+verified"].overrides)
+        on["validator"].pop("speculative")
+        before["validator"].pop("speculative")
+        assert on == before
