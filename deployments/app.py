@@ -29,7 +29,8 @@ def build_app(args: dict[str, Any]) -> Application:
     return Ingress.options(
         num_replicas=config.api.num_replicas,
         max_ongoing_requests=config.api.max_ongoing_requests,
-        ray_actor_options={"num_cpus": config.api.num_cpus},
+        max_queued_requests=config.api.max_queued_requests,
+        ray_actor_options=actor_options(config.api.num_cpus, resources=config.api.resources),
     ).bind(scout, validator, config, build_cache(config))
 
 
@@ -42,9 +43,24 @@ def build_cache(config: AppConfig) -> Application | None:
     model_path = config.resolve_model(emb.model)
     embedder = Embedder.options(
         autoscaling_config=emb.autoscaling.model_dump(),
-        ray_actor_options={"num_cpus": emb.num_cpus, "num_gpus": emb.num_gpus},
+        max_ongoing_requests=emb.max_ongoing_requests,
+        max_queued_requests=emb.max_queued_requests,
+        ray_actor_options=actor_options(emb.num_cpus, emb.num_gpus, emb.resources),
     ).bind(model_path, emb)
     return SemanticCacheDeployment.options(
         num_replicas=config.cache.num_replicas,
-        ray_actor_options={"num_cpus": config.cache.num_cpus},
+        max_ongoing_requests=config.cache.max_ongoing_requests,
+        max_queued_requests=config.cache.max_queued_requests,
+        ray_actor_options=actor_options(config.cache.num_cpus, resources=config.cache.resources),
     ).bind(embedder, config)
+
+
+def actor_options(num_cpus: float, num_gpus: float | None = None, resources: dict[str, float] | None = None
+                  ) -> dict[str, Any]:
+    """A replica's `ray_actor_options`: its CPU (and GPU) share plus any custom resources pinning it to nodes."""
+    options: dict[str, Any] = {"num_cpus": num_cpus}
+    if num_gpus is not None:
+        options["num_gpus"] = num_gpus
+    if resources:
+        options["resources"] = dict(resources)
+    return options

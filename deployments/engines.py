@@ -48,9 +48,15 @@ def llm_config_kwargs(engine: EngineConfig, model_source: str) -> dict[str, Any]
                 "initial_replicas": max(a.min_replicas, 1),
                 "max_replicas": a.max_replicas,
                 "target_ongoing_requests": a.target_ongoing_requests,
+                "look_back_period_s": a.look_back_period_s,
+                "upscale_delay_s": a.upscale_delay_s,
+                "downscale_delay_s": a.downscale_delay_s,
             },
             "max_ongoing_requests": engine.max_ongoing_requests,
-            "ray_actor_options": {"num_cpus": 0},
+            "max_queued_requests": engine.max_queued_requests,
+            # ray.serve.llm adds the replica actor's resources to the first bundle: custom
+            # resources given here pin the whole replica (engine included) to matching nodes.
+            "ray_actor_options": {"num_cpus": 0, **({"resources": engine.resources} if engine.resources else {})},
         },
         "runtime_env": {"env_vars": env} if env else None,
     }

@@ -4,7 +4,7 @@
 """
 
 from serving.config.api import ApiConfig
-from serving.config.app import AppConfig, load_profile, profile_args, profile_path, profiles_dir
+from serving.config.app import AppConfig, load_profile, profile_args, profile_names, profile_path, profiles_dir
 from serving.config.cache import CacheConfig, EmbedderConfig
 from serving.config.engine import AutoscalingConfig, EngineConfig
 from serving.config.tiering import ConfidenceConfig, TieringConfig
@@ -20,6 +20,7 @@ __all__ = [
     "TieringConfig",
     "load_profile",
     "profile_args",
+    "profile_names",
     "profile_path",
     "profiles_dir",
 ]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from serving.config.engine import QUEUED_DESCRIPTION, RESOURCES_DESCRIPTION, check_custom_resources
 
 
 class ApiConfig(BaseModel):
@@ -25,6 +27,13 @@ class ApiConfig(BaseModel):
     max_ongoing_requests: int = Field(
         256, ge=1, description="Requests one ingress replica handles at once."
     )
+    max_queued_requests: int = Field(-1, ge=-1, description=QUEUED_DESCRIPTION)
+    resources: dict[str, float] = Field(default_factory=dict, description=RESOURCES_DESCRIPTION)
+
+    @field_validator("resources")
+    @classmethod
+    def _resources(cls, v: dict[str, float]) -> dict[str, float]:
+        return check_custom_resources(v)
 
     @model_validator(mode="after")
     def _defaults_within_limit(self) -> ApiConfig:

@@ -84,6 +84,17 @@ def profiles_dir() -> Path:
     return Path(env) if env else Path(__file__).resolve().parents[2] / "cluster"
 
 
+def profile_names() -> list[str]:
+    """Profiles: the Serve configs in `cluster/` (files with `applications`; launcher configs such as
+    `onprem.yaml` live there too and are not profiles)."""
+    names = []
+    for path in sorted(profiles_dir().glob("*.yaml")):
+        doc = yaml.safe_load(path.read_text())
+        if isinstance(doc, dict) and "applications" in doc:
+            names.append(path.stem)
+    return names
+
+
 def profile_path(profile: str) -> Path:
     """A profile name (`tiny`) or a path to a Serve config YAML."""
     p = Path(profile)
@@ -91,7 +102,7 @@ def profile_path(profile: str) -> Path:
         return p
     path = profiles_dir() / f"{profile}.yaml"
     if not path.exists():
-        known = sorted(x.stem for x in profiles_dir().glob("*.yaml"))
+        known = profile_names()
         raise FileNotFoundError(f"no profile '{profile}' (known: {', '.join(known)})")
     return path
 

@@ -5,9 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from serving.config.engine import AutoscalingConfig
+from serving.config.engine import (
+    QUEUED_DESCRIPTION,
+    RESOURCES_DESCRIPTION,
+    AutoscalingConfig,
+    check_custom_resources,
+)
 
 
 class EmbedderConfig(BaseModel):
@@ -29,10 +34,21 @@ class EmbedderConfig(BaseModel):
     batch_wait_timeout_s: float = Field(
         0.005, ge=0, description="How long a batch waits to fill before it is embedded."
     )
+    max_ongoing_requests: int = Field(
+        64, ge=1, description="Texts one embedder replica accepts at once (at least max_batch_size, so a batch "
+        "can fill; Ray's default of 5 would cap it)."
+    )
+    max_queued_requests: int = Field(-1, ge=-1, description=QUEUED_DESCRIPTION)
+    resources: dict[str, float] = Field(default_factory=dict, description=RESOURCES_DESCRIPTION)
     autoscaling: AutoscalingConfig = Field(
         default_factory=lambda: AutoscalingConfig(min_replicas=1, max_replicas=2, target_ongoing_requests=16),
         description="Replica bounds of the Embedder deployment.",
     )
+
+    @field_validator("resources")
+    @classmethod
+    def _resources(cls, v: dict[str, float]) -> dict[str, float]:
+        return check_custom_resources(v)
 
 
 class CacheConfig(BaseModel):
@@ -59,6 +75,11 @@ class CacheConfig(BaseModel):
     collection: str = Field("infopt_cache", description="Qdrant collection (server) or shard folder name (edge).")
     num_replicas: int = Field(1, ge=1, description="SemanticCache replicas; backend 'edge' allows exactly one.")
     num_cpus: float = Field(0.1, gt=0, description="Ray CPUs reserved by each SemanticCache replica.")
+    max_ongoing_requests: int = Field(
+        64, ge=1, description="Lookups and admissions one SemanticCache replica handles at once."
+    )
+    max_queued_requests: int = Field(-1, ge=-1, description=QUEUED_DESCRIPTION)
+    resources: dict[str, float] = Field(default_factory=dict, description=RESOURCES_DESCRIPTION)
 
     similarity_threshold: float = Field(
         0.95,
@@ -102,6 +123,11 @@ class CacheConfig(BaseModel):
     )
     default_namespace: str = Field("default", description="Namespace of requests that do not name one.")
     embedder: EmbedderConfig = Field(default_factory=EmbedderConfig, description="The embedding deployment.")
+
+    @field_validator("resources")
+    @classmethod
+    def _resources(cls, v: dict[str, float]) -> dict[str, float]:
+        return check_custom_resources(v)
 
     @model_validator(mode="after")
     def _backend_rules(self) -> CacheConfig:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class AutoscalingConfig(BaseModel):
@@ -18,6 +18,16 @@ class AutoscalingConfig(BaseModel):
         8.0, gt=0, description="Ongoing requests per replica the autoscaler aims for."
     )
 
+    look_back_period_s: float = Field(
+        30.0, gt=0, description="Window over which ongoing requests are averaged for a scaling decision."
+    )
+    upscale_delay_s: float = Field(
+        30.0, ge=0, description="How long the load must stay above target before replicas are added."
+    )
+    downscale_delay_s: float = Field(
+        600.0, ge=0, description="How long the load must stay below target before replicas are removed."
+    )
+
     @model_validator(mode="after")
     def _bounds(self) -> AutoscalingConfig:
         if self.min_replicas > self.max_replicas:
@@ -25,6 +35,30 @@ class AutoscalingConfig(BaseModel):
                 f"min_replicas ({self.min_replicas}) must not exceed max_replicas ({self.max_replicas})"
             )
         return self
+
+
+# Ray's built-in resource names: set through num_cpus/num_gpus, never as custom resources.
+_BUILTIN_RESOURCES = {"CPU", "GPU", "memory", "object_store_memory"}
+
+
+def check_custom_resources(resources: dict[str, float]) -> dict[str, float]:
+    """Reject built-in names and negative amounts in a `resources` mapping (shared by every deployment's config)."""
+    for name, amount in resources.items():
+        if name in _BUILTIN_RESOURCES:
+            raise ValueError(f"resources: '{name}' is built in; set it with num_cpus/num_gpus instead")
+        if amount < 0:
+            raise ValueError(f"resources: '{name}' must not be negative (got {amount})")
+    return resources
+
+
+RESOURCES_DESCRIPTION = (
+    "Custom Ray resources each replica needs, e.g. {'infopt_gpu_node': 1} to pin it to nodes started with "
+    "`ray start --resources '{\"infopt_gpu_node\": 4}'`."
+)
+QUEUED_DESCRIPTION = (
+    "Requests each caller (proxy or handle) queues for this deployment before it answers 503 "
+    "(back-pressure); -1 queues without limit."
+)
 
 
 class EngineConfig(BaseModel):
@@ -88,6 +122,12 @@ class EngineConfig(BaseModel):
     max_ongoing_requests: int = Field(
         32, ge=1, description="Requests one replica accepts at once before Ray Serve queues them."
     )
+    max_queued_requests: int = Field(-1, ge=-1, description=QUEUED_DESCRIPTION)
+    resources: dict[str, float] = Field(
+        default_factory=dict,
+        description=RESOURCES_DESCRIPTION + " Added to the replica's first placement-group bundle "
+        "(the one its engine shares).",
+    )
     request_timeout_s: float = Field(
         300.0, gt=0, description="Longest a single generation may take before the request gets a 504."
     )
@@ -101,6 +141,11 @@ class EngineConfig(BaseModel):
         if self.served_model_name:
             return self.served_model_name
         return self.model.rstrip("/").rsplit("/", 1)[-1] if self.model.startswith(("/", ".", "~")) else self.model
+
+    @field_validator("resources")
+    @classmethod
+    def _resources(cls, v: dict[str, float]) -> dict[str, float]:
+        return check_custom_resources(v)
 
     @model_validator(mode="after")
     def _device_rules(self) -> EngineConfig:

@@ -1,13 +1,13 @@
 import pytest
 from pydantic import ValidationError
 
-from serving.config import AppConfig, EngineConfig, load_profile, profile_args, profiles_dir
+from serving.config import AppConfig, EngineConfig, load_profile, profile_args, profile_names
 
 BASE = {"scout": {"model": "a"}, "validator": {"model": "b"}}
 
 
 def test_every_profile_validates():
-    names = sorted(p.stem for p in profiles_dir().glob("*.yaml"))
+    names = profile_names()
     assert {"tiny", "laptop"} <= set(names) and any(n.startswith("gpu-") for n in names)
     for name in names:
         cfg = load_profile(name)

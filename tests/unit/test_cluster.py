@@ -1,0 +1,237 @@
+"""Serve configs per profile (cluster/*.yaml) and the on-prem launcher config, checked offline.
+
+The profiles' `deployments:` blocks are generated from their `args` (our AppConfig) by
+scripts/render_configs.py; here they must equal what `serve build` makes of those args, so
+that the block and the app can never disagree.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import sys
+import typing
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from serving.config import AppConfig, load_profile, profile_names, profile_path
+from tests.conftest import REPO
+
+sys.path.insert(0, str(REPO / "scripts"))
+import render_configs
+
+DEPLOYMENTS = {"Ingress", "Scout", "Validator", "SemanticCache", "Embedder"}
+
+
+# --- shared with test_k8s.py: Ray's Serve schemas ignore unknown keys, we do not ---------------------
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    found: list[type[BaseModel]] = []
+    for arg in typing.get_args(annotation):
+        found += _models_in(arg)
+    return found
+
+
+def unknown_keys(model: type[BaseModel], data: Any, path: str = "") -> list[str]:
+    """Keys in `data` that `model` (recursively) does not define: Ray's ServeDeploySchema accepts and
+    silently drops them, so a misspelt `max_replica` would deploy with the default."""
+    if not isinstance(data, dict):
+        return []
+    fields = {}
+    for name, field in model.model_fields.items():
+        fields[name] = field
+        if field.alias:
+            fields[field.alias] = field
+    found = []
+    for key, value in data.items():
+        where = f"{path}.{key}" if path else str(key)
+        if key not in fields:
+            found.append(where)
+            continue
+        models = _models_in(fields[key].annotation)
+        if len(models) != 1:  # free-form (args, runtime_env, user_config) or ambiguous: not ours to judge
+            continue
+        items = value if isinstance(value, list) else [value]
+        for i, item in enumerate(items):
+            found += unknown_keys(models[0], item, f"{where}[{i}]" if isinstance(value, list) else where)
+    return found
+
+
+def check_serve_config(doc: dict[str, Any]) -> None:
+    """Raise ValueError naming every problem of a Serve config: Ray's schema, unknown keys, our args."""
+    from ray.serve.schema import ServeDeploySchema
+
+    try:
+        ServeDeploySchema.model_validate(doc)
+    except ValidationError as e:
+        raise ValueError(f"not a valid Serve config: {e}") from e
+    extra = unknown_keys(ServeDeploySchema, doc)
+    if extra:
+        raise ValueError(f"unknown keys in the Serve config (Ray would drop them silently): {extra}")
+    for app in doc["applications"]:
+        try:
+            AppConfig(**app.get("args", {}))
+        except ValidationError as e:
+            raise ValueError(f"application {app.get('name')!r}: args are not a valid AppConfig: {e}") from e
+
+
+# --- the profiles -----------------------------------------------------------------------------------
+
+def drift(path: Path) -> str | None:
+    """None when the profile's `deployments:` block is what `serve build` makes of its args, else a diff."""
+    doc = yaml.safe_load(path.read_text())
+    app = doc["applications"][0]
+    have = app.get("deployments")
+    want = render_configs.serve_build(app["args"])
+    if have == want:
+        return None
+    dump = lambda d: yaml.safe_dump(d, sort_keys=False).splitlines(True)  # noqa: E731
+    diff = "".join(difflib.unified_diff(dump(have or []), dump(want), f"{path.name} (deployments)",
+                                        "serve build of its args"))
+    return (f"{path}: the deployments block drifted from `serve build` of the profile's args; "
+            f"run `python scripts/render_configs.py`.\n{diff}")
+
+
+@pytest.fixture(scope="module")
+def built() -> dict[str, list[dict[str, Any]]]:
+    return {name: render_configs.serve_build(yaml.safe_load(profile_path(name).read_text())["applications"][0]["args"])
+            for name in profile_names()}
+
+
+def test_profiles_are_serve_configs_and_the_launcher_config_is_not_one():
+    names = profile_names()
+    assert {"tiny", "laptop", "gpu-a100x4", "gpu-h100x8"} <= set(names)
+    assert "onprem" not in names
+
+
+@pytest.mark.parametrize("name", ["tiny", "laptop", "gpu-a100x4", "gpu-h100x8"])
+def test_profile_deployments_match_serve_build(name):
+    problem = drift(profile_path(name))
+    assert problem is None, problem
+
+
+def test_drift_is_reported_with_the_fix(tmp_path):
+    doc = yaml.safe_load(profile_path("gpu-a100x4").read_text())
+    doc["applications"][0]["args"]["validator"]["autoscaling"]["max_replicas"] = 3
+    path = tmp_path / "edited.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    problem = drift(path)
+    assert problem and "render_configs.py" in problem and "+    max_replicas: 3" in problem
+
+
+@pytest.mark.parametrize("name", ["tiny", "laptop", "gpu-a100x4", "gpu-h100x8"])
+def test_every_deployment_has_scaling_queue_limits_and_resources(name, built):
+    deps = {d["name"]: d for d in built[name]}
+    assert set(deps) == DEPLOYMENTS
+    for d in deps.values():
+        assert ("autoscaling_config" in d) != ("num_replicas" in d), d["name"]
+        assert d["max_ongoing_requests"] >= 1 and d["max_queued_requests"] >= -1, d["name"]
+        bundles = d.get("placement_group_bundles")
+        assert d["ray_actor_options"]["num_cpus"] > 0 or (bundles and bundles[0]["CPU"] > 0), d["name"]
+    cfg = load_profile(name)
+    validator = deps["Validator"]
+    assert validator["placement_group_strategy"] == "STRICT_PACK"
+    assert len(validator["placement_group_bundles"]) == cfg.validator.tensor_parallel_size
+    if cfg.validator.device == "gpu":
+        assert all(b["GPU"] == 1 for b in validator["placement_group_bundles"])
+        # Queues are bounded on the GPU profiles: overload answers 503 instead of growing latency.
+        assert all(d["max_queued_requests"] > 0 for n, d in deps.items() if n in {"Ingress", "Scout", "Validator"})
+    a = cfg.validator.autoscaling
+    assert validator["autoscaling_config"]["max_replicas"] == a.max_replicas
+
+
+@pytest.mark.parametrize("name", ["tiny", "laptop", "gpu-a100x4", "gpu-h100x8"])
+def test_profile_files_pass_the_strict_serve_check(name):
+    check_serve_config(yaml.safe_load(profile_path(name).read_text()))
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (lambda d: d["applications"][0]["deployments"][0].update(max_replica=3), "deployments[0].max_replica"),
+    (lambda d: d["applications"][0]["deployments"][1]["autoscaling_config"].update(upscale_dely_s=1),
+     "autoscaling_config.upscale_dely_s"),
+    (lambda d: d.update(http_option={"port": 1}), "http_option"),
+    (lambda d: d["applications"][0]["args"]["validator"].update(tensor_paralel_size=2), "not a valid AppConfig"),
+    (lambda d: d["applications"][0]["deployments"][0].update(max_ongoing_requests="lots"), "not a valid Serve config"),
+])
+def test_strict_serve_check_rejects_broken_configs(edit, message):
+    doc = yaml.safe_load(profile_path("gpu-a100x4").read_text())
+    edit(doc)
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        check_serve_config(doc)
+
+
+def test_custom_resources_pin_replicas():
+    """The Validator's custom resource lands in its first placement-group bundle (where ray.serve.llm
+    puts the replica actor and its engine); the light deployments carry theirs as actor resources."""
+    args = copy.deepcopy(load_profile("tiny").model_dump(mode="json"))
+    args["validator"]["resources"] = {"infopt_gpu_node": 1}
+    args["api"]["resources"] = {"infopt_cpu_node": 0.5}
+    args["cache"]["embedder"]["resources"] = {"infopt_cpu_node": 0.5}
+    deps = {d["name"]: d for d in render_configs.serve_build(args)}
+    assert deps["Validator"]["placement_group_bundles"][0]["infopt_gpu_node"] == 1
+    assert "infopt_gpu_node" not in str(deps["Scout"])
+    assert deps["Ingress"]["ray_actor_options"]["resources"] == {"infopt_cpu_node": 0.5}
+    assert deps["Embedder"]["ray_actor_options"]["resources"] == {"infopt_cpu_node": 0.5}
+
+
+@pytest.mark.parametrize("resources", [{"GPU": 1}, {"CPU": 2}, {"infopt_gpu_node": -1}])
+def test_builtin_or_negative_resources_are_rejected(resources):
+    with pytest.raises(ValidationError, match="resources"):
+        AppConfig(scout={"model": "a"}, validator={"model": "b", "resources": resources})
+    with pytest.raises(ValidationError, match="resources"):
+        AppConfig(scout={"model": "a"}, validator={"model": "b"}, api={"resources": resources})
+
+
+# --- the on-prem launcher config ----------------------------------------------------------------------
+
+ONPREM = REPO / "cluster" / "onprem.yaml"
+
+
+def prepare_and_validate(config: dict[str, Any]) -> dict[str, Any]:
+    """What `ray up` does to a config before it touches a machine: Ray's own preparation, then its schema."""
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    prepared = prepare_config(copy.deepcopy(config))
+    validate_config(prepared)
+    return prepared
+
+
+def test_onprem_config_passes_rays_own_validation():
+    config = yaml.safe_load(ONPREM.read_text())
+    prepared = prepare_and_validate(config)
+    assert prepared["provider"]["type"] == "local"
+    node_type = prepared["available_node_types"][prepared["head_node_type"]]
+    # Ray keeps every listed worker of a manually managed cluster.
+    assert node_type["min_workers"] == node_type["max_workers"] == len(config["provider"]["worker_ips"])
+    setup = " ".join(prepared["worker_setup_commands"])
+    assert "pip install" in setup and ".[gpu]" in setup
+    assert any("--head" in c and "--num-gpus=0" in c for c in prepared["head_start_ray_commands"])
+    assert any("--address=$RAY_HEAD_IP:6379" in c for c in prepared["worker_start_ray_commands"])
+
+
+def _broken(edit: Any) -> dict[str, Any]:
+    config = yaml.safe_load(ONPREM.read_text())
+    edit(config)
+    return config
+
+
+@pytest.mark.parametrize("config", [
+    pytest.param(_broken(lambda c: c.update(setup_comands=["true"])), id="misspelt-key"),
+    pytest.param(_broken(lambda c: c["provider"].pop("head_ip")), id="no-head-ip"),
+    pytest.param(_broken(lambda c: c.update(idle_timeout_minutes="soon")), id="wrong-type"),
+    pytest.param(_broken(lambda c: c.update(available_node_types={"gpu": {"node_config": {}, "resources": {}}})),
+                 id="node-types-on-local"),
+])
+def test_broken_onprem_configs_are_rejected(config):
+    import click
+    import jsonschema
+
+    with pytest.raises((jsonschema.ValidationError, click.ClickException, ValueError)):
+        prepare_and_validate(config)
+
