@@ -28,14 +28,27 @@ class Metrics:
     def tokens(self, tier: str, prompt_tokens: int, completion_tokens: int) -> None:
         """Tokens processed by a tier."""
 
-    def draft(self, proposed: int, accepted: int) -> None:
-        """One verified draft: tokens proposed by the Scout, accepted by the Validator."""
+    def draft(self, proposed: int, accepted: int, source: str = "scout", saved: int = 0) -> None:
+        """One verified draft (from the Scout or a cache near miss): tokens proposed, accepted by the
+        Validator, and saved (obtained without a Validator decode step)."""
 
     def cache_event(self, event: str, reason: str = "", n: int = 1) -> None:
         """Cache events: exact_hit, semantic_hit, miss, guard_rejected (reason), admitted, evicted, expired, ..."""
 
     def cache_lookup(self, decision: str, latency_ms: float) -> None:
         """One lookup inside the cache (embedding and store search included)."""
+
+    def plan(self, strategy: str, priority: str, complexity: float | None) -> None:
+        """One request analyzed: its strategy, priority class and complexity (None when unknown)."""
+
+    def coalesced(self, n: int = 1) -> None:
+        """Requests answered by an identical request's computation (in-flight coalescing)."""
+
+    def batch_params(self, deployment: str, max_batch_size: int, batch_wait_timeout_s: float) -> None:
+        """The adaptive batching controller set new `@serve.batch` parameters."""
+
+    def load_forecast(self, priority: str, horizon_s: float, rate: float) -> None:
+        """Forecast arrival rate (1/s) of a priority class `horizon_s` ahead (0: the smoothed current rate)."""
 
 
 class ServeMetrics(Metrics):
@@ -70,10 +83,35 @@ class ServeMetrics(Metrics):
         )
 
         self._draft_tokens = m.Counter(
-            f"{prefix}_draft_tokens", description="Verified escalation: draft tokens proposed and accepted.",
-            tag_keys=("kind",),
+            f"{prefix}_draft_tokens", description="Verified drafts: tokens proposed, accepted, and saved (obtained "
+            "without a Validator decode step), by draft source (scout, cache).", tag_keys=("kind", "source"),
         )
-        self._drafts = m.Counter(f"{prefix}_drafts_verified", description="Drafts verified by the Validator.")
+        self._drafts = m.Counter(f"{prefix}_drafts_verified", description="Drafts verified by the Validator, by "
+                                 "source (scout, cache).", tag_keys=("source",))
+
+        self._plans = m.Counter(
+            f"{prefix}_analyzer_plans", description="Requests analyzed, by strategy and priority class.",
+            tag_keys=("strategy", "priority"),
+        )
+        self._complexity = m.Histogram(
+            f"{prefix}_analyzer_complexity", description="Estimated P(the Scout is not good enough).",
+            boundaries=CONFIDENCE_BOUNDARIES,
+        )
+        self._coalesced = m.Counter(
+            f"{prefix}_coalesced_requests", description="Requests answered by an identical in-flight request."
+        )
+        self._batch_size = m.Gauge(
+            f"{prefix}_batch_max_size", description="Adaptive @serve.batch max_batch_size in force.",
+            tag_keys=("deployment",),
+        )
+        self._batch_wait = m.Gauge(
+            f"{prefix}_batch_wait_timeout_s", description="Adaptive @serve.batch batch_wait_timeout_s in force.",
+            tag_keys=("deployment",),
+        )
+        self._forecast = m.Gauge(
+            f"{prefix}_arrival_rate_forecast", description="Forecast arrival rate (requests/s) per priority class "
+            "and horizon (0 = smoothed current rate).", tag_keys=("priority", "horizon_s"),
+        )
 
     def request(self, route: str, status: int) -> None:
         self._requests.inc(tags={"route": route, "status": str(status)})
@@ -91,13 +129,11 @@ class ServeMetrics(Metrics):
         if completion_tokens:
             self._tokens.inc(completion_tokens, tags={"tier": tier, "kind": "completion"})
 
-    def draft(self, proposed: int, accepted: int) -> None:
-        self._drafts.inc()
-        # Ray counters refuse an increment of 0.
-        if proposed:
-            self._draft_tokens.inc(proposed, tags={"kind": "proposed"})
-        if accepted:
-            self._draft_tokens.inc(accepted, tags={"kind": "accepted"})
+    def draft(self, proposed: int, accepted: int, source: str = "scout", saved: int = 0) -> None:
+        self._drafts.inc(tags={"source": source})
+        for kind, n in (("proposed", proposed), ("accepted", accepted), ("saved", saved)):
+            if n:  # Ray counters refuse an increment of 0.
+                self._draft_tokens.inc(n, tags={"kind": kind, "source": source})
 
     def cache_event(self, event: str, reason: str = "", n: int = 1) -> None:
         if n:
@@ -105,3 +141,19 @@ class ServeMetrics(Metrics):
 
     def cache_lookup(self, decision: str, latency_ms: float) -> None:
         self._cache_lookup_ms.observe(latency_ms, tags={"decision": decision})
+
+    def plan(self, strategy: str, priority: str, complexity: float | None) -> None:
+        self._plans.inc(tags={"strategy": strategy, "priority": priority})
+        if complexity is not None:
+            self._complexity.observe(complexity)
+
+    def coalesced(self, n: int = 1) -> None:
+        if n:  # Ray counters refuse an increment of 0.
+            self._coalesced.inc(n)
+
+    def batch_params(self, deployment: str, max_batch_size: int, batch_wait_timeout_s: float) -> None:
+        self._batch_size.set(max_batch_size, tags={"deployment": deployment})
+        self._batch_wait.set(batch_wait_timeout_s, tags={"deployment": deployment})
+
+    def load_forecast(self, priority: str, horizon_s: float, rate: float) -> None:
+        self._forecast.set(rate, tags={"priority": priority, "horizon_s": f"{horizon_s:g}"})

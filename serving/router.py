@@ -10,7 +10,13 @@ One decision per stage, each recorded in the `RouteTrace` returned with the answ
   `serving.confidence`) is compared with the threshold: ``confident`` returns the
   Scout's answer, ``escalate`` hands over to the Validator. A Scout that fails or
   times out also escalates (``failed``): the Validator can still answer.
-* ``validator`` stage — the Validator answers (``answered``).
+* ``validator`` stage — the Validator answers (``answered``), or, with
+  ``tiering.verified_escalation``, verifies a draft and generates only the rest
+  (``verified``, see `serving.verify`): the Scout's answer after an escalation, or a
+  *near miss* of the cache — a cached answer to a question similar enough to be a draft
+  (``cache.draft_threshold``) but not to be served. A near miss goes straight to the
+  Validator: the Scout stage records ``skipped`` (reason ``near_miss_draft``) and the
+  route's reason is ``near_miss``.
 * ``admission`` stage (after a miss) — the answer is ``admitted`` to the cache, or
   ``rejected`` by the admission policy (`serving.cache.policy`), or ``failed``.
 
@@ -46,7 +52,7 @@ from serving.errors import (
     ServiceError,
 )
 from serving.metrics import Metrics
-from serving.verify import can_verify
+from serving.verify import Draft, DraftOutcome, can_verify
 
 
 @dataclass
@@ -112,9 +118,10 @@ class TieredRouter:
         trace = self._new_trace(model, threshold)
         started = time.perf_counter()
         try:
-            gen, admission = await self._cache_stage(request, model, cache, trace)
+            gen, admission, draft = await self._cache_stage(request, model, cache, trace)
             if gen is None:
-                gen, draft = await self._scout_stage(request, model, trace)
+                if not self._skip_scout_for(draft, request, model, trace):
+                    gen, draft = await self._scout_stage(request, model, trace)
                 if gen is None:
                     gen = await self._validator_complete(request, model, trace, draft)
                 elif not request.logprobs:
@@ -134,11 +141,12 @@ class TieredRouter:
         trace = self._new_trace(model, threshold)
         started = time.perf_counter()
         try:
-            gen, admission = await self._cache_stage(request, model, cache, trace)
+            gen, admission, draft = await self._cache_stage(request, model, cache, trace)
             if gen is not None:
                 self._finish(trace, started)
                 return RoutedStream(_replay(gen, False), trace, gen.model)
-            gen, _draft = await self._scout_stage(request, model, trace)
+            if not self._skip_scout_for(draft, request, model, trace):
+                gen, draft = await self._scout_stage(request, model, trace)
             if gen is not None:
                 await self._admit(admission, gen, trace)
         except InferenceOptimizerError as exc:
@@ -148,9 +156,10 @@ class TieredRouter:
             self._finish(trace, started)
             return RoutedStream(_replay(gen, request.logprobs), trace, self.scout.model_id)
         # Decided now, not when the generator first runs: the header is sent before any chunk.
-        trace.tier, trace.reason = "validator", self._validator_reason(model, trace)
+        trace.tier, trace.reason = "validator", self._validator_reason(model, trace, draft)
+        verify = draft if self._verifies(draft, request) else None
         return RoutedStream(
-            self._validator_stream(request, trace, started, admission), trace, self.validator.model_id
+            self._validator_stream(request, trace, started, admission, verify), trace, self.validator.model_id
         )
 
     # -- stages ---------------------------------------------------------------------------
@@ -164,10 +173,11 @@ class TieredRouter:
 
     async def _cache_stage(
         self, request: GenerationRequest, model: str, control: CacheControl | None, trace: RouteTrace
-    ) -> tuple[Generation | None, _Admission | None]:
-        """Serve from the cache when it has the answer; otherwise say how to admit the new one."""
+    ) -> tuple[Generation | None, _Admission | None, Draft | None]:
+        """Serve from the cache when it has the answer; otherwise say how to admit the new one
+        (and hand over a near miss as a draft)."""
         if self.cache is None:
-            return None, None
+            return None, None, None
         cfg, control = self.cache_config, control or CacheControl()
         t0 = time.perf_counter()
         if control.ttl_s is not None and control.ttl_s > cfg.max_ttl_s:
@@ -177,35 +187,39 @@ class TieredRouter:
             request, cfg, allow_sampled=control.allow_sampled)
         if reason is not None:
             self._record(trace, "cache", "skipped", t0, reason=reason)
-            return None, None
+            return None, None, None
         key = cache_key(request, model=model, namespace=control.namespace or cfg.default_namespace,
                         fingerprint=self.fingerprint)
         admission = _Admission(key, None, control.ttl_s, list(control.tags))
         if control.mode == "refresh":
             self._record(trace, "cache", "skipped", t0, reason="refresh")
-            return None, admission
+            return None, admission, None
         try:
             found = await asyncio.wait_for(self.cache.lookup(key), cfg.timeout_s)
         except TimeoutError:
             self._record(trace, "cache", "bypass", t0, error=f"lookup took longer than {cfg.timeout_s:g} s")
-            return None, None
+            return None, None, None
         except Exception as exc:  # whatever the cache's failure, the request goes on without it
             self._record(trace, "cache", "bypass", t0, error=f"{type(exc).__name__}: {exc}"[:300])
-            return None, None
+            return None, None, None
         detail: dict[str, object] = {"namespace": key.namespace}
         if found.rejected:
             detail["guard_rejected"] = found.rejected
         entry = found.entry
         if entry is None:
             admission.vector = found.vector
+            draft = None
+            if found.draft is not None:
+                draft = Draft(found.draft.answer, "cache", similarity=found.draft_similarity, entry_id=found.draft.id)
+                detail["near_miss"] = {"similarity": round(found.draft_similarity or 0.0, 4), "entry": found.draft.id}
             self._record(trace, "cache", "miss", t0, **detail)
-            return None, admission
+            return None, admission, draft
         self._record(trace, "cache", found.decision, t0, similarity=round(found.similarity or 1.0, 4),
                      entry=entry.provenance(), **detail)
         trace.tier, trace.reason = "cache", "exact" if found.decision == "exact_hit" else "semantic"
         gen = Generation(text=entry.answer, finish_reason=entry.finish_reason,
                          usage=Usage(entry.prompt_tokens, entry.completion_tokens), model=entry.engine_model)
-        return gen, None
+        return gen, None, None
 
     async def _admit(self, admission: _Admission | None, gen: Generation, trace: RouteTrace) -> None:
         """Offer a generated answer to the cache (policy first); never fails the request."""
@@ -240,7 +254,7 @@ class TieredRouter:
 
     async def _scout_stage(
         self, request: GenerationRequest, model: str, trace: RouteTrace
-    ) -> tuple[Generation | None, Generation | None]:
+    ) -> tuple[Generation | None, Draft | None]:
         """Run the Scout when the route includes it: (its answer to serve, or its draft after an escalation)."""
         if not self._uses_scout(model):
             return None, None
@@ -267,26 +281,45 @@ class TieredRouter:
             finish_reason=gen.finish_reason,
         )
         if decision == "escalate":
-            return None, gen
+            return None, Draft(gen.text, "scout")
         trace.tier, trace.reason = "scout", decision
         return gen, None
 
-    def _validator_reason(self, model: str, trace: RouteTrace) -> str:
+    def _verifies(self, draft: Draft | None, request: GenerationRequest) -> bool:
+        """Whether the Validator verifies `draft` rather than generating from scratch."""
+        return (draft is not None and self.tiering.verified_escalation and self.validator.can_verify
+                and can_verify(request) is None)
+
+    def _skip_scout_for(self, draft: Draft | None, request: GenerationRequest, model: str, trace: RouteTrace) -> bool:
+        """A near miss of the cache goes straight to the Validator (unless the Scout is forced).
+
+        The cached answer to an almost identical question is a better draft than a fresh
+        Scout answer, and what the Validator makes of it is final (and admitted).
+        """
+        if draft is None or draft.source != "cache" or model == "scout" or not self._verifies(draft, request):
+            return False
+        if self._uses_scout(model):
+            self._record(trace, "scout", "skipped", time.perf_counter(), reason="near_miss_draft")
+        return True
+
+    def _validator_reason(self, model: str, trace: RouteTrace, draft: Draft | None = None) -> str:
         if model == "validator":
             return "forced"
+        if draft is not None and draft.source == "cache":
+            return "near_miss"  # a cache draft only reaches the Validator to be verified
         if not trace.stages:
             return "tiering_disabled"
         return "scout_failed" if trace.stages[-1].decision == "failed" else "escalated"
 
     async def _validator_complete(
-        self, request: GenerationRequest, model: str, trace: RouteTrace, draft: Generation | None = None
+        self, request: GenerationRequest, model: str, trace: RouteTrace, draft: Draft | None = None
     ) -> Generation:
-        reason = self._validator_reason(model, trace)
+        reason = self._validator_reason(model, trace, draft)
         t0 = time.perf_counter()
-        verify = draft is not None and self.tiering.verified_escalation and self.validator.can_verify \
-            and can_verify(request) is None
+        verify = self._verifies(draft, request)
         try:
             if verify:
+                assert draft is not None
                 verified = await asyncio.wait_for(self.validator.verify(request, draft.text), self.validator_timeout_s)
                 gen = verified.generation
             else:
@@ -299,10 +332,8 @@ class TieredRouter:
             self._record(trace, "validator", "failed", t0, error=exc.message)
             raise
         if verify:
-            self._record(trace, "validator", "verified", t0, tokens=gen.usage.completion_tokens,
-                         finish_reason=gen.finish_reason, draft_tokens=verified.proposed,
-                         accepted_tokens=verified.accepted, generated_tokens=verified.generated)
-            self.metrics.draft(verified.proposed, verified.accepted)
+            assert draft is not None
+            self._record_verified(trace, t0, draft, verified.outcome, gen.usage.completion_tokens, gen.finish_reason)
         else:
             self._record(trace, "validator", "answered", t0, tokens=gen.usage.completion_tokens,
                          finish_reason=gen.finish_reason)
@@ -310,18 +341,31 @@ class TieredRouter:
         trace.tier, trace.reason = "validator", reason
         return gen
 
+    def _record_verified(self, trace: RouteTrace, t0: float, draft: Draft, outcome: DraftOutcome, tokens: int,
+                         finish_reason: str | None) -> None:
+        detail: dict[str, object] = {"draft_source": draft.source}
+        if draft.similarity is not None:
+            detail["draft_similarity"] = round(draft.similarity, 4)
+        self._record(trace, "validator", "verified", t0, tokens=tokens, finish_reason=finish_reason,
+                     draft_tokens=outcome.proposed, accepted_tokens=outcome.accepted,
+                     generated_tokens=max(tokens - outcome.accepted, 0), saved_tokens=outcome.saved, **detail)
+        self.metrics.draft(outcome.proposed, outcome.accepted, source=draft.source, saved=outcome.saved)
+
     async def _validator_stream(
-        self, request: GenerationRequest, trace: RouteTrace, started: float, admission: _Admission | None = None
+        self, request: GenerationRequest, trace: RouteTrace, started: float, admission: _Admission | None = None,
+        draft: Draft | None = None,
     ) -> AsyncIterator[GenerationChunk]:
+        """The Validator's answer, streamed; with a `draft`, verified first (its accepted prefix comes at once)."""
         t0 = time.perf_counter()
         tokens = 0
+        outcome: DraftOutcome | None = None
         # What the stream said, so a completed answer can still be admitted to the cache.
         parts: list[str] = []
         finish_reason: str | None = None
         usage = Usage()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.validator_timeout_s
-        chunks = self.validator.stream(request)
+        chunks = self.validator.verify_stream(request, draft.text) if draft else self.validator.stream(request)
         try:
             while True:
                 # A deadline per chunk rather than a timeout scope around `yield`: the scope
@@ -334,6 +378,8 @@ class TieredRouter:
                     tokens = chunk.usage.completion_tokens
                     usage = chunk.usage
                     self.metrics.tokens("validator", chunk.usage.prompt_tokens, tokens)
+                if chunk.draft is not None:
+                    outcome = chunk.draft
                 parts.append(chunk.text)
                 finish_reason = chunk.finish_reason or finish_reason
                 yield chunk
@@ -349,7 +395,10 @@ class TieredRouter:
         finally:
             if hasattr(chunks, "aclose"):
                 await chunks.aclose()
-        self._record(trace, "validator", "answered", t0, tokens=tokens)
+        if draft is not None and outcome is not None:
+            self._record_verified(trace, t0, draft, outcome, tokens, finish_reason)
+        else:
+            self._record(trace, "validator", "answered", t0, tokens=tokens)
         gen = Generation(text="".join(parts), finish_reason=finish_reason, usage=usage, model=self.validator.model_id)
         await self._admit(admission, gen, trace)
         self._finish(trace, started)

@@ -1,28 +1,41 @@
-"""Verified escalation: the Validator checks the Scout's draft instead of starting over.
+"""Verified escalation: the Validator checks a draft instead of starting over.
 
-When the Scout is unsure, its answer is still a draft. The Validator reads prompt + draft
-in one prefill pass and reports, at every draft position, the token it would have chosen
-itself (prompt logprobs, top 1). The longest prefix of the draft that agrees is accepted
-as if the Validator had generated it; at the first disagreement the Validator's own token
-is taken (it is known from the same pass), and generation continues from there, greedy,
-with the accepted prefix already in the prefix cache.
+A draft is an answer that is probably close to the Validator's own: the Scout's answer
+after it was not sure enough (an escalation), or a cached answer to a very similar
+question that was not similar enough to serve (a *near miss*, see
+`serving.cache.semantic`). The Validator reads prompt + draft in one prefill pass and
+reports, at every draft position, the token it would have chosen itself (prompt
+logprobs, top 1). The longest prefix of the draft that agrees is accepted as if the
+Validator had generated it; at the first disagreement the Validator's own token is taken
+(it is known from the same pass), and generation continues from there, greedy, with the
+accepted prefix already in the prefix cache.
 
 Greedy only: at temperature 0 the result is, token for token, what the Validator alone
-produces (each accepted token *is* its argmax given the same prefix). Sampled requests,
-requests with stop strings (a stop string inside the accepted prefix would need the
-engine's stop logic) and logprob requests use plain Validator generation. The draft is
-text, re-tokenised with the Validator's tokenizer, so Scout and Validator need not share
-a vocabulary.
+produces (each accepted token *is* its argmax given the same prefix). Sampled requests
+fall back to plain Validator generation rather than a request-level speculative-sampling
+rule: the draft would need the Scout's full distribution at every position, which the
+API does not return. (Inside the engine, vLLM's speculative decoding does apply the
+standard speculative-sampling rule to sampled requests; see `SpeculativeConfig`.)
+Requests with stop strings (a stop string inside the accepted prefix would need the
+engine's stop logic) and logprob requests also use plain generation. The draft is text,
+re-tokenised with the Validator's tokenizer, so Scout and Validator need not share a
+vocabulary.
+
+Streaming: the accepted prefix (and the correction) is sent at once as the first chunk,
+then the rest streams token by token.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from serving.engines.base import Generation, GenerationRequest
 
+DraftSource = Literal["scout", "cache"]
 
-def accept_length(draft: list[int], choices: list[int]) -> int:
+
+def accept_length(draft: list[int], choices: list[int | None]) -> int:
     """How many leading draft tokens equal the Validator's own choice at their position."""
     n = 0
     for d, c in zip(draft, choices, strict=False):
@@ -44,6 +57,28 @@ def can_verify(request: GenerationRequest) -> str | None:
 
 
 @dataclass
+class Draft:
+    """A candidate answer for the Validator to verify, and where it came from."""
+
+    text: str
+    source: DraftSource
+    # For a cache draft: the similarity of the cached question and the entry's id.
+    similarity: float | None = None
+    entry_id: str | None = None
+
+
+@dataclass
+class DraftOutcome:
+    """How a verified draft fared, in the Validator's tokens."""
+
+    proposed: int  # draft tokens offered
+    accepted: int  # of which accepted
+    # Tokens the Validator got without a decode step: the accepted ones, plus its correction
+    # (or its next token) when the scoring pass produced one.
+    saved: int
+
+
+@dataclass
 class Verified:
     """The Validator's answer built on a verified draft."""
 
@@ -51,3 +86,8 @@ class Verified:
     proposed: int  # draft tokens (in the Validator's tokenizer) offered
     accepted: int  # of which accepted
     generated: int  # tokens the Validator generated itself (the correction included)
+    saved: int = 0  # see `DraftOutcome.saved`
+
+    @property
+    def outcome(self) -> DraftOutcome:
+        return DraftOutcome(self.proposed, self.accepted, self.saved)

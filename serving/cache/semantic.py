@@ -13,6 +13,10 @@ Lookup, in order:
    engines, context digest (system prompt + earlier turns) and parameters, not expired.
    Each candidate, most similar first, must pass the guards (`serving.cache.guards`);
    a vetoed candidate is counted and the next one tried.
+3. **near miss** — on a miss, the most similar candidate with similarity >=
+   `draft_threshold` that was not served (too far, or vetoed) comes back as `draft`: the
+   Validator can verify it instead of starting from nothing (`serving.verify`), which is
+   safe whatever the draft says, since only what the Validator itself would write is kept.
 
 Expired entries are never returned (the search filters on `expires_at`) and are deleted by
 `sweep()`. When a namespace holds more than `max_entries_per_namespace` entries, the least
@@ -65,6 +69,9 @@ class CacheLookup:
     vector: list[float] | None = None
     # Semantic candidates above the threshold that a guard vetoed: [{"reason", "similarity"}].
     rejected: list[dict[str, Any]] = field(default_factory=list)
+    # On a miss: the near miss to verify as a draft (see the module docstring), and its similarity.
+    draft: CacheEntry | None = None
+    draft_similarity: float | None = None
 
     @property
     def hit(self) -> bool:
@@ -144,17 +151,26 @@ class SemanticCache(ResponseCache):
         (vector,) = await self.embedder.embed([key.question])
         match = Match(namespace=key.namespace, model=key.model, fingerprint=key.fingerprint, context=key.context,
                       params=key.params, now=now)
-        candidates = await self._store(self.store.search, vector, match, self.config.candidates,
-                                       self.config.similarity_threshold)
+        serve_at, draft_at = self.config.similarity_threshold, self.config.draft_threshold
+        floor = serve_at if draft_at is None else min(draft_at, serve_at)
+        candidates = await self._store(self.store.search, vector, match, self.config.candidates, floor)
         rejected: list[dict[str, Any]] = []
+        near: tuple[CacheEntry, float] | None = None
         for entry, similarity in candidates:
+            if similarity < serve_at:
+                near = near or (entry, similarity)
+                continue
             verdict = guards.check(entry.question or "", key.question) if self.config.guards else guards.PASS
             if not verdict.ok:
                 rejected.append({"reason": verdict.reason, "similarity": round(similarity, 4)})
                 self._count("guard_rejected", verdict.reason or "")
+                near = near or (entry, similarity)
                 continue
             await self._store(self.store.record_hit, entry, now)
             return CacheLookup("semantic_hit", entry, similarity=similarity, rejected=rejected)
+        if near is not None and draft_at is not None:
+            self._count("near_miss")
+            return CacheLookup("miss", vector=vector, rejected=rejected, draft=near[0], draft_similarity=near[1])
         return CacheLookup("miss", vector=vector, rejected=rejected)
 
     # -- admission ------------------------------------------------------------------------

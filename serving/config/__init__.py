@@ -7,6 +7,7 @@ from serving.config.api import ApiConfig
 from serving.config.app import AppConfig, load_profile, profile_args, profile_names, profile_path, profiles_dir
 from serving.config.cache import CacheConfig, EmbedderConfig
 from serving.config.engine import AutoscalingConfig, EngineConfig
+from serving.config.speculative import SpeculativeConfig
 from serving.config.tiering import ConfidenceConfig, TieringConfig
 
 __all__ = [
@@ -17,6 +18,7 @@ __all__ = [
     "ConfidenceConfig",
     "EmbedderConfig",
     "EngineConfig",
+    "SpeculativeConfig",
     "TieringConfig",
     "load_profile",
     "profile_args",

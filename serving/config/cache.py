@@ -88,6 +88,14 @@ class CacheConfig(BaseModel):
         description="Cosine similarity a semantic hit needs (chosen with scripts/eval_cache.py on QQP for <= 1% "
         "false hits; see docs/benchmarks.md).",
     )
+    draft_threshold: float | None = Field(
+        0.8,
+        ge=0,
+        le=1,
+        description="Near misses: the most similar cached answer with similarity >= this that is not served (below "
+        "similarity_threshold, or vetoed by a guard) is verified by the Validator as a draft (greedy requests, "
+        "tiering.verified_escalation on); None turns it off. Above similarity_threshold it changes nothing.",
+    )
     guards: bool = Field(
         True, description="Veto semantic hits whose negation, opposites, numbers or names differ."
     )

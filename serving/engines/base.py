@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
-    from serving.verify import Verified
+    from serving.verify import DraftOutcome, Verified
 
 
 @dataclass
@@ -83,6 +83,8 @@ class GenerationChunk:
     finish_reason: str | None = None
     tokens: list[TokenLogprob] | None = None
     usage: Usage | None = None
+    # Set on the first chunk of a verified stream (`LLMEngine.verify_stream`).
+    draft: DraftOutcome | None = None
 
 
 class LLMEngine(ABC):
@@ -116,4 +118,9 @@ class LLMEngine(ABC):
         The result must equal `generate(request)` token for token. Engines that cannot
         score a prompt leave `can_verify` False.
         """
+        raise NotImplementedError
+
+    def verify_stream(self, request: GenerationRequest, draft: str) -> AsyncIterator[GenerationChunk]:
+        """`verify`, streamed: the first chunk holds the accepted prefix (and carries the
+        `DraftOutcome` in `chunk.draft`), then the rest streams; the text joins to `verify`'s."""
         raise NotImplementedError

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 from serving.engines.base import Generation, GenerationChunk, GenerationRequest, LLMEngine, TokenLogprob, Usage
@@ -20,7 +21,7 @@ from serving.errors import (
     InferenceOptimizerError,
     InvalidRequestError,
 )
-from serving.verify import Verified, accept_length
+from serving.verify import DraftOutcome, Verified, accept_length
 
 _CONTEXT_MARKERS = ("maximum context length", "max_model_len", "context length", "input_tokens")
 
@@ -111,9 +112,14 @@ class ServeLLMEngine(LLMEngine):
             return list(ids)
         return list(tok(req.prompt or "").input_ids)
 
+    def _ids_request(self, ids: list[int], max_tokens: int, stream: bool, **extra: Any) -> Any:
+        if stream:
+            extra["stream_options"] = {"include_usage": True}
+        return self._oai.CompletionRequest(model=self.model_id, prompt=ids, max_tokens=max_tokens, temperature=0.0,
+                                           return_token_ids=True, stream=stream, **extra)
+
     async def _complete_ids(self, ids: list[int], max_tokens: int, **extra: Any) -> dict[str, Any]:
-        vreq = self._oai.CompletionRequest(model=self.model_id, prompt=ids, max_tokens=max_tokens, temperature=0.0,
-                                           return_token_ids=True, **extra)
+        vreq = self._ids_request(ids, max_tokens, False, **extra)
         try:
             async for item in self._handle.completions.options(stream=True).remote(vreq):
                 if _is_error(item):
@@ -125,46 +131,89 @@ class ServeLLMEngine(LLMEngine):
             raise EngineUnavailableError(f"{self.model_id}: {type(exc).__name__}: {exc}"[:500]) from exc
         raise EngineUnavailableError(f"{self.model_id}: the engine returned no response")
 
-    async def verify(self, request: GenerationRequest, draft: str) -> Verified:
+    async def _stream_ids(self, ids: list[int], max_tokens: int) -> AsyncIterator[dict[str, Any]]:
+        """Greedy continuation of token ids, streamed: the engine's SSE payloads (token ids included)."""
+        vreq = self._ids_request(ids, max_tokens, True)
+        try:
+            async for batch in self._handle.completions.options(stream=True).remote(vreq):
+                for item in batch if isinstance(batch, list) else [batch]:
+                    if _is_error(item):
+                        raise error_from_engine(item)
+                    for data in _sse_payloads(item):
+                        if "error" in data:
+                            raise error_from_engine(data)
+                        yield data
+        except InferenceOptimizerError:
+            raise
+        except Exception as exc:
+            raise EngineUnavailableError(f"{self.model_id}: {type(exc).__name__}: {exc}"[:500]) from exc
 
+    async def _score(self, request: GenerationRequest, draft: str) -> _Scored:
+        """One prefill over prompt + draft: how much of the draft the Validator accepts, and its next token."""
         tok = self._tok()
         prompt = self._prompt_ids(request)
         proposed = list(tok(draft, add_special_tokens=False).input_ids)[: request.max_tokens]
-        # One prefill over prompt + draft: the Validator's own choice at every draft position,
-        # and (max_tokens=1) its next token after the whole draft.
+        # The Validator's own choice at every draft position, and (max_tokens=1) its next
+        # token after the whole draft.
         scored = (await self._complete_ids(prompt + proposed, 1, prompt_logprobs=1))["choices"][0]
         positions = scored.get("prompt_logprobs") or []
-        choices = [_top1(positions[len(prompt) + j]) for j in range(len(proposed))]
+        choices = [_top1(positions[len(prompt) + j]) if len(prompt) + j < len(positions) else None
+                   for j in range(len(proposed))]
         k = accept_length(proposed, choices)
         if k < len(proposed):
-            correction: int | None = choices[k]
+            nxt: int | None = choices[k]
         else:
-            nxt = scored.get("token_ids") or []
-            correction = nxt[0] if nxt else None  # None: the engine stopped right after the draft
-        ids = proposed[:k]
-        finish = "stop"
-        # Completion tokens as the engine counts them: an end-of-sequence token counts.
-        counted = k
+            after = scored.get("token_ids") or []
+            nxt = after[0] if after else None
+        s = _Scored(prompt=prompt, proposed=len(proposed), accepted=k, ids=proposed[:k], counted=k)
         if k >= request.max_tokens:
-            finish = "length"  # the whole draft, as long as the answer may be: nothing to add
-        elif correction is None or correction in self._eos:
-            counted += correction is not None  # the draft was the whole answer
-        else:
-            ids.append(correction)
-            counted += 1
-            remaining = request.max_tokens - len(ids)
-            if remaining > 0:
-                rest = await self._complete_ids(prompt + ids, remaining)
-                choice = rest["choices"][0]
-                ids += [t for t in choice.get("token_ids") or [] if t not in self._eos]
-                counted += ((rest.get("usage") or {}).get("completion_tokens")
-                            or len(choice.get("token_ids") or []))
-                finish = choice.get("finish_reason") or "stop"
-            else:
-                finish = "length"
-        text = tok.decode(ids, skip_special_tokens=True)
-        gen = Generation(text=text, finish_reason=finish, usage=Usage(len(prompt), counted), model=self.model_id)
-        return Verified(gen, proposed=len(proposed), accepted=k, generated=counted - k)
+            s.finish = "length"  # the whole draft, as long as the answer may be: nothing to add
+        elif nxt is not None and nxt in self._eos:
+            s.counted += 1  # the answer ends here; the engine counts its end-of-sequence token
+            s.finish = "stop"
+        elif nxt is not None:
+            s.ids.append(nxt)
+            s.counted += 1
+            if len(s.ids) >= request.max_tokens:
+                s.finish = "length"
+        # nxt is None (no top-1 reported): greedy generation simply continues from the accepted prefix.
+        s.saved = s.counted
+        return s
+
+    async def verify(self, request: GenerationRequest, draft: str) -> Verified:
+        s = await self._score(request, draft)
+        finish = s.finish
+        if finish is None:
+            rest = await self._complete_ids(s.prompt + s.ids, request.max_tokens - len(s.ids))
+            choice = rest["choices"][0]
+            new = choice.get("token_ids") or []
+            s.ids += [t for t in new if t not in self._eos]
+            s.counted += (rest.get("usage") or {}).get("completion_tokens") or len(new)
+            finish = choice.get("finish_reason") or "stop"
+        text = self._tok().decode(s.ids, skip_special_tokens=True)
+        gen = Generation(text=text, finish_reason=finish, usage=Usage(len(s.prompt), s.counted), model=self.model_id)
+        return Verified(gen, proposed=s.proposed, accepted=s.accepted, generated=s.counted - s.accepted,
+                        saved=s.saved)
+
+    async def verify_stream(self, request: GenerationRequest, draft: str) -> AsyncIterator[GenerationChunk]:
+        s = await self._score(request, draft)
+        text = _IncrementalText(self._tok())
+        yield GenerationChunk(text=text.push(s.ids), draft=DraftOutcome(s.proposed, s.accepted, s.saved))
+        finish = s.finish
+        if finish is None:
+            async for data in self._stream_ids(s.prompt + s.ids, request.max_tokens - len(s.ids)):
+                u = data.get("usage")
+                if u:
+                    s.counted = s.saved + (u.get("completion_tokens") or 0)
+                for choice in data.get("choices") or []:
+                    piece = text.push([t for t in choice.get("token_ids") or [] if t not in self._eos])
+                    if piece:
+                        yield GenerationChunk(text=piece)
+                    finish = choice.get("finish_reason") or finish
+        tail = text.flush()
+        if tail:
+            yield GenerationChunk(text=tail)
+        yield GenerationChunk(finish_reason=finish or "stop", usage=Usage(len(s.prompt), s.counted))
 
     def _to_vllm(self, req: GenerationRequest, stream: bool) -> Any:
         common: dict[str, Any] = dict(
@@ -262,6 +311,47 @@ class ServeLLMEngine(LLMEngine):
             await self._handle.check_health.remote()
         except Exception as exc:
             raise EngineUnavailableError(f"{self.model_id} is not healthy: {type(exc).__name__}") from exc
+
+
+@dataclass
+class _Scored:
+    """A draft after the scoring pass (see `ServeLLMEngine._score`)."""
+
+    prompt: list[int]
+    proposed: int
+    accepted: int
+    ids: list[int]  # the answer so far: the accepted prefix, then the Validator's next token
+    counted: int  # completion tokens as the engine counts them (an end-of-sequence token counts)
+    finish: str | None = None  # set when the answer is already complete
+    saved: int = 0  # tokens obtained without a decode step
+
+
+class _IncrementalText:
+    """Text of a growing list of token ids, handed out piece by piece.
+
+    Decoding the whole list each time (not each token alone) keeps multi-byte characters
+    and the tokenizer's spacing right; a piece that ends inside a character waits for the
+    next token. The pieces join to `decode(all ids)`, the non-streamed text.
+    """
+
+    def __init__(self, tokenizer: Any) -> None:
+        self._tok = tokenizer
+        self._ids: list[int] = []
+        self._sent = ""
+
+    def push(self, ids: list[int]) -> str:
+        self._ids += ids
+        text = self._tok.decode(self._ids, skip_special_tokens=True)
+        if text.endswith("\ufffd") or not text.startswith(self._sent):
+            return ""
+        piece, self._sent = text[len(self._sent):], text
+        return piece
+
+    def flush(self) -> str:
+        text = self._tok.decode(self._ids, skip_special_tokens=True)
+        piece = text[len(self._sent):] if text.startswith(self._sent) else ""
+        self._sent = text
+        return piece
 
 
 def _top1(position: dict[Any, Any] | None) -> int | None:

@@ -93,6 +93,41 @@ def test_opposite_meaning_and_different_numbers_are_misses(client: httpx.Client,
     assert r.json()["route"]["tier"] == "validator" and cache_stage["decision"] == "miss"
     # The embedding alone would have served it: the guard is what said no.
     assert [g["reason"] for g in cache_stage["detail"]["guard_rejected"]] == [guard]
+    # The vetoed answer is still a good draft: the Validator verifies it, and answers as it would alone.
+    assert "near_miss" in cache_stage["detail"]
+    validator = r.json()["route"]["stages"][1]
+    assert validator["decision"] == "verified" and validator["detail"]["draft_source"] == "cache"
+    alone = ask(client, asked, {"mode": "bypass"})
+    assert r.json()["choices"][0]["message"]["content"] == alone.json()["choices"][0]["message"]["content"]
+
+
+def test_a_near_miss_is_verified_by_the_validator_not_served(client: httpx.Client):
+    """Similar (0.91 with all-MiniLM-L6-v2) but below the 0.95 serving threshold: a draft, never an answer."""
+    space = ns()
+    ask(client, "How do I sort a dictionary by value in Python?", space, max_tokens=24)
+    asked = "How can I sort a Python dict by its values?"
+    r = ask(client, asked, space, model="auto", max_tokens=24)
+    route = r.json()["route"]
+    cache_stage, scout, validator = route["stages"][:3]
+    assert cache_stage["decision"] == "miss" and 0.8 <= cache_stage["detail"]["near_miss"]["similarity"] < 0.95
+    assert (scout["decision"], scout["detail"]["reason"]) == ("skipped", "near_miss_draft")
+    assert validator["decision"] == "verified" and validator["detail"]["draft_source"] == "cache"
+    assert route["tier"] == "validator" and route["reason"] == "near_miss"
+    assert 0 <= validator["detail"]["accepted_tokens"] <= validator["detail"]["draft_tokens"]
+    alone = ask(client, asked, {"mode": "bypass"}, max_tokens=24)
+    assert r.json()["choices"][0]["message"]["content"] == alone.json()["choices"][0]["message"]["content"]
+    # Streamed, the same near miss gives the same answer.
+    events, text = [], ""
+    with client.stream("POST", "/v1/chat/completions", json={
+            "model": "auto", "messages": [{"role": "user", "content": asked}], "temperature": 0, "max_tokens": 24,
+            "stream": True, "cache": {**space, "mode": "use"}}) as s:
+        for line in s.iter_lines():
+            if line.startswith("data: {"):
+                ev = json.loads(line[6:])
+                events.append(ev)
+                for ch in ev.get("choices", []):
+                    text += (ch.get("delta") or {}).get("content") or ""
+    assert text == alone.json()["choices"][0]["message"]["content"]
 
 
 def test_same_question_under_another_system_prompt_or_history_is_a_miss(client: httpx.Client):

@@ -337,3 +337,17 @@ def test_verified_escalation_equals_the_validator_alone_token_for_token(client: 
         assert verified["choices"][0]["text"] == alone["choices"][0]["text"], prompt
     assert len(VERIFY_PROMPTS) + len(VERIFY_COMPLETIONS) >= 30
     assert proposed > 0 and 0 <= accepted <= proposed
+
+
+def test_streamed_verified_escalation_equals_the_validator_alone(client: httpx.Client):
+    """Streams verify too: the accepted prefix comes first, and the whole equals the Validator's answer."""
+    for prompt in VERIFY_PROMPTS[:6]:
+        body = {"messages": [{"role": "user", "content": prompt}], "temperature": 0, "max_tokens": 16}
+        alone = chat(client, model="validator", **body).json()["choices"][0]["message"]["content"]
+        text, events, headers = stream_text(client, "/v1/chat/completions",
+                                            {**body, "model": "auto", "confidence_threshold": 1.0})
+        assert headers["x-infopt-route"] == "validator"
+        route = next(e["route"] for e in reversed(events) if "route" in e)
+        last = route["stages"][-1]
+        assert last["decision"] == "verified" and last["detail"]["draft_source"] == "scout"
+        assert text == alone, prompt

@@ -9,6 +9,7 @@ real.
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 
 import pytest
@@ -55,7 +56,18 @@ class ScriptedHandle:
         return self
 
     def remote(self, vreq):
-        return self._respond(vreq)
+        return self._stream(vreq) if vreq.stream else self._respond(vreq)
+
+    async def _stream(self, vreq):
+        """vLLM's streamed completion: SSE strings, one token per event, then the usage event."""
+        ids, n = list(vreq.prompt), vreq.max_tokens
+        self.calls.append({"ids": ids, "max_tokens": n, "prompt_logprobs": vreq.prompt_logprobs, "stream": True})
+        rest = self.answer[len(ids) - self.prompt_len:][:n]
+        for i, t in enumerate(rest):
+            finish = ("stop" if t == EOS else "length" if i == n - 1 else None) if i == len(rest) - 1 else None
+            yield [f"data: {json.dumps({'choices': [{'text': '', 'token_ids': [t], 'finish_reason': finish}]})}\n\n"]
+        usage = {"prompt_tokens": len(ids), "completion_tokens": len(rest)}
+        yield [f"data: {json.dumps({'choices': [], 'usage': usage})}\n\n", "data: [DONE]\n\n"]
 
     async def _respond(self, vreq):
         ids, n = list(vreq.prompt), vreq.max_tokens
@@ -177,3 +189,62 @@ def test_router_verifies_the_draft_on_escalation_only_when_configured():
         # Sampled requests are never verified.
         out = run(router.complete(GenerationRequest(messages=[{"role": "user", "content": "q"}], temperature=0.5)))
         assert out.trace.stages[-1].decision in ("answered", "confident") or out.trace.tier == "scout"
+
+
+async def _collect(agen):
+    return [c async for c in agen]
+
+
+@pytest.mark.parametrize(("draft", "accepted_words"), [
+    ("A city called Paris.", 0),                                       # wrong from the first token
+    ("The capital of France is Lyon, a big city.", 5),                 # wrong in the middle
+    (ANSWER, None),                                                    # the whole draft accepted
+    ("", 0),                                                           # an empty draft
+])
+def test_verify_stream_sends_the_accepted_prefix_first_then_streams_the_rest(tok, draft, accepted_words):
+    engine, handle, request = engine_and_handle(tok)
+    whole = run(engine.verify(request, draft))
+    engine, handle, request = engine_and_handle(tok)
+    chunks = run(_collect(engine.verify_stream(request, draft)))
+    first, last = chunks[0], chunks[-1]
+    # Order: the accepted prefix (and the Validator's correction) in one first chunk, carrying the outcome ...
+    assert first.draft is not None and first.draft.accepted == whole.accepted
+    assert first.draft.proposed == whole.proposed and first.draft.saved == whole.saved
+    answer_ids = tok(ANSWER, add_special_tokens=False).input_ids
+    head = answer_ids[:whole.accepted + (whole.accepted < len(answer_ids))]
+    assert first.text == tok.decode(head)
+    # ... then one chunk per further token, and a last chunk with the finish reason and usage.
+    middle = chunks[1:-1]
+    assert all(c.text and c.draft is None and c.finish_reason is None for c in middle)
+    assert last.finish_reason == "stop" and last.usage.completion_tokens == whole.generation.usage.completion_tokens
+    assert "".join(c.text for c in chunks) == whole.generation.text == ANSWER
+    if accepted_words is None:
+        assert len(middle) == 0 and len(handle.calls) == 1  # nothing left to generate
+    else:
+        assert handle.calls[-1]["stream"] and len(middle) == len(answer_ids) - len(head)
+
+
+def test_verify_stream_of_a_draft_longer_than_max_tokens(tok):
+    engine, handle, request = engine_and_handle(tok, max_tokens=4)
+    chunks = run(_collect(engine.verify_stream(request, ANSWER + " And more words the answer never has.")))
+    assert "".join(c.text for c in chunks) == tok.decode(tok(ANSWER, add_special_tokens=False).input_ids[:4])
+    assert chunks[-1].finish_reason == "length" and chunks[-1].usage.completion_tokens == 4
+    assert chunks[0].draft.proposed == 4 and len(handle.calls) == 1
+
+
+def test_saved_tokens_count_the_correction_from_the_scoring_pass(tok):
+    engine, _, request = engine_and_handle(tok)
+    out = run(engine.verify(request, "The capital of France is Lyon, a big city."))
+    # Five words accepted, plus the Validator's own token at the mismatch: no decode step for either.
+    assert out.saved == out.accepted + 1 and out.generated == out.generation.usage.completion_tokens - out.accepted
+
+
+def test_incremental_text_never_splits_a_character(tok):
+    from serving.engines.serve_llm import _IncrementalText
+
+    text = "Café ☕ naïve 東京 🙂 done"
+    ids = tok(text, add_special_tokens=False).input_ids
+    inc = _IncrementalText(tok)
+    pieces = [inc.push([i]) for i in ids] + [inc.flush()]
+    assert "".join(pieces) == text
+    assert all("\ufffd" not in p for p in pieces)
