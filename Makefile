@@ -18,7 +18,7 @@ LOAD_OUT ?= reports/load
 BENCH_PROFILE ?= tiny
 BENCH_ARGS ?=
 
-.PHONY: install models run test test-unit lint bench-tiers bench-cache eval-cache load bench clean
+.PHONY: install models run test test-unit lint bench-tiers bench-turbo bench-cache eval-cache load bench clean
 
 $(STAMP): pyproject.toml constraints-cpu.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -53,6 +53,11 @@ lint: install
 bench-tiers: install
 	$(BIN)/infopt models prepare --profile tiny
 	$(BIN)/python scripts/bench_tiers.py --profile tiny
+
+bench-turbo: install
+	$(BIN)/infopt models prepare --profile tiny
+	$(BIN)/infopt models prepare --profile laptop
+	$(BIN)/python scripts/bench_turbo.py --profile tiny --spec-profile laptop
 
 bench-cache: install
 	$(BIN)/infopt models prepare --profile tiny

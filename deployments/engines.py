@@ -11,9 +11,16 @@ from typing import Any
 
 from serving.config import AppConfig, EngineConfig
 
+# Ray Serve LLM's prefix-cache affinity router, extended to token-id prompts (deployments/routing.py).
+PREFIX_ROUTER = "deployments.routing:TokenPrefixAffinityRouter"
 
-def llm_config_kwargs(engine: EngineConfig, model_source: str) -> dict[str, Any]:
-    """The keyword arguments of `ray.serve.llm.LLMConfig` for one engine (pure, testable)."""
+
+def llm_config_kwargs(engine: EngineConfig, model_source: str, draft_source: str | None = None) -> dict[str, Any]:
+    """The keyword arguments of `ray.serve.llm.LLMConfig` for one engine (pure, testable).
+
+    `draft_source` is what vLLM loads as the draft model when `engine.speculative.method`
+    is 'draft_model'.
+    """
     engine_kwargs: dict[str, Any] = {
         "dtype": engine.dtype,
         "max_model_len": engine.max_model_len,
@@ -25,6 +32,9 @@ def llm_config_kwargs(engine: EngineConfig, model_source: str) -> dict[str, Any]
     }
     if engine.quantization:
         engine_kwargs["quantization"] = engine.quantization
+    speculative = engine.speculative.vllm_config(engine.max_num_seqs, draft_source)
+    if speculative:
+        engine_kwargs["speculative_config"] = speculative
     env: dict[str, str] = {}
     if engine.device == "cpu":
         # The replica actor itself reserves nothing: its CPU share is the engine's bundle.
@@ -60,6 +70,8 @@ def llm_config_kwargs(engine: EngineConfig, model_source: str) -> dict[str, Any]
         },
         "runtime_env": {"env_vars": env} if env else None,
     }
+    if engine.request_router == "prefix_aware":
+        kwargs["deployment_config"]["request_router_config"] = {"request_router_class": PREFIX_ROUTER}
     if engine.accelerator_type:
         kwargs["accelerator_type"] = engine.accelerator_type
     return kwargs
@@ -69,5 +81,9 @@ def build_engine(engine: EngineConfig, role: str, config: AppConfig) -> Any:
     """A bound LLMServer deployment named `role` ("Scout" or "Validator")."""
     from ray.serve.llm import LLMConfig, build_llm_deployment
 
-    llm_config = LLMConfig(**llm_config_kwargs(engine, config.resolve_model(engine.model)))
+    draft = None
+    if engine.speculative.method == "draft_model":
+        # The Scout's model drafts unless another is named (the laptop pair shares a tokenizer).
+        draft = config.resolve_model(engine.speculative.draft_model or config.scout.model)
+    llm_config = LLMConfig(**llm_config_kwargs(engine, config.resolve_model(engine.model), draft))
     return build_llm_deployment(llm_config, name_prefix="", override_serve_options={"name": role})

@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from serving.config.speculative import SpeculativeConfig
+
 
 class AutoscalingConfig(BaseModel):
     """Replica bounds handed to Ray Serve's autoscaler for one deployment."""
@@ -17,7 +19,6 @@ class AutoscalingConfig(BaseModel):
     target_ongoing_requests: float = Field(
         8.0, gt=0, description="Ongoing requests per replica the autoscaler aims for."
     )
-
     look_back_period_s: float = Field(
         30.0, gt=0, description="Window over which ongoing requests are averaged for a scaling decision."
     )
@@ -130,6 +131,16 @@ class EngineConfig(BaseModel):
     )
     request_timeout_s: float = Field(
         300.0, gt=0, description="Longest a single generation may take before the request gets a 504."
+    )
+    speculative: SpeculativeConfig = Field(
+        default_factory=SpeculativeConfig,
+        description="In-engine speculative decoding (see serving/config/speculative.py).",
+    )
+    request_router: Literal["prefix_aware", "power_of_two"] = Field(
+        "prefix_aware",
+        description="How a request picks among this engine's replicas: 'prefix_aware' sends requests that share a "
+        "prompt prefix (system prompt, history, a verified draft's continuation) to the replica that holds its KV "
+        "cache (Ray Serve LLM's PrefixCacheAffinityRouter); 'power_of_two' is Ray Serve's default.",
     )
     engine_kwargs: dict[str, Any] = Field(
         default_factory=dict,
