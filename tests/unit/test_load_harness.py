@@ -222,7 +222,7 @@ def test_bench_measures_compares_and_reports(tmp_path: Path, data_dir: Path) -> 
     bench.report(run, results, tmp_path / "reports", docs, tmp_path / "docs" / "img")
     first = docs.read_text()
     assert "keep me" in first and first.count(bench.START) == first.count(bench.END) == 1
-    assert "| `gpu-a100x4` | validator-only | not measured |" in first
+    assert "| `gpu-a100x4` | all | not measured |" in first
     assert "| tiered | " in first and "(100%)" in first
     assert "`tiered+cache`: not measured, the service did not start (RuntimeError: boom)" in first
     for kind in ("latency", "routes", "savings"):
@@ -233,9 +233,11 @@ def test_bench_measures_compares_and_reports(tmp_path: Path, data_dir: Path) -> 
                  tmp_path / "docs" / "img")
     second = docs.read_text()
     assert second.count(bench.START) == 1 and "keep me" in second
-    assert "| `gpu-a100x4` | validator-only | not measured |" not in second
+    assert "| `gpu-a100x4` | all | not measured |" not in second
     assert "| `tiny` | tiered |" in second and "| `gpu-a100x4` | tiered |" in second
-    assert "| `gpu-h100x8` | validator-only | not measured |" in second
+    assert "| `gpu-h100x8` | all | not measured |" in second
+    assert "### Profile `tiny`" in second and "### Profile `gpu-a100x4`" in second  # both in full
+    assert bench.kept_results(second)["tiny"]["rows"][1]["mode"] == "tiered"
 
 
 def test_bench_modes_and_overrides() -> None:
