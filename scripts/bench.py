@@ -680,7 +680,17 @@ def main() -> int:
     ap.add_argument("--docs", type=Path, default=REPO / "docs" / "benchmarks.md")
     ap.add_argument("--img", type=Path, default=REPO / "docs" / "img")
     ap.add_argument("--no-docs", action="store_true", help="write reports/ only")
+    ap.add_argument("--render-only", action="store_true",
+                    help="no measuring: rewrite the docs section and plots from reports/bench_<profile>.json")
     ns = ap.parse_args()
+
+    if ns.render_only:
+        saved = json.loads((ns.out / f"bench_{ns.profile}.json").read_text())
+        results = saved.pop("results")
+        saved["rows"] = compare(results)
+        report(saved, results, ns.out, ns.docs, ns.img)
+        print(table(saved["rows"]))
+        return 0
 
     spec = WorkloadSpec(requests=ns.requests, seed=ns.seed, data_dir=ns.data_dir, max_tokens=ns.max_tokens,
                         max_prompt_chars=ns.max_prompt_chars, arrival=ns.arrival, rate=ns.rate,

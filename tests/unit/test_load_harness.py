@@ -238,6 +238,15 @@ def test_bench_measures_compares_and_reports(tmp_path: Path, data_dir: Path) -> 
     assert "| `gpu-h100x8` | all | not measured |" in second
     assert "### Profile `tiny`" in second and "### Profile `gpu-a100x4`" in second  # both in full
     assert bench.kept_results(second)["tiny"]["rows"][1]["mode"] == "tiered"
+    # --render-only rebuilds a profile's section and plots from its saved JSON, measuring nothing.
+    (tmp_path / "docs" / "img" / "bench_tiny_routes.png").unlink()
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "bench.py"), "--render-only", "--profile", "tiny",
+                           "--out", str(tmp_path / "reports"), "--docs", str(docs), "--img",
+                           str(tmp_path / "docs" / "img")], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    third = docs.read_text()
+    assert third.count(bench.START) == 1 and "keep me" in third and "### Profile `gpu-a100x4`" in third
+    assert (tmp_path / "docs" / "img" / "bench_tiny_routes.png").exists()
 
 
 def test_bench_modes_and_overrides() -> None:
