@@ -1,0 +1,159 @@
+{{/* Chart name, truncated to the 63 characters Kubernetes allows in a label. */}}
+{{- define "infopt.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Prefix of every object's name. KubeRay adds suffixes (-serve-svc, -head-svc, -raycluster-xxxxx)
+to the RayService's name, so it is kept short. */}}
+{{- define "infopt.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 40 | trimSuffix "-" }}
+{{- else if contains (include "infopt.name" .) .Release.Name }}
+{{- .Release.Name | trunc 40 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name (include "infopt.name" .) | trunc 40 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+
+{{- define "infopt.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "infopt.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "infopt.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "infopt.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{- define "infopt.image" -}}
+{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{- end }}
+
+{{/* The Qdrant server's in-cluster URL. */}}
+{{- define "infopt.qdrantUrl" -}}
+http://{{ include "infopt.fullname" . }}-qdrant:{{ .Values.qdrant.httpPort }}
+{{- end }}
+
+{{/* The Serve config (serveConfigV2): one application whose args are the project's AppConfig. */}}
+{{- define "infopt.serveConfig" -}}
+{{- $args := deepCopy .Values.serve.args }}
+{{- $cache := default dict $args.cache }}
+{{- if and .Values.qdrant.enabled (eq (default "edge" $cache.backend) "server") }}
+{{- $_ := set $cache "url" (include "infopt.qdrantUrl" .) }}
+{{- $_ := set $args "cache" $cache }}
+{{- end }}
+proxy_location: {{ .Values.serve.proxyLocation }}
+http_options:
+  host: 0.0.0.0
+  port: {{ .Values.serve.port }}
+applications:
+  - name: infopt
+    route_prefix: /
+    import_path: deployments.app:build_app
+    args:
+      {{- toYaml $args | nindent 6 }}
+    {{- with .Values.serve.deployments }}
+    deployments:
+      {{- toYaml . | nindent 6 }}
+    {{- end }}
+{{- end }}
+
+{{/* Environment shared by every Ray container: the HF token and the Qdrant API key. */}}
+{{- define "infopt.env" -}}
+- name: RAY_USAGE_STATS_ENABLED
+  value: "0"
+{{- if and (eq .Values.model.source "hub") .Values.model.hub.tokenSecretName }}
+- name: HF_TOKEN
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.model.hub.tokenSecretName }}
+      key: {{ .Values.model.hub.tokenSecretKey }}
+{{- end }}
+{{- if .Values.qdrant.apiKeySecretName }}
+- name: INFOPT_CACHE__API_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.qdrant.apiKeySecretName }}
+      key: {{ .Values.qdrant.apiKeySecretKey }}
+{{- end }}
+{{- end }}
+
+{{/* Volumes of Ray pods: shared memory for vLLM workers, and the model PVC when models come from one. */}}
+{{- define "infopt.volumes" -}}
+- name: dshm
+  emptyDir:
+    medium: Memory
+    sizeLimit: {{ .shm }}
+{{- if eq .root.Values.model.source "pvc" }}
+- name: models
+  persistentVolumeClaim:
+    claimName: {{ required "model.pvc.claimName is required when model.source is pvc" .root.Values.model.pvc.claimName }}
+    readOnly: true
+{{- end }}
+{{- end }}
+
+{{- define "infopt.volumeMounts" -}}
+- name: dshm
+  mountPath: /dev/shm
+{{- if eq .Values.model.source "pvc" }}
+- name: models
+  mountPath: {{ .Values.model.pvc.mountPath }}
+  readOnly: true
+{{- end }}
+{{- end }}
+
+{{/* One worker group of the RayCluster. */}}
+{{- define "infopt.workerGroup" -}}
+{{- $g := .group }}
+- groupName: {{ $g.groupName }}
+  replicas: {{ $g.replicas }}
+  minReplicas: {{ $g.minReplicas }}
+  maxReplicas: {{ $g.maxReplicas }}
+  rayStartParams:
+    {{- toYaml $g.rayStartParams | nindent 4 }}
+  template:
+    metadata:
+      labels:
+        {{- include "infopt.selectorLabels" .root | nindent 8 }}
+        app.kubernetes.io/component: ray-worker-{{ $g.groupName }}
+    spec:
+      {{- with .root.Values.imagePullSecrets }}
+      imagePullSecrets:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      containers:
+        - name: ray-worker
+          image: {{ include "infopt.image" .root }}
+          imagePullPolicy: {{ .root.Values.image.pullPolicy }}
+          env:
+            {{- include "infopt.env" .root | nindent 12 }}
+          ports:
+            - name: metrics
+              containerPort: 8080
+              protocol: TCP
+          resources:
+            {{- $res := deepCopy $g.resources }}
+            {{- if .gpus }}
+            {{- $_ := set $res.limits "nvidia.com/gpu" .gpus }}
+            {{- $_ := set $res.requests "nvidia.com/gpu" .gpus }}
+            {{- end }}
+            {{- toYaml $res | nindent 12 }}
+          volumeMounts:
+            {{- include "infopt.volumeMounts" .root | nindent 12 }}
+      volumes:
+        {{- include "infopt.volumes" (dict "root" .root "shm" $g.shmSize) | nindent 8 }}
+      {{- with $g.nodeSelector }}
+      nodeSelector:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      {{- with $g.tolerations }}
+      tolerations:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      {{- with $g.affinity }}
+      affinity:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+{{- end }}
