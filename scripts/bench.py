@@ -360,8 +360,8 @@ def profile_detail(run: dict[str, Any], img_rel: str) -> str:
     lines = [
         f"### Profile `{p}` ({run['scout']} -> {run['validator']}), {run['date']}",
         "",
-        f"Machine: {run['machine']}. Workload: {run['workload_text']}. Wall time of the benchmark: "
-        f"{run['bench_wall_s'] / 60:.1f} min.",
+        f"Machine: {run['machine']}. Code: {run.get('code', 'unknown')}. Workload: {run['workload_text']}. "
+        f"Wall time of the benchmark: {run['bench_wall_s'] / 60:.1f} min.",
         "",
         table(run["rows"]),
         "",
@@ -548,6 +548,20 @@ def machine() -> str:
     return f"{cores} cores ({platform.machine()}){gpu or ', no GPU'}"
 
 
+def code_version() -> str:
+    """The commit measured (with a note when the checkout has uncommitted changes), or INFOPT_BENCH_CODE."""
+    import subprocess
+
+    try:
+        rev = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return f"{rev} (+ uncommitted changes)" if dirty else rev
+    except (OSError, subprocess.SubprocessError):
+        return os.environ.get("INFOPT_BENCH_CODE", "unknown")
+
+
 def workload_text(spec: WorkloadSpec, items: list[WorkItem], concurrency: int) -> str:
     arrivals = {"none": f"closed loop, {concurrency} in flight",
                 "constant": f"constant {spec.rate}/s, at most {concurrency} in flight",
@@ -708,7 +722,7 @@ def main() -> int:
     print(f"modes: {', '.join(m.key for m in modes)}", flush=True)
     t0 = time.perf_counter()
     results, failed, config = run_modes(ns.profile, modes, items, ns.concurrency, ns.port)
-    run = {"profile": config.profile, "scout": config.scout.served_name(),
+    run = {"profile": config.profile, "code": code_version(), "scout": config.scout.served_name(),
            "validator": config.validator.served_name(), "date": date.today().isoformat(), "machine": machine(),
            "workload_text": workload_text(spec, items, ns.concurrency), "bench_wall_s": time.perf_counter() - t0,
            "rows": compare(results), "failed_modes": failed,
