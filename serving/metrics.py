@@ -102,11 +102,11 @@ class ServeMetrics(Metrics):
         )
         self._batch_size = m.Gauge(
             f"{prefix}_batch_max_size", description="Adaptive @serve.batch max_batch_size in force.",
-            tag_keys=("deployment",),
+            tag_keys=("batched",),
         )
         self._batch_wait = m.Gauge(
             f"{prefix}_batch_wait_timeout_s", description="Adaptive @serve.batch batch_wait_timeout_s in force.",
-            tag_keys=("deployment",),
+            tag_keys=("batched",),
         )
         self._forecast = m.Gauge(
             f"{prefix}_arrival_rate_forecast", description="Forecast arrival rate (requests/s) per priority class "
@@ -152,8 +152,9 @@ class ServeMetrics(Metrics):
             self._coalesced.inc(n)
 
     def batch_params(self, deployment: str, max_batch_size: int, batch_wait_timeout_s: float) -> None:
-        self._batch_size.set(max_batch_size, tags={"deployment": deployment})
-        self._batch_wait.set(batch_wait_timeout_s, tags={"deployment": deployment})
+        # Not tagged 'deployment': Ray Serve reserves that tag (and fills it) for every replica metric.
+        self._batch_size.set(max_batch_size, tags={"batched": deployment})
+        self._batch_wait.set(batch_wait_timeout_s, tags={"batched": deployment})
 
     def load_forecast(self, priority: str, horizon_s: float, rate: float) -> None:
         self._forecast.set(rate, tags={"priority": priority, "horizon_s": f"{horizon_s:g}"})

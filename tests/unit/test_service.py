@@ -153,3 +153,13 @@ def test_stream_error_after_headers_is_sent_as_an_event():
 def test_list_models_names_tiers_and_engines():
     ids = [m["id"] for m in service().list_models()["data"]]
     assert ids == ["auto", "scout", "validator", "small", "large"]
+
+
+def test_serve_metrics_can_be_built():
+    """Every Prometheus metric is valid for Ray Serve (e.g. no reserved tag such as 'deployment'):
+    a bad one stops the Ingress replica from starting at all."""
+    from serving.metrics import ServeMetrics
+
+    m = ServeMetrics()
+    m.batch_params("Embedder", 8, 0.01)
+    m.draft(4, 2, source="cache", saved=3)
