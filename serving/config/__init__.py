@@ -3,6 +3,12 @@
 `AppConfig` is the root; `load_profile("tiny")` reads `cluster/tiny.yaml`.
 """
 
+from serving.config.analyzer import (
+    AdaptiveBatchingConfig,
+    AnalyzerConfig,
+    CascadeAutoscalingConfig,
+    LoadConfig,
+)
 from serving.config.api import ApiConfig
 from serving.config.app import AppConfig, load_profile, profile_args, profile_names, profile_path, profiles_dir
 from serving.config.cache import CacheConfig, EmbedderConfig
@@ -11,13 +17,17 @@ from serving.config.speculative import SpeculativeConfig
 from serving.config.tiering import ConfidenceConfig, TieringConfig
 
 __all__ = [
+    "AdaptiveBatchingConfig",
+    "AnalyzerConfig",
     "ApiConfig",
     "AppConfig",
     "AutoscalingConfig",
     "CacheConfig",
+    "CascadeAutoscalingConfig",
     "ConfidenceConfig",
     "EmbedderConfig",
     "EngineConfig",
+    "LoadConfig",
     "SpeculativeConfig",
     "TieringConfig",
     "load_profile",

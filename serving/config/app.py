@@ -10,6 +10,7 @@ import yaml
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from serving.config.analyzer import AnalyzerConfig
 from serving.config.api import ApiConfig
 from serving.config.cache import CacheConfig
 from serving.config.engine import EngineConfig
@@ -45,6 +46,9 @@ class AppConfig(BaseSettings):
     tiering: TieringConfig = Field(default_factory=TieringConfig, description="Scout -> Validator decision.")
     api: ApiConfig = Field(default_factory=ApiConfig, description="Limits of the OpenAI-compatible ingress.")
     cache: CacheConfig = Field(default_factory=CacheConfig, description="The semantic cache in front of the tiers.")
+    analyzer: AnalyzerConfig = Field(
+        default_factory=AnalyzerConfig, description="Request analysis, adaptive batching and load planning."
+    )
 
     @model_validator(mode="after")
     def _cores_not_shared(self) -> AppConfig:
