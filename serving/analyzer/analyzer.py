@@ -1,0 +1,111 @@
+"""The request analyzer: profile, complexity, priority and strategy of each request.
+
+`RequestAnalyzer` is pure apart from its injected parts: an `Embedder` (the Embedder
+deployment's client in production), a `TokenCounter` (the Validator's tokenizer) and a
+`ComplexityModel` (the trained artifact). It never fails a request: when the embedder is
+down or slower than `analyzer.timeout_s`, the plan has no complexity, says why, and keeps
+the default path (``scout_first``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from serving.analyzer.complexity import ComplexityModel
+from serving.analyzer.plan import RoutePlan, Strategy
+from serving.analyzer.profile import RequestProfile, TokenCounter, profile_request, question_text
+from serving.cache.embedder import Embedder
+from serving.config import AnalyzerConfig
+from serving.engines.base import GenerationRequest
+
+
+@dataclass
+class AnalysisInput:
+    """One request to analyze. `priority` is the resolved class (see `serving.priority.resolve_priority`)."""
+
+    request: GenerationRequest
+    model: str = "auto"
+    priority: str | None = None
+
+
+class RequestAnalyzer:
+    """Turns requests into `RoutePlan`s; batches of requests share one embedder call and one matrix product."""
+
+    def __init__(
+        self,
+        config: AnalyzerConfig,
+        embedder: Embedder,
+        tokens: TokenCounter | None,
+        model: ComplexityModel | None = None,
+    ) -> None:
+        self.config = config
+        self.embedder = embedder
+        self.tokens = tokens
+        self.model = model or ComplexityModel.load(config.artifact)
+        if embedder.dimension != self.model.embedding_dim:
+            raise ValueError(f"the embedder makes {embedder.dimension}-d vectors; the complexity model "
+                             f"{self.model.version} was trained on {self.model.embedding_dim}-d ones")
+
+    async def analyze(
+        self, request: GenerationRequest, *, model: str = "auto", priority: str | None = None
+    ) -> RoutePlan:
+        """The plan of one request."""
+        return (await self.analyze_many([AnalysisInput(request, model, priority)]))[0]
+
+    async def analyze_many(self, items: Sequence[AnalysisInput]) -> list[RoutePlan]:
+        """Plans of a batch: one embedding call for all questions, then one scoring pass."""
+        profiles = [self.profile(i.request) for i in items]
+        texts = [question_text(i.request) for i in items]
+        embeddings: np.ndarray | None = None
+        error: str | None = None
+        try:
+            vectors = await asyncio.wait_for(self.embedder.embed(texts), self.config.timeout_s)
+            embeddings = np.asarray(vectors, dtype=np.float64)
+        except TimeoutError:
+            error = f"embedder took longer than {self.config.timeout_s:g} s"
+        except Exception as exc:  # the analysis is advice: any failure leaves the default path
+            error = f"{type(exc).__name__}: {exc}"[:300]
+        return self.plans(items, profiles, embeddings, error)
+
+    def profile(self, request: GenerationRequest) -> RequestProfile:
+        """The request's profile with the engine's token count."""
+        return profile_request(request, self.tokens, self.config.expected_output_tokens)
+
+    def plans(
+        self,
+        items: Sequence[AnalysisInput],
+        profiles: Sequence[RequestProfile],
+        embeddings: np.ndarray | None,
+        error: str | None = None,
+    ) -> list[RoutePlan]:
+        """Plans from profiles and question embeddings (pure; `embeddings` None when the embedder failed)."""
+        scores: list[float | None] = [None] * len(items)
+        if embeddings is not None and len(items):
+            scores = [float(s) for s in self.model.score(profiles, embeddings)]
+        return [self._plan(i, p, s, error) for i, p, s in zip(items, profiles, scores, strict=True)]
+
+    def _plan(self, item: AnalysisInput, profile: RequestProfile, score: float | None, error: str | None) -> RoutePlan:
+        cfg = self.config
+        priority = item.priority or cfg.default_priority
+        strategy: Strategy
+        if item.model != "auto":
+            strategy = "forced"
+        elif score is not None and score >= cfg.direct_threshold:
+            strategy = "validator_direct"
+        else:
+            strategy = "scout_first"
+        return RoutePlan(
+            profile=profile,
+            complexity=score,
+            threshold=cfg.direct_threshold,
+            strategy=strategy,
+            priority=priority,
+            vllm_priority=cfg.priorities.get(priority, cfg.priorities[cfg.default_priority]),
+            max_tokens=min(item.request.max_tokens, profile.expected_output_tokens),
+            model_version=self.model.version,
+            error=error,
+        )
