@@ -1,0 +1,137 @@
+"""Priority classes: which class a request belongs to, and a gate that serves classes in order.
+
+A request's class comes from, in order: its API key's tenant configuration
+(`analyzer.tenant_priorities`, keyed by the key's sha256 so configs hold no secrets —
+it wins, so a batch tenant cannot promote itself), the priority header
+(`analyzer.priority_header`, e.g. ``x-infopt-priority: batch``), the default class.
+Each class maps to a vLLM priority (lower is scheduled first); vLLM honours it when the
+engine runs with ``scheduling_policy="priority"``.
+
+`PriorityGate` is where *we* queue: a bounded number of holders, and waiters admitted by
+(priority, arrival) rather than by arrival alone. An optional aging rate lets a
+long-waiting low-priority request move up, so batch traffic is delayed, never starved.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import itertools
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from serving.config import AnalyzerConfig
+from serving.errors import InvalidRequestError
+
+
+def key_id(api_key: str) -> str:
+    """The sha256 hex digest of an API key: how `analyzer.tenant_priorities` names tenants."""
+    return hashlib.sha256(api_key.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Priority:
+    """A resolved priority class and its vLLM priority value."""
+
+    name: str
+    value: int
+    source: str  # 'tenant', 'header' or 'default'
+
+
+def resolve_priority(config: AnalyzerConfig, header: str | None = None, api_key: str | None = None) -> Priority:
+    """The class of a request from its API key and priority header; an unknown class is a 400."""
+    if api_key:
+        tenant = config.tenant_priorities.get(key_id(api_key))
+        if tenant is not None:
+            return Priority(tenant, config.priorities[tenant], "tenant")
+    if header is not None and header.strip():
+        name = header.strip().lower()
+        if name not in config.priorities:
+            raise InvalidRequestError(
+                f"unknown priority class '{header.strip()}' in {config.priority_header}; "
+                f"use one of: {', '.join(sorted(config.priorities))}",
+                param=config.priority_header,
+            )
+        return Priority(name, config.priorities[name], "header")
+    name = config.default_priority
+    return Priority(name, config.priorities[name], "default")
+
+
+@dataclass
+class _Waiter:
+    priority: int
+    seq: int
+    since: float
+    future: asyncio.Future[None]
+
+
+class PriorityGate:
+    """At most `limit` concurrent holders; waiters enter by lowest priority value, then arrival.
+
+    With `aging_per_s > 0`, a waiter's effective priority drops by that much per second
+    waited (a batch request at 10 waiting 20 s with aging 0.5 competes as 0).
+    Cancellation is safe: a cancelled waiter leaves the queue, and a slot granted to a
+    waiter cancelled at that moment is passed on.
+    """
+
+    def __init__(self, limit: int, *, aging_per_s: float = 0.0, clock: Callable[[], float] = time.monotonic) -> None:
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        self.limit = limit
+        self.aging_per_s = aging_per_s
+        self._clock = clock
+        self._active = 0
+        self._waiters: list[_Waiter] = []
+        self._seq = itertools.count()
+
+    @property
+    def active(self) -> int:
+        """Holders now."""
+        return self._active
+
+    @property
+    def waiting(self) -> int:
+        """Requests queued now."""
+        return sum(not w.future.done() for w in self._waiters)
+
+    def _rank(self, w: _Waiter, now: float) -> tuple[float, int]:
+        return (w.priority - self.aging_per_s * (now - w.since), w.seq)
+
+    async def acquire(self, priority: int = 0) -> None:
+        """Wait for a slot; lower `priority` values go first."""
+        if self._active < self.limit and not self._waiters:
+            self._active += 1
+            return
+        w = _Waiter(priority, next(self._seq), self._clock(), asyncio.get_running_loop().create_future())
+        self._waiters.append(w)
+        try:
+            await w.future
+        except asyncio.CancelledError:
+            if w in self._waiters:
+                self._waiters.remove(w)
+            elif w.future.done() and not w.future.cancelled():
+                # The slot was handed to us as we were cancelled: hand it on.
+                self.release()
+            raise
+
+    def release(self) -> None:
+        """Give a slot back: the best waiter gets it, or it becomes free."""
+        now = self._clock()
+        while self._waiters:
+            best = min(self._waiters, key=lambda w: self._rank(w, now))
+            self._waiters.remove(best)
+            if not best.future.done():
+                best.future.set_result(None)  # the slot passes over; _active is unchanged
+                return
+        self._active -= 1
+
+    @asynccontextmanager
+    async def slot(self, priority: int = 0) -> AsyncIterator[None]:
+        """`async with gate.slot(p):` holds one slot for the block."""
+        await self.acquire(priority)
+        try:
+            yield
+        finally:
+            self.release()

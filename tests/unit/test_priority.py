@@ -1,0 +1,92 @@
+"""The priority gate: interactive requests go ahead of batch ones under a queue."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from serving.priority import PriorityGate
+from tests.unit.fakes import FakeClock
+
+INTERACTIVE, BATCH = 0, 10
+
+
+async def _run(gate: PriorityGate, arrivals: list[tuple[str, int]], hold_s: float = 0.01) -> list[str]:
+    order: list[str] = []
+
+    async def request(name: str, prio: int) -> None:
+        async with gate.slot(prio):
+            order.append(name)
+            await asyncio.sleep(hold_s)
+
+    tasks = []
+    for name, prio in arrivals:
+        tasks.append(asyncio.create_task(request(name, prio)))
+        await asyncio.sleep(0)  # arrive in this order
+    await asyncio.gather(*tasks)
+    return order
+
+
+def test_interactive_requests_overtake_queued_batch_requests():
+    gate = PriorityGate(1)
+    arrivals = [("b1", BATCH), ("b2", BATCH), ("b3", BATCH), ("i1", INTERACTIVE), ("b4", BATCH), ("i2", INTERACTIVE)]
+    # b1 holds the only slot; everyone else queues: interactive first, each class in arrival order.
+    assert asyncio.run(_run(gate, arrivals)) == ["b1", "i1", "i2", "b2", "b3", "b4"]
+    assert gate.active == 0 and gate.waiting == 0
+
+
+def test_free_slots_are_taken_at_once_without_reordering():
+    gate = PriorityGate(3)
+    assert asyncio.run(_run(gate, [("b1", BATCH), ("b2", BATCH), ("i1", INTERACTIVE)])) == ["b1", "b2", "i1"]
+
+
+def test_aging_lets_a_long_waiting_batch_request_through():
+    clock = FakeClock(0.0)
+    gate = PriorityGate(1, aging_per_s=1.0, clock=clock)
+
+    async def main():
+        await gate.acquire(INTERACTIVE)  # holder
+        order = []
+
+        async def waiter(name, prio):
+            await gate.acquire(prio)
+            order.append(name)
+
+        old_batch = asyncio.create_task(waiter("old-batch", BATCH))
+        await asyncio.sleep(0)
+        clock.now = 20.0  # it has waited 20 s: effective priority 10 - 20 < 0
+        new_interactive = asyncio.create_task(waiter("new-interactive", INTERACTIVE))
+        await asyncio.sleep(0)
+        gate.release()
+        await asyncio.sleep(0)
+        gate.release()
+        await asyncio.gather(old_batch, new_interactive)
+        return order
+
+    assert asyncio.run(main()) == ["old-batch", "new-interactive"]
+
+
+def test_a_cancelled_waiter_leaves_the_queue_and_its_slot_is_not_lost():
+    gate = PriorityGate(1)
+
+    async def main():
+        await gate.acquire()
+        waiting = asyncio.create_task(gate.acquire(INTERACTIVE))
+        other = asyncio.create_task(gate.acquire(BATCH))
+        await asyncio.sleep(0)
+        assert gate.waiting == 2
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        gate.release()
+        await asyncio.wait_for(other, 1)  # the slot went to the remaining waiter
+        gate.release()
+        return gate.active, gate.waiting
+
+    assert asyncio.run(main()) == (0, 0)
+
+
+def test_limit_must_be_positive():
+    with pytest.raises(ValueError):
+        PriorityGate(0)
