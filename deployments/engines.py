@@ -27,6 +27,7 @@ def llm_config_kwargs(engine: EngineConfig, model_source: str, draft_source: str
         "max_num_seqs": engine.max_num_seqs,
         "enforce_eager": engine.enforce_eager,
         "enable_prefix_caching": engine.enable_prefix_caching,
+        "scheduling_policy": engine.scheduling_policy,
         "tensor_parallel_size": engine.tensor_parallel_size,
         "pipeline_parallel_size": engine.pipeline_parallel_size,
     }

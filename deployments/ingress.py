@@ -78,10 +78,12 @@ class Ingress:
         self.cache = ServeResponseCache(cache) if cache is not None else None
         self.cache_config = config.cache
         router = TieredRouter(
-            ServeLLMEngine(scout, config.scout.served_name()),
+            ServeLLMEngine(scout, config.scout.served_name(),
+                           priority_scheduling=config.scout.scheduling_policy == "priority"),
             ServeLLMEngine(validator, config.validator.served_name(),
                            tokenizer=config.resolve_model(config.validator.model)
-                           if config.tiering.verified_escalation else None),
+                           if config.tiering.verified_escalation else None,
+                           priority_scheduling=config.validator.scheduling_policy == "priority"),
             config.tiering,
             scout_timeout_s=config.scout.request_timeout_s,
             validator_timeout_s=config.validator.request_timeout_s,

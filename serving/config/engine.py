@@ -136,6 +136,11 @@ class EngineConfig(BaseModel):
         default_factory=SpeculativeConfig,
         description="In-engine speculative decoding (see serving/config/speculative.py).",
     )
+    scheduling_policy: Literal["priority", "fcfs"] = Field(
+        "priority",
+        description="vLLM's scheduler: 'priority' serves requests by their class's priority (interactive before "
+        "batch, see analyzer.priorities), then arrival; 'fcfs' by arrival only (requests then carry no priority).",
+    )
     request_router: Literal["prefix_aware", "power_of_two"] = Field(
         "prefix_aware",
         description="How a request picks among this engine's replicas: 'prefix_aware' sends requests that share a "

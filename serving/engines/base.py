@@ -36,6 +36,8 @@ class GenerationRequest:
     logprobs: bool = False
     top_logprobs: int = 0
     request_id: str | None = None
+    # vLLM priority (lower first) of the request's class; engines with priority scheduling honour it.
+    priority: int = 0
 
     @property
     def kind(self) -> Literal["chat", "completion"]:

@@ -75,7 +75,8 @@ def _usage(u: dict[str, Any] | None) -> Usage | None:
 class ServeLLMEngine(LLMEngine):
     """Calls an LLMServer deployment through its DeploymentHandle."""
 
-    def __init__(self, handle: Any, model_id: str, tokenizer: str | None = None) -> None:
+    def __init__(self, handle: Any, model_id: str, tokenizer: str | None = None,
+                 priority_scheduling: bool = False) -> None:
         from ray.serve.llm import openai_api_models as oai
 
         self._handle = handle
@@ -85,6 +86,8 @@ class ServeLLMEngine(LLMEngine):
         self._tokenizer_source = tokenizer
         self._tokenizer: Any = None
         self.can_verify = tokenizer is not None
+        # vLLM rejects a non-zero priority unless the engine schedules by priority.
+        self._priority = priority_scheduling
 
     # -- verified escalation ----------------------------------------------------------------
 
@@ -112,14 +115,16 @@ class ServeLLMEngine(LLMEngine):
             return list(ids)
         return list(tok(req.prompt or "").input_ids)
 
-    def _ids_request(self, ids: list[int], max_tokens: int, stream: bool, **extra: Any) -> Any:
+    def _ids_request(self, ids: list[int], max_tokens: int, stream: bool, priority: int = 0, **extra: Any) -> Any:
+        if self._priority and priority:
+            extra["priority"] = priority
         if stream:
             extra["stream_options"] = {"include_usage": True}
         return self._oai.CompletionRequest(model=self.model_id, prompt=ids, max_tokens=max_tokens, temperature=0.0,
                                            return_token_ids=True, stream=stream, **extra)
 
-    async def _complete_ids(self, ids: list[int], max_tokens: int, **extra: Any) -> dict[str, Any]:
-        vreq = self._ids_request(ids, max_tokens, False, **extra)
+    async def _complete_ids(self, ids: list[int], max_tokens: int, priority: int = 0, **extra: Any) -> dict[str, Any]:
+        vreq = self._ids_request(ids, max_tokens, False, priority, **extra)
         try:
             async for item in self._handle.completions.options(stream=True).remote(vreq):
                 if _is_error(item):
@@ -131,9 +136,9 @@ class ServeLLMEngine(LLMEngine):
             raise EngineUnavailableError(f"{self.model_id}: {type(exc).__name__}: {exc}"[:500]) from exc
         raise EngineUnavailableError(f"{self.model_id}: the engine returned no response")
 
-    async def _stream_ids(self, ids: list[int], max_tokens: int) -> AsyncIterator[dict[str, Any]]:
+    async def _stream_ids(self, ids: list[int], max_tokens: int, priority: int = 0) -> AsyncIterator[dict[str, Any]]:
         """Greedy continuation of token ids, streamed: the engine's SSE payloads (token ids included)."""
-        vreq = self._ids_request(ids, max_tokens, True)
+        vreq = self._ids_request(ids, max_tokens, True, priority)
         try:
             async for batch in self._handle.completions.options(stream=True).remote(vreq):
                 for item in batch if isinstance(batch, list) else [batch]:
@@ -155,7 +160,8 @@ class ServeLLMEngine(LLMEngine):
         proposed = list(tok(draft, add_special_tokens=False).input_ids)[: request.max_tokens]
         # The Validator's own choice at every draft position, and (max_tokens=1) its next
         # token after the whole draft.
-        scored = (await self._complete_ids(prompt + proposed, 1, prompt_logprobs=1))["choices"][0]
+        scored = (await self._complete_ids(prompt + proposed, 1, priority=request.priority,
+                                           prompt_logprobs=1))["choices"][0]
         positions = scored.get("prompt_logprobs") or []
         choices = [_top1(positions[len(prompt) + j]) if len(prompt) + j < len(positions) else None
                    for j in range(len(proposed))]
@@ -184,7 +190,8 @@ class ServeLLMEngine(LLMEngine):
         s = await self._score(request, draft)
         finish = s.finish
         if finish is None:
-            rest = await self._complete_ids(s.prompt + s.ids, request.max_tokens - len(s.ids))
+            rest = await self._complete_ids(s.prompt + s.ids, request.max_tokens - len(s.ids),
+                                            priority=request.priority)
             choice = rest["choices"][0]
             new = choice.get("token_ids") or []
             s.ids += [t for t in new if t not in self._eos]
@@ -201,7 +208,7 @@ class ServeLLMEngine(LLMEngine):
         yield GenerationChunk(text=text.push(s.ids), draft=DraftOutcome(s.proposed, s.accepted, s.saved))
         finish = s.finish
         if finish is None:
-            async for data in self._stream_ids(s.prompt + s.ids, request.max_tokens - len(s.ids)):
+            async for data in self._stream_ids(s.prompt + s.ids, request.max_tokens - len(s.ids), request.priority):
                 u = data.get("usage")
                 if u:
                     s.counted = s.saved + (u.get("completion_tokens") or 0)
@@ -229,6 +236,8 @@ class ServeLLMEngine(LLMEngine):
         )
         if req.request_id:
             common["request_id"] = req.request_id
+        if self._priority and req.priority:
+            common["priority"] = req.priority
         if stream:
             common["stream_options"] = {"include_usage": True}
         if req.kind == "chat":

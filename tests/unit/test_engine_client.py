@@ -2,6 +2,8 @@
 
 from types import SimpleNamespace
 
+import pytest
+
 from serving.engines.serve_llm import _is_error, _logprobs_from_chat, _sse_payloads, error_from_engine
 from serving.errors import ContextLengthExceededError, EngineUnavailableError, InvalidRequestError
 
@@ -38,3 +40,16 @@ def test_chat_logprobs():
         {"token": "a", "logprob": -0.5}, {"token": "b", "logprob": -1.0}]}]})
     assert toks[0].token == "a" and toks[0].top == [("a", -0.5), ("b", -1.0)]
     assert _logprobs_from_chat(None) is None
+
+
+def test_priority_reaches_vllm_only_when_the_engine_schedules_by_priority():
+    pytest.importorskip("ray.serve.llm")
+    from serving.engines.base import GenerationRequest
+    from serving.engines.serve_llm import ServeLLMEngine
+
+    req = GenerationRequest(messages=[{"role": "user", "content": "hi"}], priority=10)
+    assert ServeLLMEngine(None, "m", priority_scheduling=True)._to_vllm(req, False).priority == 10
+    # vLLM refuses a non-zero priority from an fcfs engine: none is sent.
+    assert ServeLLMEngine(None, "m", priority_scheduling=False)._to_vllm(req, False).priority == 0
+    ids = ServeLLMEngine(None, "m", priority_scheduling=True)._ids_request([1, 2], 4, False, priority=10)
+    assert ids.priority == 10
