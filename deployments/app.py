@@ -1,4 +1,4 @@
-"""The application DAG: Ingress -> (SemanticCache -> Embedder, Scout, Validator).
+"""The application DAG: Ingress -> (RequestAnalyzer -> Embedder, SemanticCache -> Embedder, Scout, Validator).
 
 `serve run deployments.app:build_app` (with `key=value` args or a profile's YAML) and
 `serve run cluster/<profile>.yaml` both end here.
@@ -10,6 +10,7 @@ from typing import Any
 
 from ray.serve import Application
 
+from deployments.analyzer import build_analyzer
 from deployments.cache import Embedder, SemanticCacheDeployment
 from deployments.engines import build_engine
 from deployments.ingress import Ingress
@@ -26,27 +27,36 @@ def build_app(args: dict[str, Any]) -> Application:
     config = load_profile(args["profile"]) if set(args) == {"profile"} else AppConfig(**args)
     scout = build_engine(config.scout, "Scout", config)
     validator = build_engine(config.validator, "Validator", config)
+    # One Embedder deployment serves both the cache and the analyzer.
+    embedder = build_embedder(config)
     return Ingress.options(
         num_replicas=config.api.num_replicas,
         max_ongoing_requests=config.api.max_ongoing_requests,
         max_queued_requests=config.api.max_queued_requests,
         ray_actor_options=actor_options(config.api.num_cpus, resources=config.api.resources),
-    ).bind(scout, validator, config, build_cache(config))
+    ).bind(scout, validator, config, build_cache(config, embedder),
+           build_analyzer(config, embedder) if embedder is not None else None)
 
 
-def build_cache(config: AppConfig) -> Application | None:
-    """The SemanticCache deployment (with its Embedder), or None when the cache is off."""
-    if not config.cache.enabled:
+def build_embedder(config: AppConfig) -> Application | None:
+    """The Embedder deployment, when the cache or the analyzer needs it."""
+    if not (config.cache.enabled or config.analyzer.enabled):
         return None
     emb = config.cache.embedder
     # Resolved here, in the driver: an unprepared embedder fails `serve run` with the fix.
     model_path = config.resolve_model(emb.model)
-    embedder = Embedder.options(
+    return Embedder.options(
         autoscaling_config=emb.autoscaling.model_dump(),
         max_ongoing_requests=emb.max_ongoing_requests,
         max_queued_requests=emb.max_queued_requests,
         ray_actor_options=actor_options(emb.num_cpus, emb.num_gpus, emb.resources),
-    ).bind(model_path, emb)
+    ).bind(model_path, emb, config.analyzer.batching)
+
+
+def build_cache(config: AppConfig, embedder: Application | None) -> Application | None:
+    """The SemanticCache deployment over `embedder`, or None when the cache is off."""
+    if not config.cache.enabled or embedder is None:
+        return None
     return SemanticCacheDeployment.options(
         num_replicas=config.cache.num_replicas,
         max_ongoing_requests=config.cache.max_ongoing_requests,

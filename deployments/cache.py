@@ -12,25 +12,42 @@ from serving.cache.factory import open_store
 from serving.cache.keys import CacheKey
 from serving.cache.semantic import CachedAnswer, CacheLookup, SemanticCache
 from serving.cache.store import Selector
-from serving.config import AppConfig, EmbedderConfig
+from serving.config import AdaptiveBatchingConfig, AppConfig, EmbedderConfig
+from serving.load.batching import AdaptiveBatching
 from serving.metrics import ServeMetrics
 
 
 @serve.deployment(name="Embedder")
 class Embedder:
-    """Sentence embeddings; concurrent single-text calls are embedded together (`@serve.batch`)."""
+    """Sentence embeddings; concurrent single-text calls are embedded together (`@serve.batch`).
 
-    def __init__(self, model_path: str, config: EmbedderConfig) -> None:
+    Batch size and wait adapt to the arrival rate (`serving.load.batching`); the configured
+    `max_batch_size` and `batch_wait_timeout_s` are their ceilings.
+    """
+
+    def __init__(self, model_path: str, config: EmbedderConfig, batching: AdaptiveBatchingConfig | None = None) -> None:
         self.embedder = SentenceTransformerEmbedder(model_path, device=config.device,
                                                     torch_threads=config.torch_threads)
         if self.embedder.dimension != config.dimension:
             raise ValueError(f"{config.model} makes {self.embedder.dimension}-d vectors; "
                              f"cache.embedder.dimension says {config.dimension}")
-        self.embed.set_max_batch_size(config.max_batch_size)
-        self.embed.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
+        metrics = ServeMetrics()
+        self.batching = AdaptiveBatching(
+            self._embed_batch, config.max_batch_size, config.batch_wait_timeout_s, batching,
+            on_change=lambda p: metrics.batch_params("Embedder", p.max_batch_size, p.batch_wait_timeout_s),
+        )
+
+    async def embed(self, text: str) -> list[float]:
+        """One text's embedding (the handle's entry point: measures arrivals, then joins a batch)."""
+        self.batching.on_request()
+        return await self._embed_batch(text)
+
+    async def batching_state(self) -> dict[str, float]:
+        """Measured arrival rate and the batch parameters in force (for dashboards and tests)."""
+        return self.batching.state()
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
-    async def embed(self, texts: list[str]) -> list[list[float]]:
+    async def _embed_batch(self, texts: list[str]) -> list[list[float]]:
         return await self.embedder.embed(texts)
 
 

@@ -14,9 +14,11 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ray import serve
 
+from serving.analyzer.client import ServeRequestAnalyzer
 from serving.api import ChatCompletionRequest, CompletionRequest, RouteTrace
 from serving.cache.client import ServeResponseCache
 from serving.cache.store import Selector
+from serving.coalesce import Coalescer
 from serving.config import AppConfig
 from serving.engines.serve_llm import ServeLLMEngine
 from serving.errors import (
@@ -27,6 +29,7 @@ from serving.errors import (
     to_openai_error,
 )
 from serving.metrics import ServeMetrics
+from serving.priority import Priority, PriorityGate, resolve_priority
 from serving.router import TieredRouter
 from serving.service import OpenAIService, parse_request
 
@@ -73,10 +76,12 @@ async def _json_body(request: Request) -> Any:
 class Ingress:
     """Routes OpenAI requests through the tiered router; see `serving.service`."""
 
-    def __init__(self, scout: Any, validator: Any, config: AppConfig, cache: Any = None) -> None:
+    def __init__(self, scout: Any, validator: Any, config: AppConfig, cache: Any = None, analyzer: Any = None) -> None:
         self.metrics = ServeMetrics()
         self.cache = ServeResponseCache(cache) if cache is not None else None
         self.cache_config = config.cache
+        self.analyzer_config = config.analyzer
+        api = config.api
         router = TieredRouter(
             ServeLLMEngine(scout, config.scout.served_name(),
                            priority_scheduling=config.scout.scheduling_policy == "priority"),
@@ -90,6 +95,10 @@ class Ingress:
             metrics=self.metrics,
             cache=self.cache,
             cache_config=config.cache,
+            analyzer=ServeRequestAnalyzer(analyzer) if analyzer is not None else None,
+            analyzer_timeout_s=config.analyzer.timeout_s,
+            coalescer=Coalescer() if api.coalesce else None,
+            gate=PriorityGate(api.max_in_flight) if api.max_in_flight else None,
         )
         self.service = OpenAIService(router, config.api)
 
@@ -116,17 +125,26 @@ class Ingress:
         self.metrics.request("error", response.status_code)
         return response
 
+    def _priority(self, request: Request) -> Priority:
+        """The request's priority class: its API key's tenant, else the priority header, else the default."""
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        api_key = token.strip() if scheme.lower() == "bearer" else None
+        return resolve_priority(self.analyzer_config, request.headers.get(self.analyzer_config.priority_header),
+                                api_key)
+
     async def _chat(self, request: Request) -> Response:
+        priority = self._priority(request)
         req = parse_request(ChatCompletionRequest, await _json_body(request))
         if req.stream:
-            return self._stream(*await self.service.chat_stream(req))
-        return self._respond(*await self.service.chat(req))
+            return self._stream(*await self.service.chat_stream(req, priority))
+        return self._respond(*await self.service.chat(req, priority))
 
     async def _completion(self, request: Request) -> Response:
+        priority = self._priority(request)
         req = parse_request(CompletionRequest, await _json_body(request))
         if req.stream:
-            return self._stream(*await self.service.completion_stream(req))
-        return self._respond(*await self.service.completion(req))
+            return self._stream(*await self.service.completion_stream(req, priority))
+        return self._respond(*await self.service.completion(req, priority))
 
     @app.post("/v1/chat/completions")
     async def chat_completions(self, request: Request) -> Response:

@@ -2,6 +2,11 @@
 
 One decision per stage, each recorded in the `RouteTrace` returned with the answer:
 
+* ``analyzer`` stage (when an analyzer is configured) — the request's `RoutePlan`
+  (`serving.analyzer`): ``scout_first``, ``validator_direct`` (the Scout is predicted to
+  fail: it is skipped, reason ``predicted_hard``) or ``forced``; its priority class goes to
+  the engines (vLLM's priority scheduling) and orders our own queue (`PriorityGate`). A
+  failed or slow analysis is ``failed``: the request takes the default path.
 * ``cache`` stage (when a cache is configured) — ``exact_hit`` / ``semantic_hit`` serve
   the cached answer (tier ``cache``); ``miss`` goes on; ``skipped`` when the request may
   not use the cache (sampled, logprobs, ``cache.mode`` bypass/refresh); ``bypass`` when
@@ -19,6 +24,11 @@ One decision per stage, each recorded in the `RouteTrace` returned with the answ
   route's reason is ``near_miss``.
 * ``admission`` stage (after a miss) — the answer is ``admitted`` to the cache, or
   ``rejected`` by the admission policy (`serving.cache.policy`), or ``failed``.
+* ``coalesced`` stage — an identical request (same exact cache key: deterministic, same
+  namespace, model, messages and parameters) was already being answered: this one waited
+  for that answer instead of computing it again (`serving.coalesce`); route reason
+  ``coalesced``, tier the one that answered. Streamed requests join a computation in
+  flight too (and replay its answer); a streamed computation is not shared.
 
 A client may force a tier with ``model: scout`` / ``model: validator``; the stage then
 records ``forced``. Errors carry the trace so far (`exc.route`).
@@ -36,9 +46,10 @@ import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Protocol
 
 from serving.api import CacheControl, RouteTrace
-from serving.cache.keys import CacheKey, cache_key, digest
+from serving.cache.keys import CacheKey, cache_key, digest, is_deterministic
 from serving.cache.policy import rejection_reason, skip_reason
 from serving.cache.semantic import CachedAnswer, ResponseCache
 from serving.confidence import confidence, describe
@@ -52,7 +63,19 @@ from serving.errors import (
     ServiceError,
 )
 from serving.metrics import Metrics
+from serving.priority import Priority, PriorityGate
 from serving.verify import Draft, DraftOutcome, can_verify
+
+if TYPE_CHECKING:
+    from serving.analyzer import RoutePlan
+    from serving.coalesce import Coalescer
+
+
+class Analyzer(Protocol):
+    """What plans a request: `serving.analyzer.RequestAnalyzer`, or its Serve deployment's client."""
+
+    async def analyze(self, request: GenerationRequest, *, model: str = "auto",
+                      priority: str | None = None) -> RoutePlan: ...
 
 
 @dataclass
@@ -96,6 +119,10 @@ class TieredRouter:
         metrics: Metrics | None = None,
         cache: ResponseCache | None = None,
         cache_config: CacheConfig | None = None,
+        analyzer: Analyzer | None = None,
+        analyzer_timeout_s: float = 1.0,
+        coalescer: Coalescer[Any] | None = None,
+        gate: PriorityGate | None = None,
     ) -> None:
         self.scout = scout
         self.validator = validator
@@ -105,6 +132,12 @@ class TieredRouter:
         self.metrics = metrics or Metrics()
         self.cache = cache
         self.cache_config = cache_config or CacheConfig()
+        self.analyzer = analyzer
+        self.analyzer_timeout_s = analyzer_timeout_s
+        # Identical requests in flight share one computation (None: each computes its own).
+        self.coalescer = coalescer
+        # Where we queue engine work: interactive before batch (None: no limit of our own).
+        self.gate = gate
         # The engines behind every route: cached answers of other engines never match.
         self.fingerprint = digest([scout.model_id, validator.model_id])[:16]
 
@@ -112,41 +145,81 @@ class TieredRouter:
 
     async def complete(
         self, request: GenerationRequest, model: str = "auto", threshold: float | None = None,
-        cache: CacheControl | None = None,
+        cache: CacheControl | None = None, priority: Priority | None = None,
     ) -> Routed:
         """Answer `request`, choosing the tier by `model` ('auto', 'scout', 'validator')."""
         trace = self._new_trace(model, threshold)
         started = time.perf_counter()
         try:
+            request, plan = await self._analyzer_stage(request, model, priority, trace)
             gen, admission, draft = await self._cache_stage(request, model, cache, trace)
             if gen is None:
-                if not self._skip_scout_for(draft, request, model, trace):
-                    gen, draft = await self._scout_stage(request, model, trace)
-                if gen is None:
-                    gen = await self._validator_complete(request, model, trace, draft)
-                elif not request.logprobs:
-                    gen = replace(gen, tokens=None)
-                await self._admit(admission, gen, trace)
+                key = self._flight_key(request, model, cache, admission)
+                if key is None or self.coalescer is None:
+                    gen = await self._generate(request, model, trace, draft, plan, admission)
+                else:
+                    t0 = time.perf_counter()
+                    # `compute` runs only for the first of the identical requests (the leader), on its
+                    # own trace; the others get the leader's answer and trace.
+                    (gen, leader), shared = await self.coalescer.run(
+                        key, lambda: self._generate_shared(request, model, trace, draft, plan, admission))
+                    if shared:
+                        self._record(trace, "coalesced", "joined", t0, tier=leader.tier, leader_reason=leader.reason)
+                        self.metrics.coalesced()
+                        trace.tier, trace.reason = leader.tier, "coalesced"
+                        trace.confidence = leader.confidence
         except InferenceOptimizerError as exc:
             exc.route = self._finish(trace, started)
             raise
         self._finish(trace, started)
         return Routed(gen, trace)
 
+    async def _generate_shared(self, request: GenerationRequest, model: str, trace: RouteTrace, draft: Draft | None,
+                               plan: RoutePlan | None, admission: _Admission | None) -> tuple[Generation, RouteTrace]:
+        """`_generate` as a coalesced computation: its answer and the trace of the request that ran it."""
+        return await self._generate(request, model, trace, draft, plan, admission), trace
+
+    async def _generate(self, request: GenerationRequest, model: str, trace: RouteTrace, draft: Draft | None,
+                        plan: RoutePlan | None, admission: _Admission | None) -> Generation:
+        """After a cache miss: Scout and/or Validator (in our queue by priority), then admission."""
+        async with self._slot(request):
+            if not self._skip_scout_for(draft, request, model, trace) and not self._direct(plan, model, trace):
+                gen, draft = await self._scout_stage(request, model, trace)
+            else:
+                gen = None
+            if gen is None:
+                gen = await self._validator_complete(request, model, trace, draft)
+            elif not request.logprobs:
+                gen = replace(gen, tokens=None)
+        await self._admit(admission, gen, trace)
+        return gen
+
     async def open_stream(
         self, request: GenerationRequest, model: str = "auto", threshold: float | None = None,
-        cache: CacheControl | None = None,
+        cache: CacheControl | None = None, priority: Priority | None = None,
     ) -> RoutedStream:
         """Decide the tier (running the Scout if needed), then return the chunks to send."""
         trace = self._new_trace(model, threshold)
         started = time.perf_counter()
         try:
+            request, plan = await self._analyzer_stage(request, model, priority, trace)
             gen, admission, draft = await self._cache_stage(request, model, cache, trace)
             if gen is not None:
                 self._finish(trace, started)
                 return RoutedStream(_replay(gen, False), trace, gen.model)
-            if not self._skip_scout_for(draft, request, model, trace):
-                gen, draft = await self._scout_stage(request, model, trace)
+            key = self._flight_key(request, model, cache, admission)
+            if key is not None and self.coalescer is not None and key in self.coalescer:
+                # An identical request is being answered: replay its answer when it is ready.
+                t0 = time.perf_counter()
+                gen, leader = await self.coalescer.follow(key)
+                self._record(trace, "coalesced", "joined", t0, tier=leader.tier, leader_reason=leader.reason)
+                self.metrics.coalesced()
+                trace.tier, trace.reason, trace.confidence = leader.tier, "coalesced", leader.confidence
+                self._finish(trace, started)
+                return RoutedStream(_replay(gen, False), trace, gen.model or self.validator.model_id)
+            async with self._slot(request):
+                if not self._skip_scout_for(draft, request, model, trace) and not self._direct(plan, model, trace):
+                    gen, draft = await self._scout_stage(request, model, trace)
             if gen is not None:
                 await self._admit(admission, gen, trace)
         except InferenceOptimizerError as exc:
@@ -156,13 +229,57 @@ class TieredRouter:
             self._finish(trace, started)
             return RoutedStream(_replay(gen, request.logprobs), trace, self.scout.model_id)
         # Decided now, not when the generator first runs: the header is sent before any chunk.
-        trace.tier, trace.reason = "validator", self._validator_reason(model, trace, draft)
+        trace.tier, trace.reason = "validator", self._validator_reason(model, trace, draft, plan)
         verify = draft if self._verifies(draft, request) else None
         return RoutedStream(
             self._validator_stream(request, trace, started, admission, verify), trace, self.validator.model_id
         )
 
     # -- stages ---------------------------------------------------------------------------
+
+    async def _analyzer_stage(
+        self, request: GenerationRequest, model: str, priority: Priority | None, trace: RouteTrace
+    ) -> tuple[GenerationRequest, RoutePlan | None]:
+        """Plan the request (when an analyzer is configured); the request carries its vLLM priority."""
+        if priority is not None:
+            request = replace(request, priority=priority.value)
+        if self.analyzer is None:
+            return request, None
+        t0 = time.perf_counter()
+        try:
+            plan = await asyncio.wait_for(
+                self.analyzer.analyze(request, model=model, priority=priority.name if priority else None),
+                self.analyzer_timeout_s)
+        except Exception as exc:  # the plan is advice: without it the request takes the default path
+            error = "timeout" if isinstance(exc, TimeoutError) else f"{type(exc).__name__}: {exc}"[:300]
+            self._record(trace, "analyzer", "failed", t0, error=error)
+            return request, None
+        self._record(trace, "analyzer", plan.strategy, t0, **plan.trace_detail())
+        return replace(request, priority=plan.vllm_priority), plan
+
+    def _direct(self, plan: RoutePlan | None, model: str, trace: RouteTrace) -> bool:
+        """Whether the plan sends an 'auto' request straight to the Validator (skipping the Scout)."""
+        if plan is None or plan.strategy != "validator_direct" or not self._uses_scout(model) or model != "auto":
+            return False
+        self._record(trace, "scout", "skipped", time.perf_counter(), reason="predicted_hard",
+                     complexity=None if plan.complexity is None else round(plan.complexity, 4))
+        return True
+
+    def _flight_key(self, request: GenerationRequest, model: str, control: CacheControl | None,
+                    admission: _Admission | None) -> str | None:
+        """The key identical in-flight requests share: the exact cache key, for deterministic requests only."""
+        if self.coalescer is None:
+            return None
+        if admission is not None:
+            return admission.key.exact
+        if not is_deterministic(request) or request.logprobs:
+            return None
+        namespace = (control.namespace if control else None) or self.cache_config.default_namespace
+        return cache_key(request, model=model, namespace=namespace, fingerprint=self.fingerprint).exact
+
+    def _slot(self, request: GenerationRequest) -> Any:
+        """Our queue for engine work: by priority when a gate is configured."""
+        return self.gate.slot(request.priority) if self.gate is not None else _NO_GATE
 
     def _new_trace(self, model: str, threshold: float | None) -> RouteTrace:
         return RouteTrace(
@@ -302,11 +419,14 @@ class TieredRouter:
             self._record(trace, "scout", "skipped", time.perf_counter(), reason="near_miss_draft")
         return True
 
-    def _validator_reason(self, model: str, trace: RouteTrace, draft: Draft | None = None) -> str:
+    def _validator_reason(self, model: str, trace: RouteTrace, draft: Draft | None = None,
+                          plan: RoutePlan | None = None) -> str:
         if model == "validator":
             return "forced"
         if draft is not None and draft.source == "cache":
             return "near_miss"  # a cache draft only reaches the Validator to be verified
+        if any(s.stage == "scout" and s.decision == "skipped" for s in trace.stages):
+            return "validator_direct"
         if not trace.stages:
             return "tiering_disabled"
         return "scout_failed" if trace.stages[-1].decision == "failed" else "escalated"
@@ -419,6 +539,18 @@ class TieredRouter:
         trace.total_ms = round((time.perf_counter() - started) * 1000, 3)
         return trace
 
+
+class _NoGate:
+    """An async context manager that admits everyone at once."""
+
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+
+_NO_GATE = _NoGate()
 
 # Before every non-space that follows a space: word-sized pieces that join back to the text.
 _WORD_START = re.compile(r"(?<=\s)(?=\S)")

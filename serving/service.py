@@ -25,6 +25,7 @@ from serving.errors import (
     ModelNotFoundError,
     to_openai_error,
 )
+from serving.priority import Priority
 from serving.router import Routed, TieredRouter
 
 _FINISH = {"stop", "length", "tool_calls", "content_filter", "function_call"}
@@ -159,10 +160,12 @@ class OpenAIService:
 
     # -- non-streamed ---------------------------------------------------------------------
 
-    async def chat(self, req: ChatCompletionRequest) -> tuple[dict[str, Any], RouteTrace]:
+    async def chat(self, req: ChatCompletionRequest, priority: Priority | None = None
+                   ) -> tuple[dict[str, Any], RouteTrace]:
         """A whole chat completion and its route."""
         tier = self._route_model(req.model)
-        routed = await self.router.complete(self.chat_request(req), tier, req.confidence_threshold, req.cache)
+        routed = await self.router.complete(self.chat_request(req), tier, req.confidence_threshold, req.cache,
+                                            priority)
         gen = routed.generation
         body = ChatCompletion(
             id=new_id("chatcmpl"), object="chat.completion", created=int(time.time()), model=gen.model,
@@ -172,11 +175,12 @@ class OpenAIService:
         ).model_dump(exclude_none=True)
         return self._with_route(body, routed)
 
-    async def completion(self, req: CompletionRequest) -> tuple[dict[str, Any], RouteTrace]:
+    async def completion(self, req: CompletionRequest, priority: Priority | None = None
+                         ) -> tuple[dict[str, Any], RouteTrace]:
         """A whole text completion and its route."""
         tier = self._route_model(req.model)
         routed = await self.router.complete(self.completion_request(req), tier, req.confidence_threshold,
-                                            req.cache)
+                                            req.cache, priority)
         gen = routed.generation
         body = Completion(
             id=new_id("cmpl"), object="text_completion", created=int(time.time()), model=gen.model,
@@ -193,10 +197,12 @@ class OpenAIService:
 
     # -- streamed -------------------------------------------------------------------------
 
-    async def chat_stream(self, req: ChatCompletionRequest) -> tuple[AsyncIterator[str], RouteTrace]:
+    async def chat_stream(self, req: ChatCompletionRequest, priority: Priority | None = None
+                          ) -> tuple[AsyncIterator[str], RouteTrace]:
         """SSE events of a streamed chat completion; the route is decided before the first one."""
         tier = self._route_model(req.model)
-        stream = await self.router.open_stream(self.chat_request(req), tier, req.confidence_threshold, req.cache)
+        stream = await self.router.open_stream(self.chat_request(req), tier, req.confidence_threshold, req.cache,
+                                               priority)
         cid, created = new_id("chatcmpl"), int(time.time())
 
         def event(chunk: GenerationChunk | None, first: bool = False) -> dict[str, Any]:
@@ -212,11 +218,12 @@ class OpenAIService:
         return self._sse(stream.chunks, event, stream.trace, req.include_usage(), cid, created, stream.model,
                          "chat.completion.chunk"), stream.trace
 
-    async def completion_stream(self, req: CompletionRequest) -> tuple[AsyncIterator[str], RouteTrace]:
+    async def completion_stream(self, req: CompletionRequest, priority: Priority | None = None
+                                ) -> tuple[AsyncIterator[str], RouteTrace]:
         """SSE events of a streamed text completion."""
         tier = self._route_model(req.model)
         stream = await self.router.open_stream(self.completion_request(req), tier, req.confidence_threshold,
-                                               req.cache)
+                                               req.cache, priority)
         cid, created = new_id("cmpl"), int(time.time())
 
         def event(chunk: GenerationChunk | None, first: bool = False) -> dict[str, Any]:

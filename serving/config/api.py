@@ -29,6 +29,13 @@ class ApiConfig(BaseModel):
     )
     max_queued_requests: int = Field(-1, ge=-1, description=QUEUED_DESCRIPTION)
     resources: dict[str, float] = Field(default_factory=dict, description=RESOURCES_DESCRIPTION)
+    coalesce: bool = Field(
+        True, description="Identical deterministic requests in flight (same exact cache key) share one computation."
+    )
+    max_in_flight: int | None = Field(
+        32, ge=1, description="Generations one ingress replica runs at once; more wait in our priority queue "
+        "(interactive before batch). None: no queue of our own (Ray Serve's and vLLM's only).",
+    )
 
     @field_validator("resources")
     @classmethod

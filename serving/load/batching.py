@@ -152,3 +152,9 @@ class AdaptiveBatching:
     def arrival_rate(self) -> float:
         """The measured arrival rate now (1/s)."""
         return self.controller.rate.rate(self.controller._clock())
+
+    def state(self) -> dict[str, float]:
+        """Arrival rate and the parameters in force."""
+        p = self.controller.params
+        return {"arrival_rate": round(self.arrival_rate(), 3), "max_batch_size": p.max_batch_size,
+                "batch_wait_timeout_s": p.batch_wait_timeout_s}

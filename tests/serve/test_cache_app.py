@@ -1,7 +1,8 @@
 """The semantic cache end to end: real Ray Serve, real tiny models, real all-MiniLM-L6-v2, real qdrant-edge.
 
 The tiny profile with its cache on, storing in a temporary folder, with an admin key, and
-admitting answers cut by max_tokens (so that short, cheap generations are admitted).
+admitting answers cut by max_tokens (so that short, cheap generations are admitted). The
+request analyzer is on too (it shares the Embedder): its plan is checked at the end.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ def svc(tmp_path_factory):
     config.cache.path = tmp_path_factory.mktemp("semantic-cache")
     config.cache.admin_key = "test-admin-key"
     config.cache.admit_truncated = True
+    config.analyzer.enabled = True
     with running(config) as service:
         yield service
 
@@ -282,3 +284,30 @@ def test_cache_down_means_bypass_and_entries_survive_its_restart(client: httpx.C
     # The replacement replica reopened the same store: the entry made before the kill is served.
     assert seen[-1] == "exact_hit", seen
     assert client.get("/healthz").json()["cache"] == "ok"
+
+
+# -- the request analyzer (same app: it shares the Embedder with the cache) ----------------
+
+
+def test_the_analyzers_plan_is_in_the_route_and_hard_prompts_skip_the_scout(client: httpx.Client):
+    body = {"model": "auto", "temperature": 0, "max_tokens": 4, "cache": {"mode": "bypass"}}
+    easy = client.post("/v1/chat/completions", json={**body, "messages": [
+        {"role": "user", "content": "Say hi."}]}).json()
+    plan = easy["route"]["stages"][0]
+    assert plan["stage"] == "analyzer" and plan["decision"] in ("scout_first", "validator_direct"), easy["route"]
+    assert 0 <= plan["detail"]["complexity"] <= 1 and plan["detail"]["prompt_tokens"] > 0
+    # A GSM8K problem, sent as batch traffic: maths, and harder than a greeting by the trained model.
+    hard = client.post("/v1/chat/completions", headers={"x-infopt-priority": "batch"}, json={**body, "messages": [
+        {"role": "user", "content": "Natalia sold clips to 48 of her friends in April, and then she sold half as "
+         "many clips in May. How many clips did Natalia sell altogether in April and May?"}]}).json()
+    plan = hard["route"]["stages"][0]
+    assert plan["detail"]["priority"] == "batch" and "math" in plan["detail"]["signals"]
+    assert plan["detail"]["complexity"] > easy["route"]["stages"][0]["detail"]["complexity"]
+    if plan["decision"] == "validator_direct":
+        assert hard["route"]["stages"][1]["decision"] == "skipped" and hard["route"]["reason"] == "validator_direct"
+
+
+def test_an_unknown_priority_class_is_a_400(client: httpx.Client):
+    r = client.post("/v1/chat/completions", headers={"x-infopt-priority": "urgent"},
+                    json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "x-infopt-priority"

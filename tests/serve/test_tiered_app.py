@@ -351,3 +351,18 @@ def test_streamed_verified_escalation_equals_the_validator_alone(client: httpx.C
         last = route["stages"][-1]
         assert last["decision"] == "verified" and last["detail"]["draft_source"] == "scout"
         assert text == alone, prompt
+
+
+def test_draft_and_engine_cache_metrics_are_exported(svc: Service, client: httpx.Client):
+    """After the verified escalations above: draft counters by source, and vLLM's prefix-cache counters
+    (ray.serve.llm exports the engines' own metrics; hit rate = hits / queries)."""
+    wanted = ("ray_infopt_drafts_verified", "ray_infopt_draft_tokens", 'source="scout"', 'kind="accepted"',
+              'kind="saved"', "prefix_cache_queries", "prefix_cache_hits")
+    deadline, text = time.monotonic() + 90, ""
+    while time.monotonic() < deadline:
+        text = httpx.get(svc.metrics_url, timeout=10).text
+        if all(w in text for w in wanted):
+            break
+        time.sleep(3)
+    missing = [w for w in wanted if w not in text]
+    assert not missing, f"not exported: {missing}"
