@@ -352,6 +352,7 @@ def main() -> int:
     ap.add_argument("--spec-dtype", default=None, help="override the Validator's dtype for part 3")
     ap.add_argument("--port", type=int, default=8019)
     ap.add_argument("--out", default=str(REPO / "reports"))
+    ap.add_argument("--name", default="bench_turbo", help="file name of the report, json and plot")
     args = ap.parse_args()
 
     import ray
@@ -369,7 +370,8 @@ def main() -> int:
                     "validator": config.validator.served_name(), "prompts": source, "max_tokens": args.max_tokens,
                     "draft_threshold": config.cache.draft_threshold,
                     "similarity_threshold": config.cache.similarity_threshold, "spec_max_tokens": args.spec_max_tokens}
-    pairs = near_miss_pairs(config, args.near_misses) if config.cache.draft_threshold is not None else []
+    pairs = near_miss_pairs(config, args.near_misses) if config.cache.draft_threshold is not None and \
+        args.near_misses > 0 else []
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     ray.init(address="local", include_dashboard=False, log_to_driver=False)
     try:
@@ -396,11 +398,11 @@ def main() -> int:
     print("\n" + table)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "bench_turbo.json").write_text(json.dumps(result, indent=2))
-    (out / "bench_turbo.md").write_text(table + "\n")
-    if plot(result, out / "bench_turbo.png"):
-        print(f"\nplot: {out / 'bench_turbo.png'}")
-    print(f"report: {out / 'bench_turbo.md'}")
+    (out / f"{args.name}.json").write_text(json.dumps(result, indent=2))
+    (out / f"{args.name}.md").write_text(table + "\n")
+    if plot(result, out / f"{args.name}.png"):
+        print(f"\nplot: {out / f'{args.name}.png'}")
+    print(f"report: {out / f'{args.name}.md'}")
     return 0
 
 
