@@ -263,6 +263,7 @@ def measure(base_url: str, items: list[WorkItem], concurrency: int, probe: CpuPr
     out = summarize(records, wall)
     out["validator_cpu_s"] = cpu
     out["validator_idle_cpu_per_s"] = idle_rate
+    out["validator_net_cpu_s"] = net_cpu(out)
     out["records"] = [r.to_dict() for r in records]
     return out
 
@@ -289,6 +290,14 @@ def fidelity(records: list[dict[str, Any]], baseline: list[dict[str, Any]]) -> d
             "by_tier": {k: {"identical": v[0], "compared": v[1]} for k, v in by_tier.items()}}
 
 
+def net_cpu(res: dict[str, Any]) -> float | None:
+    """The Validator's CPU-seconds above what it burns idle over the same wall time (never below 0)."""
+    cpu, idle = res.get("validator_cpu_s"), res.get("validator_idle_cpu_per_s")
+    if cpu is None or idle is None:
+        return None
+    return max(0.0, cpu - idle * res["wall_s"])
+
+
 def ratio(x: float | None, base: float | None) -> float:
     if x is None or base is None or not math.isfinite(x) or not math.isfinite(base) or base == 0:
         return math.nan
@@ -304,12 +313,15 @@ def compare(results: dict[str, dict[str, Any]], baseline: str = BASELINE) -> lis
         rows.append({
             "mode": key, "label": res.get("label", key), "requests": res["requests"], "ok": res["ok"],
             "errors": res["errors"], "route_mix": res["route_mix"],
-            "validator_cpu_s": res.get("validator_cpu_s"), "validator_busy_s": res["validator_busy_s"],
+            "validator_cpu_s": res.get("validator_cpu_s"), "validator_net_cpu_s": net_cpu(res),
+            "validator_idle_cpu_per_s": res.get("validator_idle_cpu_per_s"),
+            "validator_busy_s": res["validator_busy_s"],
             "validator_tokens": res["validator_tokens"], "p50_s": res["p50_s"], "p99_s": res["p99_s"],
             "ttft_p50_s": res["ttft_p50_s"], "throughput_rps": res["throughput_rps"],
             "fidelity": fid["share"], "fidelity_detail": fid,
             "x": {
                 "validator_cpu_s": ratio(res.get("validator_cpu_s"), base.get("validator_cpu_s")),
+                "validator_net_cpu_s": ratio(net_cpu(res), net_cpu(base)),
                 "validator_busy_s": ratio(res["validator_busy_s"], base["validator_busy_s"]),
                 "validator_tokens": ratio(res["validator_tokens"], base["validator_tokens"]),
                 "p50_s": ratio(res["p50_s"], base["p50_s"]),
@@ -338,9 +350,9 @@ def mix_text(m: dict[str, int]) -> str:
 def table(rows: list[dict[str, Any]]) -> str:
     """The ratio table (vs validator-only) with the absolute figures beside it."""
     lines = [
-        "| mode | Validator CPU-s | Validator busy-s | Validator tokens | p50 latency | p99 latency | TTFT p50 "
-        "| throughput | route mix (cache / scout / validator) | identical to validator-only |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|",
+        "| mode | Validator CPU-s above idle | Validator CPU-s | Validator busy-s | Validator tokens | p50 latency "
+        "| p99 latency | TTFT p50 | throughput | route mix (cache / scout / validator) | identical to validator-only |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|",
     ]
     for r in rows:
         x = r["x"]
@@ -348,7 +360,8 @@ def table(rows: list[dict[str, Any]]) -> str:
         same = f"{fid['identical']}/{fid['compared']} ({_pct(fid['share'])})" if fid["compared"] else "n/a"
         errors = f", {r['errors']} errors" if r["errors"] else ""
         lines.append(
-            f"| {r['mode']} | {_x(x['validator_cpu_s'])} ({_s(r['validator_cpu_s'])} s) "
+            f"| {r['mode']} | {_x(x.get('validator_net_cpu_s'))} ({_s(r.get('validator_net_cpu_s'))} s) "
+            f"| {_x(x['validator_cpu_s'])} ({_s(r['validator_cpu_s'])} s) "
             f"| {_x(x['validator_busy_s'])} ({_s(r['validator_busy_s'])} s) "
             f"| {_x(x['validator_tokens'])} ({r['validator_tokens']}) "
             f"| {_x(x['p50_s'])} ({_s(r['p50_s'])} s) | {_x(x['p99_s'])} ({_s(r['p99_s'])} s) "
@@ -403,7 +416,9 @@ def render_section(run: dict[str, Any], kept: dict[str, Any], profiles: list[str
         "(results of other profiles are kept). Each mode starts the service afresh (cold engines, empty "
         "cache) and gets the same workload, same seed. Ratios are to validator-only; absolute values "
         "in brackets. Validator CPU-s: CPU time of the Validator replica's processes (Ray actor + vLLM "
-        "engine) over the workload; busy-s: the Validator stages' wall time summed over requests "
+        "engine) over the workload; above idle: minus what the idle replica burns over the same wall time "
+        "(measured for 2 s before each workload; vLLM's and Ray's polling threads); busy-s: the Validator "
+        "stages' wall time summed over requests "
         "(route traces); tokens: tokens the Validator generated. Identical: same text as the "
         "validator-only answer to the same request (greedy).",
         "",
@@ -412,7 +427,7 @@ def render_section(run: dict[str, Any], kept: dict[str, Any], profiles: list[str
         if kept.get(prof, {}).get("detail"):
             lines += [kept[prof]["detail"], ""]
     lines += ["### All profiles (ratios to validator-only)", "",
-              "| profile | mode | Validator CPU-s | Validator busy-s | p50 | p99 | TTFT p50 | throughput "
+              "| profile | mode | Validator CPU-s above idle | Validator busy-s | p50 | p99 | TTFT p50 | throughput "
               "| identical | measured |",
               "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for prof in profiles:
@@ -422,7 +437,7 @@ def render_section(run: dict[str, Any], kept: dict[str, Any], profiles: list[str
             continue
         for r in got["rows"]:
             x = r["x"]
-            lines.append(f"| `{prof}` | {r['mode']} | {_x(x['validator_cpu_s'])} | {_x(x['validator_busy_s'])} "
+            lines.append(f"| `{prof}` | {r['mode']} | {_x(x.get('validator_net_cpu_s'))} | {_x(x['validator_busy_s'])} "
                          f"| {_x(x['p50_s'])} | {_x(x['p99_s'])} | {_x(x['ttft_p50_s'])} "
                          f"| {_x(x['throughput_rps'])} | {_pct(r['fidelity'])} | {got['date']}, {got['machine']} |")
     # ">" escaped so that no "-->" inside the data can end the comment early.
@@ -446,8 +461,9 @@ def highlights(rows: list[dict[str, Any]]) -> list[str]:
         if r["mode"] == BASELINE:
             continue
         x = r["x"]
-        out.append(f"- `{r['mode']}`: Validator CPU {_x(x['validator_cpu_s'])}, p50 {_x(x['p50_s'])}, "
-                   f"p99 {_x(x['p99_s'])}, TTFT {_x(x['ttft_p50_s'])}, throughput {_x(x['throughput_rps'])}; "
+        out.append(f"- `{r['mode']}`: Validator CPU above idle {_x(x.get('validator_net_cpu_s'))}, "
+                   f"p50 {_x(x['p50_s'])}, p99 {_x(x['p99_s'])}, TTFT {_x(x['ttft_p50_s'])}, "
+                   f"throughput {_x(x['throughput_rps'])}; "
                    f"{_pct(r['fidelity'])} of answers identical; route mix {mix_text(r['route_mix'])}.")
     return out
 
@@ -521,12 +537,12 @@ def plot(run: dict[str, Any], results: dict[str, dict[str, Any]], img: Path) -> 
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(10, 4.2))
-    metrics = [("validator_cpu_s", "Validator CPU-s"), ("validator_busy_s", "Validator busy-s"),
+    metrics = [("validator_net_cpu_s", "Validator CPU-s\nabove idle"), ("validator_busy_s", "Validator busy-s"),
                ("p50_s", "p50"), ("p99_s", "p99"), ("ttft_p50_s", "TTFT p50"), ("throughput_rps", "throughput")]
     rows = [r for r in run["rows"] if r["mode"] != BASELINE]
     width = 0.8 / max(len(rows), 1)
     for i, r in enumerate(rows):
-        vals = [r["x"][m] if r["x"][m] is not None and math.isfinite(r["x"][m]) else 0 for m, _ in metrics]
+        vals = [v if (v := r["x"].get(m)) is not None and math.isfinite(v) else 0 for m, _ in metrics]
         ax.bar([j + i * width for j in range(len(metrics))], vals, width, label=r["mode"])
     ax.axhline(1.0, color="black", lw=0.8, ls="--")
     ax.set_xticks([j + width * (len(rows) - 1) / 2 for j in range(len(metrics))], [m[1] for m in metrics])
