@@ -160,6 +160,9 @@ def _test_start(environment: Any, **_: Any) -> None:
 
 @events.test_stop.add_listener
 def _test_stop(environment: Any, **_: Any) -> None:
+    # Locust rewrites the CSV files every CSV_STATS_INTERVAL_SEC and not again at exit: give its writer
+    # one more turn so the requests of the last second are in them too (the --json-file stats always are).
+    gevent.sleep(locust_stats.CSV_STATS_INTERVAL_SEC + 0.2)
     o = environment.parsed_options
     path = o.report_json or (f"{o.csv_prefix}_requests.json" if getattr(o, "csv_prefix", None) else "")
     if not path or SCHEDULE is None:
