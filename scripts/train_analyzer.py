@@ -10,7 +10,8 @@ chosen by grouped 5-fold cross-validation on the training split only; the final 
 refit on the whole training split and scored on the held-out split with the same numpy
 code that serves it. Embeddings are cached outside the repo
 (<cache_dir>/analyzer/embeddings-<model>.npz); the first run embeds ~15k prompts (minutes on
-one core: run it under the heavy lock). The same data and seed give the same artifact bytes.
+one core: run it under the heavy lock). Training uses one BLAS thread, so the same data and seed
+give the same artifact bytes.
 
     flock /tmp/infopt-heavy.lock python scripts/train_analyzer.py [--out serving/analyzer/complexity-v1.json]
 """
@@ -64,7 +65,10 @@ def main() -> int:
         print(f"RouteLLM labels not found at {args.data}", file=sys.stderr)
         return 2
     import sklearn
+    from threadpoolctl import threadpool_limits
 
+    # One BLAS thread: the same bytes on every machine (and one core, beside the others' work).
+    threadpool_limits(1)
     prompts = load_routellm(args.data)
     x, y, held = dataset(prompts)
     n_profile = x.shape[1] - 384

@@ -6,6 +6,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from serving.config.engine import QUEUED_DESCRIPTION, RESOURCES_DESCRIPTION
+
 DEFAULT_OUTPUT_TOKENS = {"short_answer": 16, "chat": 256, "math": 320, "code": 512, "reasoning": 512}
 
 
@@ -91,8 +93,9 @@ class AnalyzerConfig(BaseModel):
         "scripts/train_analyzer.py)."
     )
     direct_threshold: float = Field(
-        0.5, ge=0, le=1, description="Complexity (P(Scout not good enough)) at or above which an 'auto' request "
-        "skips the Scout (strategy validator_direct); 1 never skips it."
+        0.4, ge=0, le=1, description="Complexity (P(Scout not good enough)) at or above which an 'auto' request "
+        "skips the Scout (strategy validator_direct); 1 never skips it. 0.4 sends ~1% direct, mostly hard "
+        "(scripts/eval_analyzer.py)."
     )
     tokenizer: str | None = Field(
         None, description="Model whose tokenizer counts prompt tokens (default: the Validator's)."
@@ -117,6 +120,9 @@ class AnalyzerConfig(BaseModel):
         "max_tokens prediction for resource planning.",
     )
     num_cpus: float = Field(0.1, gt=0, description="Ray CPUs reserved by each RequestAnalyzer replica.")
+    num_replicas: int = Field(1, ge=1, description="RequestAnalyzer replicas.")
+    max_queued_requests: int = Field(-1, ge=-1, description=QUEUED_DESCRIPTION)
+    resources: dict[str, float] = Field(default_factory=dict, description=RESOURCES_DESCRIPTION)
     max_batch_size: int = Field(16, ge=1, description="Most requests analyzed in one `@serve.batch` call.")
     batch_wait_timeout_s: float = Field(0.005, ge=0, description="Longest a batch of analyses waits to fill.")
     batching: AdaptiveBatchingConfig = Field(

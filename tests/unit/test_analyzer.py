@@ -173,3 +173,9 @@ def test_shipped_artifact_is_complete_and_scores_with_numpy():
     x[1, : len(PROFILE_FEATURES)] = 1.0
     s = model.score_features(x)
     assert s.shape == (2,) and np.all((s > 0) & (s < 1))
+
+
+def test_artifact_names_the_data_it_was_trained_on(shared_data):
+    from serving.analyzer.training import data_digest
+
+    assert ComplexityModel.load().meta["training_data_sha256"] == data_digest(shared_data / "routellm")
