@@ -55,7 +55,13 @@ def build_analyzer(config: AppConfig, embedder: Application) -> Application | No
     """The bound RequestAnalyzer over an Embedder deployment, or None when `analyzer.enabled` is false."""
     if not config.analyzer.enabled:
         return None
+    cfg = config.analyzer
+    options: dict[str, Any] = {"num_cpus": cfg.num_cpus}
+    if cfg.resources:
+        options["resources"] = dict(cfg.resources)
     return RequestAnalyzerDeployment.options(
-        max_ongoing_requests=max(64, 2 * config.analyzer.max_batch_size),
-        ray_actor_options={"num_cpus": config.analyzer.num_cpus},
+        num_replicas=cfg.num_replicas,
+        max_ongoing_requests=max(64, 2 * cfg.max_batch_size),
+        max_queued_requests=cfg.max_queued_requests,
+        ray_actor_options=options,
     ).bind(embedder, config)

@@ -363,6 +363,8 @@ def main() -> int:
 
     config = load_profile(args.profile)
     config.tiering.verified_escalation = True
+    # Escalations are forced here; the analyzer (which may skip the Scout) is measured on its own.
+    config.analyzer.enabled = False
     config.cache.enabled = True
     config.cache.path = Path(tempfile.mkdtemp(prefix="bench-turbo-cache-"))
     ps, source = prompts(args.requests)

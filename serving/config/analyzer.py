@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from serving.config.engine import QUEUED_DESCRIPTION, RESOURCES_DESCRIPTION
+from serving.config.engine import QUEUED_DESCRIPTION, RESOURCES_DESCRIPTION, check_custom_resources
 
 DEFAULT_OUTPUT_TOKENS = {"short_answer": 16, "chat": 256, "math": 320, "code": 512, "reasoning": 512}
 
@@ -129,6 +129,11 @@ class AnalyzerConfig(BaseModel):
         default_factory=AdaptiveBatchingConfig, description="Adaptive batch size and wait of batched deployments."
     )
     load: LoadConfig = Field(default_factory=LoadConfig, description="Arrival forecast and Validator autoscaling.")
+
+    @field_validator("resources")
+    @classmethod
+    def _resources(cls, v: dict[str, float]) -> dict[str, float]:
+        return check_custom_resources(v)
 
     @model_validator(mode="after")
     def _known_classes(self) -> AnalyzerConfig:

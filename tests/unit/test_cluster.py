@@ -128,7 +128,7 @@ def test_drift_is_reported_with_the_fix(tmp_path):
 @pytest.mark.parametrize("name", ["tiny", "laptop", "gpu-a100x4", "gpu-h100x8"])
 def test_every_deployment_has_scaling_queue_limits_and_resources(name, built):
     deps = {d["name"]: d for d in built[name]}
-    assert set(deps) == DEPLOYMENTS
+    assert set(deps) == DEPLOYMENTS | ({"RequestAnalyzer"} if load_profile(name).analyzer.enabled else set())
     for d in deps.values():
         assert ("autoscaling_config" in d) != ("num_replicas" in d), d["name"]
         assert d["max_ongoing_requests"] >= 1 and d["max_queued_requests"] >= -1, d["name"]
