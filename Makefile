@@ -18,7 +18,7 @@ LOAD_OUT ?= reports/load
 BENCH_PROFILE ?= tiny
 BENCH_ARGS ?=
 
-.PHONY: install models run test test-unit lint bench-tiers bench-turbo bench-cache eval-cache load bench clean
+.PHONY: install models run test test-unit lint bench-tiers bench-turbo bench-cache eval-cache train-analyzer eval-analyzer replay-trace load bench clean
 
 $(STAMP): pyproject.toml constraints-cpu.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -66,6 +66,17 @@ bench-cache: install
 eval-cache: install
 	$(BIN)/infopt models prepare --embedder
 	$(BIN)/python scripts/eval_cache.py
+
+train-analyzer: install
+	$(BIN)/infopt models prepare --embedder
+	$(BIN)/python scripts/train_analyzer.py
+
+eval-analyzer: install
+	$(BIN)/infopt models prepare --profile tiny
+	$(BIN)/python scripts/eval_analyzer.py
+
+replay-trace: install
+	$(BIN)/python scripts/replay_trace.py
 
 load: install
 	@curl -sf $(HOST)/healthz >/dev/null || { echo "no healthy service at $(HOST): start one with 'make run' (or pass HOST=...)"; exit 1; }
