@@ -44,6 +44,7 @@ from typing import Any
 
 from serving.config import CascadeAutoscalingConfig, LoadConfig
 from serving.load.forecast import ArrivalForecaster
+from serving.metrics import Metrics
 
 # Names of the custom autoscaling metrics the ingress reports (record_autoscaling_stats).
 ARRIVALS = "infopt_arrival_rate_forecast"
@@ -130,9 +131,13 @@ class CascadeStats:
     `validator_time(seconds)` per Validator call.
     """
 
-    def __init__(self, config: LoadConfig | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, config: LoadConfig | None = None, clock: Callable[[], float] = time.monotonic,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.config = config or LoadConfig()
         self._clock = clock
+        self.metrics = metrics
         self.forecaster = ArrivalForecaster(self.config, start=clock())
         self.hit = _Ratio(0.0)
         self.escalation = _Ratio(self.config.autoscaling.default_escalation_rate)
@@ -164,8 +169,13 @@ class CascadeStats:
         return CascadeSignals(self.forecaster.forecast(h), self.hit.value, self.escalation.value, self.service)
 
     def autoscaling_stats(self) -> dict[str, float]:
-        """The custom metrics for Ray Serve (return this from the deployment's `record_autoscaling_stats`)."""
+        """The custom metrics for Ray Serve (return this from the deployment's `record_autoscaling_stats`).
+
+        Also exports the per-class forecasts to `metrics` when given (Ray calls this every few seconds).
+        """
         s = self.signals()
+        if self.metrics is not None:
+            self.forecaster.export(self.metrics, (10.0, self.config.autoscaling.horizon_s))
         return {ARRIVALS: s.arrival_rate, HIT_RATE: s.cache_hit_rate, ESCALATION: s.escalation_rate,
                 SERVICE_S: s.service_time_s}
 

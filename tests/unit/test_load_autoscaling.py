@@ -106,6 +106,26 @@ def test_stats_measure_shares_times_and_forecast_arrivals():
     assert out[SERVICE_S] == pytest.approx(3.0, rel=0.01)
 
 
+def test_stats_export_the_forecasts_when_ray_asks():
+    from serving.metrics import Metrics
+
+    class Recording(Metrics):
+        def __init__(self):
+            self.rows = []
+
+        def load_forecast(self, priority, horizon_s, rate):
+            self.rows.append((priority, horizon_s))
+
+    clock, metrics = FakeClock(0.0), Recording()
+    stats = CascadeStats(LoadConfig(interval_s=1.0), clock=clock, metrics=metrics)
+    for i in range(20):
+        clock.now = i * 0.5
+        stats.arrival("batch" if i % 2 else "interactive")
+    stats.autoscaling_stats()
+    assert sorted(metrics.rows) == [("batch", 0.0), ("batch", 10.0), ("batch", 60.0),
+                                    ("interactive", 0.0), ("interactive", 10.0), ("interactive", 60.0)]
+
+
 class RayConfig:
     """The part of Ray's AutoscalingConfig that Ray's default policy reads."""
 
