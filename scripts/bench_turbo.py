@@ -227,6 +227,10 @@ def _diff(a: dict, b: dict) -> dict:
     return {k: a.get(k, 0) - b.get(k, 0) for k in a}
 
 
+class _Skip(Exception):
+    """Part 1-2 not asked for."""
+
+
 # -- report ----------------------------------------------------------------------------------
 
 
@@ -353,6 +357,8 @@ def main() -> int:
     ap.add_argument("--port", type=int, default=8019)
     ap.add_argument("--out", default=str(REPO / "reports"))
     ap.add_argument("--name", default="bench_turbo", help="file name of the report, json and plot")
+    ap.add_argument("--parts", default="serve,speculative",
+                    help="'serve' (verified escalation and near misses through Ray Serve), 'speculative', or both")
     args = ap.parse_args()
 
     import ray
@@ -363,6 +369,7 @@ def main() -> int:
 
     config = load_profile(args.profile)
     config.tiering.verified_escalation = True
+    config.tiering.verify_min_acceptance = 0.0  # measure verification itself, every time
     # Escalations are forced here; the analyzer (which may skip the Scout) is measured on its own.
     config.analyzer.enabled = False
     config.cache.enabled = True
@@ -372,11 +379,15 @@ def main() -> int:
                     "validator": config.validator.served_name(), "prompts": source, "max_tokens": args.max_tokens,
                     "draft_threshold": config.cache.draft_threshold,
                     "similarity_threshold": config.cache.similarity_threshold, "spec_max_tokens": args.spec_max_tokens}
+    parts = set(args.parts.split(","))
     pairs = near_miss_pairs(config, args.near_misses) if config.cache.draft_threshold is not None and \
-        args.near_misses > 0 else []
+        args.near_misses > 0 and "serve" in parts else []
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    ray.init(address="local", include_dashboard=False, log_to_driver=False)
+    if "serve" in parts:
+        ray.init(address="local", include_dashboard=False, log_to_driver=False)
     try:
+        if "serve" not in parts:
+            raise _Skip
         serve.start(http_options={"host": "127.0.0.1", "port": args.port})
         t0 = time.perf_counter()
         serve.run(build_app(config.model_dump(mode="json")), name="infopt", route_prefix="/")
@@ -390,10 +401,13 @@ def main() -> int:
         else:
             result["near_miss"] = {"rows": [], "why": "no QQP data or no pair in the near-miss band"}
         print("near misses done", flush=True)
+    except _Skip:
+        pass
     finally:
-        serve.shutdown()
-        ray.shutdown()
-    if args.spec_profile:
+        if "serve" in parts:
+            serve.shutdown()
+            ray.shutdown()
+    if args.spec_profile and "speculative" in parts:
         sps, _ = prompts(args.spec_requests)
         result["speculative"] = bench_speculative(args.spec_profile, sps, args.spec_max_tokens, args.spec_dtype)
     table = render(result)

@@ -64,7 +64,7 @@ from serving.errors import (
 )
 from serving.metrics import Metrics
 from serving.priority import Priority, PriorityGate
-from serving.verify import Draft, DraftOutcome, can_verify
+from serving.verify import AcceptanceTracker, Draft, DraftOutcome, can_verify
 
 if TYPE_CHECKING:
     from serving.analyzer import RoutePlan
@@ -134,6 +134,9 @@ class TieredRouter:
         self.cache_config = cache_config or CacheConfig()
         self.analyzer = analyzer
         self.analyzer_timeout_s = analyzer_timeout_s
+        # Whether verifying drafts still pays, per draft source (see AcceptanceTracker).
+        self.acceptance = AcceptanceTracker(tiering.verify_min_acceptance,
+                                            explore_every=tiering.verify_explore_every)
         # Identical requests in flight share one computation (None: each computes its own).
         self.coalescer = coalescer
         # Where we queue engine work: interactive before batch (None: no limit of our own).
@@ -229,10 +232,11 @@ class TieredRouter:
             self._finish(trace, started)
             return RoutedStream(_replay(gen, request.logprobs), trace, self.scout.model_id)
         # Decided now, not when the generator first runs: the header is sent before any chunk.
-        trace.tier, trace.reason = "validator", self._validator_reason(model, trace, draft, plan)
-        verify = draft if self._verifies(draft, request) else None
+        verify = self._approve(draft, request)
+        trace.tier, trace.reason = "validator", self._validator_reason(model, trace, verify, plan)
         return RoutedStream(
-            self._validator_stream(request, trace, started, admission, verify), trace, self.validator.model_id
+            self._validator_stream(request, trace, started, admission, verify, _paused_note(draft)), trace,
+            self.validator.model_id,
         )
 
     # -- stages ---------------------------------------------------------------------------
@@ -403,9 +407,21 @@ class TieredRouter:
         return gen, None
 
     def _verifies(self, draft: Draft | None, request: GenerationRequest) -> bool:
-        """Whether the Validator verifies `draft` rather than generating from scratch."""
+        """Whether the Validator can verify `draft` rather than generate from scratch."""
         return (draft is not None and self.tiering.verified_escalation and self.validator.can_verify
                 and can_verify(request) is None)
+
+    def _approve(self, draft: Draft | None, request: GenerationRequest) -> Draft | None:
+        """Decide, once per draft, whether the Validator verifies it: it can, and it has paid lately.
+
+        A draft not approved for low acceptance keeps a note for the validator stage.
+        """
+        if draft is None or draft.approved is not None:
+            return draft if draft is not None and draft.approved else None
+        draft.approved = self._verifies(draft, request) and self.acceptance.should_verify(draft.source)
+        if not draft.approved and self._verifies(draft, request):
+            draft.paused = round(self.acceptance.rate.get(draft.source, 0.0), 4)
+        return draft if draft.approved else None
 
     def _skip_scout_for(self, draft: Draft | None, request: GenerationRequest, model: str, trace: RouteTrace) -> bool:
         """A near miss of the cache goes straight to the Validator (unless the Scout is forced).
@@ -413,7 +429,7 @@ class TieredRouter:
         The cached answer to an almost identical question is a better draft than a fresh
         Scout answer, and what the Validator makes of it is final (and admitted).
         """
-        if draft is None or draft.source != "cache" or model == "scout" or not self._verifies(draft, request):
+        if draft is None or draft.source != "cache" or model == "scout" or self._approve(draft, request) is None:
             return False
         if self._uses_scout(model):
             self._record(trace, "scout", "skipped", time.perf_counter(), reason="near_miss_draft")
@@ -434,9 +450,10 @@ class TieredRouter:
     async def _validator_complete(
         self, request: GenerationRequest, model: str, trace: RouteTrace, draft: Draft | None = None
     ) -> Generation:
-        reason = self._validator_reason(model, trace, draft)
+        approved = self._approve(draft, request)
+        reason = self._validator_reason(model, trace, approved)
         t0 = time.perf_counter()
-        verify = self._verifies(draft, request)
+        verify = approved is not None
         try:
             if verify:
                 assert draft is not None
@@ -456,7 +473,7 @@ class TieredRouter:
             self._record_verified(trace, t0, draft, verified.outcome, gen.usage.completion_tokens, gen.finish_reason)
         else:
             self._record(trace, "validator", "answered", t0, tokens=gen.usage.completion_tokens,
-                         finish_reason=gen.finish_reason)
+                         finish_reason=gen.finish_reason, **_paused_note(draft))
         self.metrics.tokens("validator", gen.usage.prompt_tokens, gen.usage.completion_tokens)
         trace.tier, trace.reason = "validator", reason
         return gen
@@ -470,10 +487,11 @@ class TieredRouter:
                      draft_tokens=outcome.proposed, accepted_tokens=outcome.accepted,
                      generated_tokens=max(tokens - outcome.accepted, 0), saved_tokens=outcome.saved, **detail)
         self.metrics.draft(outcome.proposed, outcome.accepted, source=draft.source, saved=outcome.saved)
+        self.acceptance.record(draft.source, outcome.proposed, outcome.accepted)
 
     async def _validator_stream(
         self, request: GenerationRequest, trace: RouteTrace, started: float, admission: _Admission | None = None,
-        draft: Draft | None = None,
+        draft: Draft | None = None, note: dict[str, object] | None = None,
     ) -> AsyncIterator[GenerationChunk]:
         """The Validator's answer, streamed; with a `draft`, verified first (its accepted prefix comes at once)."""
         t0 = time.perf_counter()
@@ -518,7 +536,7 @@ class TieredRouter:
         if draft is not None and outcome is not None:
             self._record_verified(trace, t0, draft, outcome, tokens, finish_reason)
         else:
-            self._record(trace, "validator", "answered", t0, tokens=tokens)
+            self._record(trace, "validator", "answered", t0, tokens=tokens, **(note or {}))
         gen = Generation(text="".join(parts), finish_reason=finish_reason, usage=usage, model=self.validator.model_id)
         await self._admit(admission, gen, trace)
         self._finish(trace, started)
@@ -538,6 +556,13 @@ class TieredRouter:
     def _finish(trace: RouteTrace, started: float) -> RouteTrace:
         trace.total_ms = round((time.perf_counter() - started) * 1000, 3)
         return trace
+
+
+def _paused_note(draft: Draft | None) -> dict[str, object]:
+    """The validator stage's note when a draft went unverified because verification has not paid lately."""
+    if draft is None or draft.paused is None:
+        return {}
+    return {"verify_paused": draft.source, "recent_acceptance": draft.paused}
 
 
 class _NoGate:

@@ -65,6 +65,10 @@ class Draft:
     # For a cache draft: the similarity of the cached question and the entry's id.
     similarity: float | None = None
     entry_id: str | None = None
+    # Decided once by the router: verify it (True), or not (False; `paused` holds the recent
+    # acceptance when that was the reason).
+    approved: bool | None = None
+    paused: float | None = None
 
 
 @dataclass
@@ -91,3 +95,44 @@ class Verified:
     @property
     def outcome(self) -> DraftOutcome:
         return DraftOutcome(self.proposed, self.accepted, self.saved)
+
+
+class AcceptanceTracker:
+    """Whether verifying drafts still pays, from how much of each source's drafts was accepted.
+
+    Verification costs a prefill over prompt + draft and one more engine call; it saves a
+    decode step per accepted token. A pair of models whose answers part at the first token
+    (the tiny profile's: 1% of draft tokens accepted, measured) makes every escalation
+    slower. Like vLLM turning speculation off when it does not pay, the router asks this
+    tracker: after `warmup` drafts of a source, while the running accepted fraction (an
+    EWMA over about `window` drafts) is below `min_acceptance`, drafts of that source go
+    unverified — except one in `explore_every`, which keeps the estimate fresh so a change
+    (a new Scout, another traffic mix) is noticed.
+    """
+
+    def __init__(self, min_acceptance: float, *, window: int = 20, warmup: int = 10, explore_every: int = 10) -> None:
+        self.min_acceptance = min_acceptance
+        self.alpha = 2.0 / (window + 1)
+        self.warmup = warmup
+        self.explore_every = max(explore_every, 1)
+        self.rate: dict[str, float] = {}
+        self.seen: dict[str, int] = {}
+        self._skipped: dict[str, int] = {}
+
+    def should_verify(self, source: str) -> bool:
+        """Whether the next draft of `source` should be verified."""
+        if self.min_acceptance <= 0 or self.seen.get(source, 0) < self.warmup:
+            return True
+        if self.rate.get(source, 1.0) >= self.min_acceptance:
+            return True
+        self._skipped[source] = self._skipped.get(source, 0) + 1
+        return self._skipped[source] % self.explore_every == 0  # explore now and then
+
+    def record(self, source: str, proposed: int, accepted: int) -> None:
+        """A verified draft of `source`: `accepted` of `proposed` tokens were kept."""
+        if proposed <= 0:
+            return
+        fraction = accepted / proposed
+        prev = self.rate.get(source)
+        self.rate[source] = fraction if prev is None else prev + self.alpha * (fraction - prev)
+        self.seen[source] = self.seen.get(source, 0) + 1

@@ -47,3 +47,14 @@ class TieringConfig(BaseModel):
         description="On escalation, the Validator verifies the Scout's draft in one prefill pass and generates "
         "only the rest (greedy requests; identical output). See serving/verify.py.",
     )
+    verify_min_acceptance: float = Field(
+        0.15,
+        ge=0,
+        le=1,
+        description="Verify drafts only while the running accepted fraction of their source's drafts (Scout or "
+        "cache, over about 20 drafts, after 10) is at least this; below it escalations use plain generation, but "
+        "1 in verify_explore_every is still verified. 0: always verify.",
+    )
+    verify_explore_every: int = Field(
+        10, ge=1, description="While verification is paused for low acceptance, verify one escalation in this many."
+    )

@@ -34,6 +34,7 @@ def svc(tmp_path_factory):
     config.cache.admin_key = "test-admin-key"
     config.cache.admit_truncated = True
     config.analyzer.enabled = True
+    config.tiering.verify_min_acceptance = 0.0  # near misses are always verified here
     with running(config) as service:
         yield service
 

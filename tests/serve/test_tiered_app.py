@@ -32,6 +32,9 @@ def svc():
     # Routing is tested here without the cache (its repeats would be cache hits); the cache
     # has its own module, test_cache_app.py.
     config.cache.enabled = False
+    # Every escalation verifies here (the property tests need it): the tiny pair's drafts are
+    # rarely accepted, so by default verification would pause after a few (tiering.verify_min_acceptance).
+    config.tiering.verify_min_acceptance = 0.0
     with running(config) as service:
         yield service
 

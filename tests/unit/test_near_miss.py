@@ -182,3 +182,55 @@ def test_the_cache_returns_no_draft_when_drafts_are_off(setup):
     run(cache.admit(key, answer))
     found = run(cache.lookup(cache_key(req(NEAR), model="auto", namespace="default", fingerprint="f")))
     assert found.decision == "miss" and found.draft is None
+
+
+# -- verification pauses when it does not pay ---------------------------------------------
+
+
+def test_the_tracker_pauses_a_source_whose_drafts_are_rejected_and_explores_now_and_then():
+    from serving.verify import AcceptanceTracker
+
+    t = AcceptanceTracker(0.15, warmup=3, explore_every=4)
+    for _ in range(3):
+        assert t.should_verify("scout")
+        t.record("scout", 40, 0)  # nothing accepted
+    decisions = [t.should_verify("scout") for _ in range(8)]
+    assert decisions == [False, False, False, True] * 2  # paused, but one in four still verified
+    assert t.should_verify("cache")  # sources are judged apart
+    for _ in range(10):
+        t.record("scout", 40, 40)  # the drafts got good again: verification resumes
+    assert t.should_verify("scout")
+    assert AcceptanceTracker(0.0).should_verify("scout")  # 0: always
+
+
+class RejectingEngine(VerifyingEngine):
+    """Accepts nothing of any draft."""
+
+    def _outcome(self, draft: str) -> DraftOutcome:
+        return DraftOutcome(len(draft.split()) or 1, 0, 1)
+
+
+def test_the_router_stops_verifying_drafts_that_are_always_rejected():
+    scout = FakeEngine("small", ["Par", "is", ".", ""], UNSURE)
+    validator = RejectingEngine("large", ["Paris", " is", " the", " capital."])
+    router = TieredRouter(scout, validator, TieringConfig(threshold=0.5, verified_escalation=True,
+                                                          verify_min_acceptance=0.15, verify_explore_every=5))
+    decisions = []
+    for i in range(20):
+        out = run(router.complete(req(f"question {i}")))
+        decisions.append(out.trace.stages[-1].decision)
+        assert out.generation.text == "Paris is the capital."  # the answer never depends on it
+    assert decisions[:10] == ["verified"] * 10  # warm-up
+    assert decisions[10:] == ["answered"] * 4 + ["verified"] + ["answered"] * 4 + ["verified"]
+    paused = out.trace.stages[-2]  # the last one was explored; the one before was paused
+    out = run(router.complete(req("question 21")))
+    assert out.trace.stages[-1].detail["verify_paused"] == "scout"
+    assert out.trace.stages[-1].detail["recent_acceptance"] == 0.0
+    assert paused.stage == "scout"
+
+    async def go():
+        stream = await router.open_stream(req("question 22"))
+        return stream, [c async for c in stream.chunks]
+
+    stream, chunks = run(go())
+    assert chunks[0].draft is None and stream.trace.stages[-1].detail["verify_paused"] == "scout"
