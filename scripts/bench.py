@@ -389,6 +389,8 @@ def profile_detail(run: dict[str, Any], img_rel: str) -> str:
     lines += highlights(run["rows"])
     for key, why in (run.get("failed_modes") or {}).items():
         lines.append(f"- `{key}`: not measured, the service did not start ({why}).")
+    if run.get("notes"):
+        lines += ["", "Reading (by hand, for this run):", "", run["notes"].strip()]
     lines += ["", f"![latency CDFs]({img_rel}/bench_{p}_latency.png)",
               f"![route mix]({img_rel}/bench_{p}_routes.png)",
               f"![savings]({img_rel}/bench_{p}_savings.png)"]
@@ -714,6 +716,7 @@ def main() -> int:
     ap.add_argument("--docs", type=Path, default=REPO / "docs" / "benchmarks.md")
     ap.add_argument("--img", type=Path, default=REPO / "docs" / "img")
     ap.add_argument("--no-docs", action="store_true", help="write reports/ only")
+    ap.add_argument("--notes", type=Path, help="markdown file: a reading of the figures, shown under them")
     ap.add_argument("--render-only", action="store_true",
                     help="no measuring: rewrite the docs section and plots from reports/bench_<profile>.json")
     ns = ap.parse_args()
@@ -722,6 +725,8 @@ def main() -> int:
         saved = json.loads((ns.out / f"bench_{ns.profile}.json").read_text())
         results = saved.pop("results")
         saved["rows"] = compare(results)
+        if ns.notes:
+            saved["notes"] = ns.notes.read_text()
         report(saved, results, ns.out, ns.docs, ns.img)
         print(table(saved["rows"]))
         return 0
@@ -746,7 +751,7 @@ def main() -> int:
            "validator": config.validator.served_name(), "date": date.today().isoformat(), "machine": machine(),
            "workload_text": workload_text(spec, items, ns.concurrency), "bench_wall_s": time.perf_counter() - t0,
            "rows": compare(results), "failed_modes": failed,
-           "mode_labels": {m.key: m.label for m in modes}}
+           "mode_labels": {m.key: m.label for m in modes}, "notes": ns.notes.read_text() if ns.notes else None}
     report(run, results, ns.out, None if ns.no_docs else ns.docs, None if ns.no_docs else ns.img)
     print("\n" + table(run["rows"]))
     print("\n" + "\n".join(highlights(run["rows"])))

@@ -240,12 +240,20 @@ def test_bench_measures_compares_and_reports(tmp_path: Path, data_dir: Path) -> 
     assert bench.kept_results(second)["tiny"]["rows"][1]["mode"] == "tiered"
     # --render-only rebuilds a profile's section and plots from its saved JSON, measuring nothing.
     (tmp_path / "docs" / "img" / "bench_tiny_routes.png").unlink()
+    notes = tmp_path / "notes.md"
+    notes.write_text("- The Scout answered the easy half.\n")
     proc = subprocess.run([sys.executable, str(REPO / "scripts" / "bench.py"), "--render-only", "--profile", "tiny",
                            "--out", str(tmp_path / "reports"), "--docs", str(docs), "--img",
-                           str(tmp_path / "docs" / "img")], capture_output=True, text=True, timeout=60)
+                           str(tmp_path / "docs" / "img"), "--notes", str(notes)],
+                          capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr[-2000:]
     third = docs.read_text()
     assert third.count(bench.START) == 1 and "keep me" in third and "### Profile `gpu-a100x4`" in third
+    assert "- The Scout answered the easy half." in third
+    # The reading stays with its profile when another profile's run rewrites the section.
+    bench.report({**run, "profile": "gpu-a100x4", "machine": "gpu box"}, results, tmp_path / "reports", docs,
+                 tmp_path / "docs" / "img")
+    assert "- The Scout answered the easy half." in docs.read_text()
     assert (tmp_path / "docs" / "img" / "bench_tiny_routes.png").exists()
 
 
