@@ -6,10 +6,9 @@ trade depends on the arrival rate λ, which changes by the minute, so the contro
 measures it and resets the batch parameters through Ray Serve's runtime setters
 (`set_max_batch_size`, `set_batch_wait_timeout_s` on the decorated method).
 
-**Rate.** An EWMA of inter-arrival gaps with half-life `halflife_s` (in time, not in
-requests, so a burst does not erase the past instantly); λ = 1 / gap. While nothing
-arrives, the gap since the last arrival counts as a lower bound, so λ decays during a
-lull instead of freezing at its last busy value.
+**Rate.** An exponentially decayed count of arrivals with half-life `halflife_s` (see
+`ArrivalRate`): unbiased under bursts, and it decays by itself during a lull instead of
+freezing at its last busy value.
 
 **Control rule.** With ceilings `B_max` (max_batch_size) and `W_max` (batch_wait_timeout_s)
 from the deployment's configuration:
@@ -41,30 +40,36 @@ from serving.config import AdaptiveBatchingConfig
 
 
 class ArrivalRate:
-    """Arrival rate from an EWMA of inter-arrival gaps (time-based half-life)."""
+    """Arrival rate as an exponentially decayed count of arrivals (time constant from a half-life).
+
+    Each arrival adds 1/τ to a sum that decays as exp(-Δt/τ); the sum is the rate. Unlike an
+    EWMA of inter-arrival gaps weighted by time, it is not biased low by bursts (many tiny
+    gaps then a long one, which is how a replica sees traffic queued in front of it), and it
+    decays by itself during a lull. The start-up bias is corrected by dividing by
+    1 - exp(-elapsed/τ).
+    """
 
     def __init__(self, halflife_s: float) -> None:
-        self.halflife_s = halflife_s
-        self._gap: float | None = None
+        self.tau = halflife_s / math.log(2)
+        self._sum = 0.0
+        self._first: float | None = None
         self._last: float | None = None
 
     def observe(self, now: float) -> None:
         """One arrival at `now` (seconds, monotonic)."""
-        if self._last is not None:
-            gap = max(now - self._last, 1e-6)
-            if self._gap is None:
-                self._gap = gap
-            else:
-                # Weight of the new gap grows with the time it covers: a half-life in seconds.
-                a = 1.0 - 0.5 ** (gap / self.halflife_s)
-                self._gap = (1 - a) * self._gap + a * gap
+        if self._last is None:
+            self._first = now
+        else:
+            self._sum *= math.exp(-max(now - self._last, 0.0) / self.tau)
+        self._sum += 1.0 / self.tau
         self._last = now
 
     def rate(self, now: float) -> float:
         """Arrivals per second; 0 before two arrivals."""
-        if self._gap is None or self._last is None:
+        if self._last is None or self._first is None or self._last == self._first:
             return 0.0
-        return 1.0 / max(self._gap, now - self._last)
+        decayed = self._sum * math.exp(-max(now - self._last, 0.0) / self.tau)
+        return decayed / (1.0 - math.exp(-max(now - self._first, 1e-9) / self.tau))
 
 
 @dataclass(frozen=True)
