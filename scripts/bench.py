@@ -528,7 +528,7 @@ def plot(run: dict[str, Any], results: dict[str, dict[str, Any]], img: Path) -> 
     for t in tiers:
         vals = [results[k]["route_mix"].get(t, 0) for k in keys]
         if any(vals):
-            ax.bar(keys, vals, bottom=bottom, label=t, color=colors.get(t))
+            ax.bar([k.replace("+", "\n+") for k in keys], vals, bottom=bottom, label=t, color=colors.get(t))
             bottom = [b + v for b, v in zip(bottom, vals, strict=True)]
     ax.set(ylabel="requests", title=f"Who answered ({p})")
     ax.legend()
