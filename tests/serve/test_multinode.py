@@ -1,0 +1,203 @@
+"""A real two-node Ray cluster on one machine: placement by custom resource, and autoscaling.
+
+A Ray head and a second Ray node (its own raylet process, started by `ray.cluster_utils.Cluster`)
+that advertises the custom resource `infopt_gpu_node`, standing in for a GPU machine. The tiny
+profile is deployed the way `serve run cluster/tiny.yaml` deploys a profile (a Serve config:
+`args` plus the `deployments:` block `serve build` makes of them, built by the controller), with
+the Validator pinned to that resource (`validator.resources`). We check which node its replica
+and its placement group landed on and that it answers.
+
+Scaling: autoscaling a vLLM engine here would mean starting a second engine on a 2-core machine
+(minutes, and the cores are shared with the first), so the light Embedder is autoscaled instead,
+with a fast config (1 s look-back, 1 s upscale and 2 s downscale delay): sustained load from
+concurrent calls scales it to its maximum and no further, and it returns to its minimum when
+the load stops. The engines' autoscaling config goes through the same code (see test_cluster.py).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.serve.conftest import free_port, require_models
+
+pytestmark = pytest.mark.serve
+
+PIN = "infopt_gpu_node"
+EMBEDDER_MIN, EMBEDDER_MAX = 1, 2
+# Replicas and handles report load every 0.5 s (Ray's default is 10 s, too slow for a quick test).
+# Read by the Serve controller and replicas when they start, so set before the cluster starts.
+FAST_METRICS = {
+    "RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "0.5",
+    "RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "0.5",
+    "RAY_USAGE_STATS_ENABLED": "0",
+}
+
+
+def profile_config(tmp_path: Any) -> dict[str, Any]:
+    """The tiny profile as a Serve config, with the Validator pinned and the Embedder fast to scale."""
+    import render_configs
+
+    from serving.config import load_profile
+    from serving.models import is_prepared
+
+    config = load_profile("tiny")
+    require_models(config)
+    if not is_prepared(config.cache.embedder.model, config.cache_dir):
+        pytest.skip("embedder not prepared: run `infopt models prepare --profile tiny`")
+    config.validator.resources = {PIN: 1}
+    config.cache.path = tmp_path / "semantic-cache"
+    a = config.cache.embedder.autoscaling
+    a.min_replicas, a.max_replicas, a.target_ongoing_requests = EMBEDDER_MIN, EMBEDDER_MAX, 2
+    a.look_back_period_s, a.upscale_delay_s, a.downscale_delay_s = 1.0, 1.0, 2.0
+    args = config.model_dump(mode="json")
+    return {
+        "proxy_location": "HeadOnly",  # both nodes share this host: one proxy, one port
+        "http_options": {"host": "127.0.0.1", "port": free_port()},
+        "applications": [{
+            "name": "infopt", "route_prefix": "/", "import_path": "deployments.app:build_app",
+            "args": args, "deployments": render_configs.serve_build(args),
+        }],
+    }
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory) -> Iterator[dict[str, Any]]:
+    import sys
+
+    import ray
+    from ray import serve
+    from ray.cluster_utils import Cluster
+    from ray.serve._private.api import serve_start
+    from ray.serve.schema import ServeDeploySchema
+
+    from tests.conftest import REPO
+
+    sys.path.insert(0, str(REPO / "scripts"))
+    doc = profile_config(tmp_path_factory.mktemp("multinode"))
+    saved = {k: os.environ.get(k) for k in FAST_METRICS}
+    os.environ.update(FAST_METRICS)
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 2, "include_dashboard": False, "object_store_memory": 200 * 1024**2})
+    try:
+        # The stand-in GPU node: one CPU and the custom resource, nothing else fits the Validator.
+        worker = cluster.add_node(num_cpus=1, resources={PIN: 1}, object_store_memory=200 * 1024**2)
+        ray.init(address=cluster.address, log_to_driver=False, configure_logging=False)
+        config = ServeDeploySchema.model_validate(doc)
+        client = serve_start(http_options=config.http_options.model_dump(), proxy_location=config.proxy_location)
+        client.deploy_apps(config)  # what `serve run cluster/<profile>.yaml` does with a config
+        base_url = f"http://127.0.0.1:{doc['http_options']['port']}"
+        wait_healthy(base_url, timeout_s=240)
+        yield {"base_url": base_url, "head": cluster.head_node.node_id, "worker": worker.node_id}
+    finally:
+        try:
+            serve.shutdown()
+        finally:
+            ray.shutdown()
+            cluster.shutdown()
+            for k, v in saved.items():
+                os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+
+
+def wait_healthy(base_url: str, timeout_s: float) -> None:
+    from ray import serve
+
+    deadline, last = time.monotonic() + timeout_s, "no answer"
+    with httpx.Client(base_url=base_url, timeout=30) as c:
+        while time.monotonic() < deadline:
+            try:
+                r = c.get("/healthz")
+                if r.status_code == 200:
+                    return
+                last = r.text
+            except httpx.HTTPError as e:
+                last = repr(e)
+            time.sleep(1)
+    raise RuntimeError(f"the two-node deployment did not become healthy: {last}; {serve.status()}")
+
+
+def replica_nodes(deployment: str) -> list[str]:
+    """Node IDs of the live replica actors of `deployment` (from the GCS actor table)."""
+    import ray
+
+    return [a["Address"]["NodeID"] for a in ray._private.state.actors().values()
+            if a["State"] == "ALIVE" and a.get("Name", "").startswith(f"SERVE_REPLICA::infopt#{deployment}#")]
+
+
+def running_replicas(deployment: str) -> int:
+    from ray import serve
+    from ray.serve._private.common import ReplicaState
+
+    status = serve.status().applications["infopt"].deployments[deployment]
+    return status.replica_states.get(ReplicaState.RUNNING, 0)
+
+
+def test_validator_is_placed_on_the_node_with_the_custom_resource(cluster):
+    import ray
+
+    assert cluster["head"] != cluster["worker"]
+    assert replica_nodes("Validator") == [cluster["worker"]]
+    # Its placement group (where ray.serve.llm starts the engine) is on that node too...
+    groups = [g for g in ray.util.placement_group_table().values()
+              if g["state"] == "CREATED" and "Validator" in g.get("name", "")]
+    assert len(groups) == 1
+    assert set(groups[0]["bundles_to_node_id"].values()) == {cluster["worker"]}
+    assert groups[0]["bundles"][0][PIN] == 1
+    # ...and nothing else asked for it, so the Scout stayed off the stand-in GPU node's resource.
+    assert all(PIN not in g["bundles"][0] for g in ray.util.placement_group_table().values()
+               if g["state"] == "CREATED" and "Scout" in g.get("name", ""))
+
+
+def test_a_request_is_answered_across_nodes(cluster):
+    with httpx.Client(base_url=cluster["base_url"], timeout=240) as c:
+        r = c.post("/v1/chat/completions", json={
+            "model": "validator", "temperature": 0, "max_tokens": 8, "cache": {"mode": "bypass"},
+            "messages": [{"role": "user", "content": "What is the capital of France?"}]})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["route"]["tier"] == "validator"
+    assert body["choices"][0]["message"]["content"].strip()
+
+
+def test_embedder_scales_up_within_bounds_under_load_then_down(cluster):
+    from ray import serve
+
+    handle = serve.get_deployment_handle("Embedder", app_name="infopt")
+    assert running_replicas("Embedder") == EMBEDDER_MIN
+    stop = threading.Event()
+
+    def load() -> None:
+        # 16 calls in flight at all times: 8x the target of 2 ongoing requests per replica.
+        while not stop.is_set():
+            responses = [handle.embed.remote(f"question number {i} about load") for i in range(16)]
+            for r in responses:
+                r.result(timeout_s=60)
+
+    threads = [threading.Thread(target=load, daemon=True) for _ in range(2)]
+    for t in threads:
+        t.start()
+    seen = []
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and running_replicas("Embedder") < EMBEDDER_MAX:
+            seen.append(running_replicas("Embedder"))
+            time.sleep(0.5)
+        assert running_replicas("Embedder") == EMBEDDER_MAX, f"no scale-up under load (replicas seen: {seen})"
+        # Well above target for a while longer: still capped at max_replicas.
+        for _ in range(6):
+            time.sleep(0.5)
+            assert running_replicas("Embedder") <= EMBEDDER_MAX
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=60)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and running_replicas("Embedder") > EMBEDDER_MIN:
+        time.sleep(0.5)
+    assert running_replicas("Embedder") == EMBEDDER_MIN, "no scale-down after the load stopped"
