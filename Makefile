@@ -18,7 +18,7 @@ LOAD_OUT ?= reports/load
 BENCH_PROFILE ?= tiny
 BENCH_ARGS ?=
 
-.PHONY: install models run test test-unit lint bench-tiers bench-turbo bench-cache eval-cache train-analyzer eval-analyzer replay-trace load bench clean
+.PHONY: install models run test test-unit lint render bench-tiers bench-turbo bench-cache eval-cache train-analyzer eval-analyzer replay-trace load bench clean
 
 $(STAMP): pyproject.toml constraints-cpu.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -49,6 +49,11 @@ test-unit: install
 
 lint: install
 	$(BIN)/ruff check .
+
+# After changing the config tree, the app's deployments or the chart: regenerate the profiles'
+# deployments blocks, the chart's values schema and the rendered example (tests fail on drift).
+render: install
+	$(BIN)/python scripts/render_configs.py
 
 bench-tiers: install
 	$(BIN)/infopt models prepare --profile tiny
