@@ -182,13 +182,21 @@ def render(result: dict) -> str:
     return "\n".join(lines)
 
 
-def plot(result: dict, path: Path) -> bool:
+def pyplot():
+    """matplotlib's pyplot drawing to files, or None when matplotlib is not installed."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
+        return None
+    return plt
+
+
+def plot(result: dict, path: Path) -> bool:
+    plt = pyplot()
+    if plt is None:
         return False
     fig, ax = plt.subplots(1, 2, figsize=(11, 4))
     names = ["scout", "validator", "auto"]

@@ -44,7 +44,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 
-from bench_tiers import pct, prompts  # noqa: E402
+from bench_tiers import pct, prompts, pyplot  # noqa: E402
 
 DATA = REPO.parent / "shared" / "data"
 
@@ -303,12 +303,8 @@ def render(result: dict) -> str:
 
 
 def plot(result: dict, path: Path) -> bool:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return False
     fig, ax = plt.subplots(1, 3, figsize=(15, 4))
     esc = result.get("escalation", {}).get("rows", [])

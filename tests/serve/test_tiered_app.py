@@ -236,9 +236,14 @@ def test_prometheus_metrics_are_exported(svc: Service, client: httpx.Client):
     """Requests per route, stage latency and confidence reach Ray's Prometheus endpoint."""
     chat(client, model="scout", max_tokens=4)
     # Errors are counted too: this module has sent plenty of 4xx by now.
-    wanted = ("ray_infopt_requests", "ray_infopt_stage_latency_ms_bucket", "ray_infopt_scout_confidence_bucket",
-              "ray_infopt_tokens", 'route="error"', 'status="400"', 'route="scout"', 'stage="scout"')
-    deadline, text = time.monotonic() + 90, ""
+    assert_exported(svc, "ray_infopt_requests", "ray_infopt_stage_latency_ms_bucket",
+                    "ray_infopt_scout_confidence_bucket", "ray_infopt_tokens", 'route="error"', 'status="400"',
+                    'route="scout"', 'stage="scout"')
+
+
+def assert_exported(svc: Service, *wanted: str, within_s: float = 90) -> None:
+    """Every `wanted` fragment appears on Ray's Prometheus endpoint within `within_s` (metrics are pushed late)."""
+    deadline, text = time.monotonic() + within_s, ""
     while time.monotonic() < deadline:
         text = httpx.get(svc.metrics_url, timeout=10).text
         if all(w in text for w in wanted):
@@ -359,13 +364,5 @@ def test_streamed_verified_escalation_equals_the_validator_alone(client: httpx.C
 def test_draft_and_engine_cache_metrics_are_exported(svc: Service, client: httpx.Client):
     """After the verified escalations above: draft counters by source, and vLLM's prefix-cache counters
     (ray.serve.llm exports the engines' own metrics; hit rate = hits / queries)."""
-    wanted = ("ray_infopt_drafts_verified", "ray_infopt_draft_tokens", 'source="scout"', 'kind="accepted"',
-              'kind="saved"', "prefix_cache_queries", "prefix_cache_hits")
-    deadline, text = time.monotonic() + 90, ""
-    while time.monotonic() < deadline:
-        text = httpx.get(svc.metrics_url, timeout=10).text
-        if all(w in text for w in wanted):
-            break
-        time.sleep(3)
-    missing = [w for w in wanted if w not in text]
-    assert not missing, f"not exported: {missing}"
+    assert_exported(svc, "ray_infopt_drafts_verified", "ray_infopt_draft_tokens", 'source="scout"',
+                    'kind="accepted"', 'kind="saved"', "prefix_cache_queries", "prefix_cache_hits")
