@@ -51,6 +51,10 @@ def start_ray() -> int:
     import ray
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if ray.is_initialized():
+        # A previous module's teardown left the driver connected (seen after the multi-node
+        # cluster's): start clean rather than fail with "ray.init twice".
+        ray.shutdown()
     metrics_port = free_port()
     ray.init(address="local", include_dashboard=False, log_to_driver=False, configure_logging=False,
              _metrics_export_port=metrics_port)

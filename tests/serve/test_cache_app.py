@@ -112,7 +112,11 @@ def test_opposite_meaning_and_different_numbers_are_misses(client: httpx.Client,
 def test_a_near_miss_is_verified_by_the_validator_not_served(client: httpx.Client):
     """Similar (0.91 with all-MiniLM-L6-v2) but below the 0.95 serving threshold: a draft, never an answer."""
     space = ns()
-    ask(client, "How do I sort a dictionary by value in Python?", space, max_tokens=24)
+    # Entries are per requested model: the first question is asked as 'auto' too (and escalated, so
+    # that the Validator's answer is the one cached).
+    first = ask(client, "How do I sort a dictionary by value in Python?", space, model="auto", max_tokens=24,
+                confidence_threshold=1.0)
+    assert first.json()["route"]["tier"] == "validator" and decisions(first)[-1] == ("admission", "admitted")
     asked = "How can I sort a Python dict by its values?"
     r = ask(client, asked, space, model="auto", max_tokens=24)
     route = r.json()["route"]

@@ -101,6 +101,7 @@ def cluster(tmp_path_factory) -> Iterator[dict[str, Any]]:
         finally:
             ray.shutdown()
             cluster.shutdown()
+            ray.shutdown()  # idempotent; leave no driver connection to the next module
             for k, v in saved.items():
                 os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
 
