@@ -364,5 +364,12 @@ def test_streamed_verified_escalation_equals_the_validator_alone(client: httpx.C
 def test_draft_and_engine_cache_metrics_are_exported(svc: Service, client: httpx.Client):
     """After the verified escalations above: draft counters by source, and vLLM's prefix-cache counters
     (ray.serve.llm exports the engines' own metrics; hit rate = hits / queries)."""
+    # Two Validator requests sharing a long system prompt (several KV blocks): the second reuses
+    # the first one's cached prefix, so vLLM counts prefix-cache hits (short prompts fill no block).
+    system = " ".join(f"Rule {i}: answer briefly, politely and precisely." for i in range(60))
+    for question in ("What is 2 + 2?", "Name a color."):
+        r = chat(client, model="validator", max_tokens=1,
+                 messages=[{"role": "system", "content": system}, {"role": "user", "content": question}])
+        assert r.status_code == 200, r.text
     assert_exported(svc, "ray_infopt_drafts_verified", "ray_infopt_draft_tokens", 'source="scout"',
                     'kind="accepted"', 'kind="saved"', "prefix_cache_queries", "prefix_cache_hits")
