@@ -24,7 +24,7 @@ never trained on), with the shipped artifact (serving/analyzer/complexity-v1.jso
 
 Writes reports/eval_analyzer.json and prints the figures.
 
-    flock /tmp/infopt-heavy.lock python scripts/eval_analyzer.py [--scout-cost 0.3]
+    python scripts/eval_analyzer.py [--scout-cost 0.3]
 """
 
 from __future__ import annotations

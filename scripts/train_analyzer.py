@@ -10,10 +10,10 @@ chosen by grouped 5-fold cross-validation on the training split only; the final 
 refit on the whole training split and scored on the held-out split with the same numpy
 code that serves it. Embeddings are cached outside the repo
 (<cache_dir>/analyzer/embeddings-<model>.npz); the first run embeds ~15k prompts (minutes on
-one core: run it under the heavy lock). Training uses one BLAS thread, so the same data and seed
+one core: run it while nothing else uses the CPU). Training uses one BLAS thread, so the same data and seed
 give the same artifact bytes.
 
-    flock /tmp/infopt-heavy.lock python scripts/train_analyzer.py [--out serving/analyzer/complexity-v1.json]
+    python scripts/train_analyzer.py [--out serving/analyzer/complexity-v1.json]
 """
 
 from __future__ import annotations

@@ -148,7 +148,9 @@ def test_every_deployment_has_scaling_queue_limits_and_resources(name, built):
 
 @pytest.mark.parametrize("name", ["tiny", "laptop", "gpu-a100x4", "gpu-h100x8"])
 def test_profile_files_pass_the_strict_serve_check(name):
-    check_serve_config(yaml.safe_load(profile_path(name).read_text()))
+    doc = yaml.safe_load(profile_path(name).read_text())
+    check_serve_config(doc)  # raises ValueError naming every problem
+    assert doc["applications"][0]["args"]["profile"] == name
 
 
 @pytest.mark.parametrize(("edit", "message"), [
