@@ -8,6 +8,8 @@ automatically. Later stages (cache, analyzer, ...) add their metrics here the sa
 
 from __future__ import annotations
 
+from typing import Any
+
 # Milliseconds: from a cache hit (~1 ms) to a long CPU generation (minutes).
 LATENCY_BOUNDARIES_MS = [0.5, 1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 120000, 300000]
 CONFIDENCE_BOUNDARIES = [0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99]
@@ -49,6 +51,28 @@ class Metrics:
 
     def load_forecast(self, priority: str, horizon_s: float, rate: float) -> None:
         """Forecast arrival rate (1/s) of a priority class `horizon_s` ahead (0: the smoothed current rate)."""
+
+
+class MetricsTee(Metrics):
+    """Reports every event to each of several `Metrics` (e.g. Prometheus and the load statistics)."""
+
+    def __init__(self, *sinks: Metrics) -> None:
+        self.sinks = sinks
+
+
+def _forward(name: str) -> Any:
+    def method(self: MetricsTee, *args: Any, **kwargs: Any) -> None:
+        for sink in self.sinks:
+            getattr(sink, name)(*args, **kwargs)
+
+    method.__name__ = name
+    method.__doc__ = getattr(Metrics, name).__doc__
+    return method
+
+
+# Every public event of `Metrics`, forwarded: a new event reaches all sinks without editing the tee.
+for _name in [n for n, v in vars(Metrics).items() if callable(v) and not n.startswith("_")]:
+    setattr(MetricsTee, _name, _forward(_name))
 
 
 class ServeMetrics(Metrics):

@@ -51,6 +51,8 @@ ARRIVALS = "infopt_arrival_rate_forecast"
 HIT_RATE = "infopt_cache_hit_rate"
 ESCALATION = "infopt_escalation_rate"
 SERVICE_S = "infopt_validator_service_s"
+# Cache-stage decisions that answer the request (`serving.router`).
+CACHE_HITS = frozenset({"exact_hit", "semantic_hit"})
 
 
 @dataclass(frozen=True)
@@ -123,12 +125,13 @@ class _Ratio:
         self.value = (1 - a) * self.value + a * float(hit)
 
 
-class CascadeStats:
+class CascadeStats(Metrics):
     """What the front door measures for the cascade policy; `autoscaling_stats()` reports it to Ray.
 
-    Feed it from the request path: `arrival(priority)` per request, `cache(hit)` per cache
-    lookup, `routed(to_validator)` per cache miss that a model answered, and
-    `validator_time(seconds)` per Validator call.
+    It listens to the request path like any `Metrics` sink (`stage()`: cache lookups, Scout
+    answers kept, Validator calls and their times), and the ingress adds `arrival(priority)`
+    per request. The same figures can be fed directly: `cache(hit)`, `routed(to_validator)`,
+    `validator_time(seconds)`.
     """
 
     def __init__(
@@ -143,6 +146,17 @@ class CascadeStats:
         self.escalation = _Ratio(self.config.autoscaling.default_escalation_rate)
         self.service = self.config.autoscaling.default_service_time_s
         self._service_n = 0
+
+    def stage(self, stage: str, decision: str, latency_ms: float) -> None:
+        """A stage of the request path finished (the router's `Metrics` event)."""
+        if stage == "cache":
+            self.cache(decision in CACHE_HITS)
+        elif stage == "validator":
+            self.routed(True)
+            if decision in ("answered", "verified"):
+                self.validator_time(latency_ms / 1000)
+        elif stage == "scout" and decision in ("confident", "forced"):
+            self.routed(False)
 
     def arrival(self, priority: str = "interactive", n: int = 1) -> None:
         """`n` requests arrived."""
@@ -168,14 +182,19 @@ class CascadeStats:
         h = self.config.autoscaling.horizon_s if horizon_s is None else horizon_s
         return CascadeSignals(self.forecaster.forecast(h), self.hit.value, self.escalation.value, self.service)
 
+    def export(self) -> None:
+        """Write each class's smoothed rate and its forecasts 10 s and `horizon_s` ahead to `metrics`."""
+        self.forecaster.advance(self._clock())
+        if self.metrics is not None:
+            self.forecaster.export(self.metrics, tuple(sorted({10.0, self.config.autoscaling.horizon_s})))
+
     def autoscaling_stats(self) -> dict[str, float]:
         """The custom metrics for Ray Serve (return this from the deployment's `record_autoscaling_stats`).
 
         Also exports the per-class forecasts to `metrics` when given (Ray calls this every few seconds).
         """
         s = self.signals()
-        if self.metrics is not None:
-            self.forecaster.export(self.metrics, (10.0, self.config.autoscaling.horizon_s))
+        self.export()
         return {ARRIVALS: s.arrival_rate, HIT_RATE: s.cache_hit_rate, ESCALATION: s.escalation_rate,
                 SERVICE_S: s.service_time_s}
 

@@ -196,3 +196,65 @@ def test_application_policy_scales_the_validator_from_the_ingress_metrics():
     assert decisions[validator] == 6 and states[validator]["source"] == "cascade"  # 30x0.8x0.5x4=48 -> 6
     assert decisions[ingress] == 0  # request-based: no requests (Ray's wrapper then applies min_replicas)
     assert decisions[scout] == pytest.approx(40 / 8)  # Ray's rule for everyone else
+
+
+def test_stats_listen_to_the_routers_stage_events():
+    """Fed by the real router through a MetricsTee: Scout answers kept, Validator calls and their time."""
+    import asyncio
+    import math as m
+
+    from serving.metrics import Metrics, MetricsTee
+    from tests.unit.test_router import SURE, UNSURE, make, req
+
+    stats = CascadeStats(LoadConfig())
+    seen: list[tuple[str, str]] = []
+
+    class Recording(Metrics):
+        def stage(self, stage, decision, latency_ms):
+            seen.append((stage, decision))
+
+    tee = MetricsTee(Recording(), stats)
+    sure, _, _ = make(SURE, metrics=tee)
+    unsure, _, _ = make(UNSURE, metrics=tee, validator_delay=0.05)
+
+    async def go():
+        for _ in range(2):
+            await sure.complete(req())  # the Scout's answer is kept
+        for _ in range(2):
+            await unsure.complete(req())  # escalated: the Validator answers
+        await sure.complete(req(), model="validator")  # forced to the Validator
+
+    asyncio.run(go())
+    assert seen.count(("scout", "confident")) == 2 and seen.count(("validator", "answered")) == 3  # both sinks fed
+    assert stats.escalation.value == pytest.approx(3 / 5)  # 3 of 5 model answers came from the Validator
+    # The mean Validator time measured (two 50 ms escalations and an instant forced call), not the 5 s prior.
+    assert stats.service == pytest.approx(0.1 / 3, abs=0.01)
+    assert stats.hit.value == 0.0  # no cache stage: nothing was a hit
+    for decision in ("exact_hit", "semantic_hit", "miss", "miss"):
+        stats.stage("cache", decision, 1.0)
+    assert stats.hit.value == pytest.approx(0.5)
+    assert not m.isnan(stats.signals().validator_concurrency())
+
+
+def test_stats_export_refreshes_the_forecast_without_arrivals():
+    """The ingress exports on a timer: after arrivals stop, the exported rate decays towards 0."""
+    from serving.metrics import Metrics
+
+    class Last(Metrics):
+        def __init__(self):
+            self.rate = {}
+
+        def load_forecast(self, priority, horizon_s, rate):
+            self.rate[(priority, horizon_s)] = rate
+
+    clock, metrics = FakeClock(0.0), Last()
+    stats = CascadeStats(LoadConfig(interval_s=1.0, level_alpha=0.5), clock=clock, metrics=metrics)
+    for i in range(100):  # 10 req/s for 10 s
+        clock.now = i * 0.1
+        stats.arrival("interactive")
+    clock.now = 10.0
+    stats.export()
+    busy = metrics.rate[("interactive", 0.0)]
+    clock.now = 20.0  # ten quiet seconds
+    stats.export()
+    assert busy == pytest.approx(10, rel=0.15) and metrics.rate[("interactive", 0.0)] < 0.1 * busy
