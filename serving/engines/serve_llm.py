@@ -9,6 +9,7 @@ never at import time.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -85,6 +86,7 @@ class ServeLLMEngine(LLMEngine):
         # Where the model's tokenizer is (its folder or hub ID): needed by `verify` only.
         self._tokenizer_source = tokenizer
         self._tokenizer: Any = None
+        self._tokenizer_lock = asyncio.Lock()
         self.can_verify = tokenizer is not None
         # vLLM rejects a non-zero priority unless the engine schedules by priority.
         self._priority = priority_scheduling
@@ -105,6 +107,15 @@ class ServeLLMEngine(LLMEngine):
             except OSError:
                 pass
             self._eos = {e for e in eos if e is not None}
+        return self._tokenizer
+
+    async def _loaded_tokenizer(self) -> Any:
+        """The tokenizer, loaded once in a worker thread: reading it from disk takes a while and
+        must not stall the ingress's event loop (every other request in flight waits on it)."""
+        if self._tokenizer is None:
+            async with self._tokenizer_lock:
+                if self._tokenizer is None:
+                    await asyncio.to_thread(self._tok)
         return self._tokenizer
 
     def _prompt_ids(self, req: GenerationRequest) -> list[int]:
@@ -155,7 +166,7 @@ class ServeLLMEngine(LLMEngine):
 
     async def _score(self, request: GenerationRequest, draft: str) -> _Scored:
         """One prefill over prompt + draft: how much of the draft the Validator accepts, and its next token."""
-        tok = self._tok()
+        tok = await self._loaded_tokenizer()
         prompt = self._prompt_ids(request)
         proposed = list(tok(draft, add_special_tokens=False).input_ids)[: request.max_tokens]
         # The Validator's own choice at every draft position, and (max_tokens=1) its next

@@ -53,3 +53,43 @@ def test_priority_reaches_vllm_only_when_the_engine_schedules_by_priority():
     assert ServeLLMEngine(None, "m", priority_scheduling=False)._to_vllm(req, False).priority == 0
     ids = ServeLLMEngine(None, "m", priority_scheduling=True)._ids_request([1, 2], 4, False, priority=10)
     assert ids.priority == 10
+
+
+def test_the_verification_tokenizer_loads_once_off_the_event_loop():
+    """Loading a tokenizer takes a while: other requests on the ingress's loop keep moving meanwhile."""
+    import asyncio
+    import threading
+    import time
+
+    pytest.importorskip("ray.serve.llm")
+    from serving.engines.serve_llm import ServeLLMEngine
+
+    engine = ServeLLMEngine(None, "m", tokenizer="some/folder")
+    loads: list[str] = []
+
+    def slow_load():
+        loads.append(threading.current_thread().name)
+        time.sleep(0.3)
+        engine._tokenizer = "tokenizer"
+        return engine._tokenizer
+
+    engine._tok = slow_load
+
+    async def main():
+        ticks = 0
+
+        async def ticker():
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        task = asyncio.create_task(ticker())
+        got = await asyncio.gather(engine._loaded_tokenizer(), engine._loaded_tokenizer())
+        task.cancel()
+        return got, ticks
+
+    got, ticks = asyncio.run(main())
+    assert got == ["tokenizer", "tokenizer"]
+    assert len(loads) == 1 and loads[0] != threading.main_thread().name  # once, in a worker thread
+    assert ticks >= 10  # the loop ran during the 0.3 s load
