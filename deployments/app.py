@@ -23,19 +23,58 @@ def build_app(args: dict[str, Any]) -> Application:
     `args` may also be just `{"profile": "tiny"}` (as from `serve run deployments.app:build_app
     profile=tiny`), which loads `cluster/tiny.yaml`.
     """
-    args = dict(args or {})
-    config = load_profile(args["profile"]) if set(args) == {"profile"} else AppConfig(**args)
+    config = app_config(args)
     scout = build_engine(config.scout, "Scout", config)
     validator = build_engine(config.validator, "Validator", config)
     # One Embedder deployment serves both the cache and the analyzer.
     embedder = build_embedder(config)
     return Ingress.options(
-        num_replicas=config.api.num_replicas,
+        **ingress_replicas(config),
         max_ongoing_requests=config.api.max_ongoing_requests,
         max_queued_requests=config.api.max_queued_requests,
         ray_actor_options=actor_options(config.api.num_cpus, resources=config.api.resources),
     ).bind(scout, validator, config, build_cache(config, embedder),
            build_analyzer(config, embedder) if embedder is not None else None)
+
+
+def app_config(args: dict[str, Any] | None) -> AppConfig:
+    """The configuration in a Serve application's `args`: a whole config, or just `{"profile": name}`."""
+    args = dict(args or {})
+    return load_profile(args["profile"]) if set(args) == {"profile"} else AppConfig(**args)
+
+
+def ingress_replicas(config: AppConfig) -> dict[str, Any]:
+    """The Ingress's replica options: a fixed count, or, under cascade autoscaling, the same count as
+    an autoscaling config (min = max): Ray Serve collects a deployment's custom autoscaling metrics
+    (`Ingress.record_autoscaling_stats`) and shows it to an application policy only when it autoscales."""
+    n = config.api.num_replicas
+    if not config.analyzer.load.autoscaling.enabled:
+        return {"num_replicas": n}
+    return {"autoscaling_config": {
+        "min_replicas": n, "initial_replicas": n, "max_replicas": n,
+        # The figures are smoothed already (forecast, EWMAs): a short look-back keeps them fresh
+        # (Ray wants it longer than its 10 s metrics interval).
+        "look_back_period_s": max(2 * config.analyzer.load.interval_s, 20.0),
+    }}
+
+
+def application_autoscaling_policy(config: AppConfig) -> dict[str, Any] | None:
+    """The Serve application's `autoscaling_policy` when `analyzer.load.autoscaling.enabled`, else None.
+
+    The Validator is scaled by the cascade (`serving.load.autoscaling.CascadeApplicationPolicy`, from
+    the Ingress's figures); every other autoscaling deployment keeps Ray's request-based policy.
+    Application-level policies are part of a Serve *config* (`serve run cluster/<profile>.yaml`,
+    KubeRay's serveConfigV2; scripts/render_configs.py writes it into the profiles): `serve run
+    deployments.app:build_app` cannot carry one, and the Validator then scales by its requests.
+    """
+    cascade = config.analyzer.load.autoscaling
+    if not cascade.enabled:
+        return None
+    return {
+        "policy_function": "serving.load.autoscaling:CascadeApplicationPolicy",
+        "policy_kwargs": {"validator": "Validator", "source": "Ingress",
+                          **cascade.model_dump(mode="json", exclude={"enabled"})},
+    }
 
 
 def build_embedder(config: AppConfig) -> Application | None:

@@ -28,7 +28,8 @@ from serving.errors import (
     InvalidRequestError,
     to_openai_error,
 )
-from serving.metrics import ServeMetrics
+from serving.load import CascadeStats
+from serving.metrics import MetricsTee, ServeMetrics
 from serving.priority import Priority, PriorityGate, resolve_priority
 from serving.router import TieredRouter
 from serving.service import OpenAIService, parse_request
@@ -78,6 +79,10 @@ class Ingress:
 
     def __init__(self, scout: Any, validator: Any, config: AppConfig, cache: Any = None, analyzer: Any = None) -> None:
         self.metrics = ServeMetrics()
+        # Arrivals per priority class, cache hits, Validator share and time: the forecast
+        # (exported as metrics) and the Validator's cascade autoscaling read these.
+        self.load = CascadeStats(config.analyzer.load, metrics=self.metrics)
+        self._exporter: asyncio.Task[None] | None = None
         self.cache = ServeResponseCache(cache) if cache is not None else None
         self.cache_config = config.cache
         self.analyzer_config = config.analyzer
@@ -92,7 +97,7 @@ class Ingress:
             config.tiering,
             scout_timeout_s=config.scout.request_timeout_s,
             validator_timeout_s=config.validator.request_timeout_s,
-            metrics=self.metrics,
+            metrics=MetricsTee(self.metrics, self.load),
             cache=self.cache,
             cache_config=config.cache,
             analyzer=ServeRequestAnalyzer(analyzer) if analyzer is not None else None,
@@ -126,11 +131,34 @@ class Ingress:
         return response
 
     def _priority(self, request: Request) -> Priority:
-        """The request's priority class: its API key's tenant, else the priority header, else the default."""
+        """The request's priority class (its API key's tenant, else the priority header, else the default),
+        counted as one arrival of that class."""
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         api_key = token.strip() if scheme.lower() == "bearer" else None
-        return resolve_priority(self.analyzer_config, request.headers.get(self.analyzer_config.priority_header),
-                                api_key)
+        priority = resolve_priority(self.analyzer_config, request.headers.get(self.analyzer_config.priority_header),
+                                    api_key)
+        self.load.arrival(priority.name)
+        if self._exporter is None:
+            self._exporter = asyncio.get_running_loop().create_task(self._export_forecasts())
+        return priority
+
+    async def _export_forecasts(self) -> None:
+        """Refresh the forecast gauges once per forecast step, also while no request arrives (rates decay)."""
+        while True:
+            try:
+                self.load.export()
+            except Exception:  # a metrics hiccup must not stop the loop
+                logger.exception("exporting the arrival forecast failed")
+            await asyncio.sleep(self.analyzer_config.load.interval_s)
+
+    def record_autoscaling_stats(self) -> dict[str, float]:
+        """Ray Serve's custom autoscaling metrics hook: the cascade signals (`serving.load.autoscaling`).
+
+        Ray calls it only when this deployment has an autoscaling config, which `build_app`
+        gives it when `analyzer.load.autoscaling.enabled`; the application's policy
+        (`CascadeApplicationPolicy`) reads the figures to scale the Validator.
+        """
+        return self.load.autoscaling_stats()
 
     async def _chat(self, request: Request) -> Response:
         priority = self._priority(request)

@@ -4,6 +4,8 @@
    the profile's `args` (the app built by `deployments.app:build_app`, each deployment dumped
    with Ray's own `deployment_to_schema`). The `args` stay the one source of truth; the block
    shows every deployment's replicas, autoscaling, queue limits and resources in one place.
+   Before it, the application's `autoscaling_policy` when the args turn on the Validator's
+   cascade autoscaling (an application option: `deployments.app.application_autoscaling_policy`).
 2. `k8s/examples/rayservice.yaml`: the Helm chart rendered with its default values, for users
    without Helm (needs `helm-python-sdk`, x86_64 wheels).
 
@@ -30,7 +32,8 @@ CHART = REPO / "k8s" / "helm" / "inference-optimizer"
 EXAMPLE = REPO / "k8s" / "examples" / "rayservice.yaml"
 RELEASE = "infopt"
 MARKER = "    # Generated from `args` by scripts/render_configs.py"
-HEADER = MARKER + """ (what `serve build` makes of them): do not edit;
+HEADER = MARKER + """ (what `serve build` makes of them, and the
+    # application's autoscaling policy when `analyzer.load.autoscaling.enabled`): do not edit;
     # change `args` and re-run it (a unit test fails on drift). Ray Serve applies these options over
     # the code's, so INFOPT_* environment overrides of replicas/resources do not apply to this file.
 """
@@ -76,8 +79,17 @@ class _Dumper(yaml.SafeDumper):
         return super().increase_indent(flow, False)
 
 
-def deployments_yaml(deployments: list[dict[str, Any]]) -> str:
-    text = yaml.dump({"deployments": deployments}, Dumper=_Dumper, sort_keys=False, default_flow_style=False,
+def autoscaling_policy(args: dict[str, Any]) -> dict[str, Any] | None:
+    """The application-level `autoscaling_policy` the app's `args` ask for (None: none)."""
+    from deployments.app import app_config, application_autoscaling_policy
+
+    return application_autoscaling_policy(app_config(args))
+
+
+def deployments_yaml(deployments: list[dict[str, Any]], policy: dict[str, Any] | None = None) -> str:
+    block: dict[str, Any] = {"autoscaling_policy": policy} if policy else {}
+    block["deployments"] = deployments
+    text = yaml.dump(block, Dumper=_Dumper, sort_keys=False, default_flow_style=False,
                      width=110)
     return "".join("    " + line if line.strip() else line for line in text.splitlines(True))
 
@@ -97,7 +109,8 @@ def render_profile(path: Path) -> str:
     head = text.split(MARKER, 1)[0].rstrip("\n") + "\n"
     if MARKER not in text and "deployments" in apps[0]:
         raise ValueError(f"{path}: has a hand-written `deployments:` block; remove it, it is generated")
-    return head + HEADER + deployments_yaml(serve_build(apps[0]["args"]))
+    args = apps[0]["args"]
+    return head + HEADER + deployments_yaml(serve_build(args), autoscaling_policy(args))
 
 
 def _obj(properties: dict[str, Any], description: str | None = None, **extra: Any) -> dict[str, Any]:

@@ -24,7 +24,7 @@ class AdaptiveBatchingConfig(BaseModel):
                           "the configured values.")
     min_wait_s: float = Field(0.0, ge=0, description="Wait of a batch at low load (nothing else is coming).")
     halflife_s: float = Field(
-        2.0, gt=0, description="Half-life of the EWMA of inter-arrival times that estimates the arrival rate."
+        2.0, gt=0, description="Half-life of the decayed arrival count that estimates the arrival rate."
     )
     update_interval_s: float = Field(
         0.5, ge=0, description="Least time between two changes of the batch parameters (avoids churn)."
@@ -37,7 +37,8 @@ class CascadeAutoscalingConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     enabled: bool = Field(
-        False, description="Scale the Validator by forecast cascade load instead of its ongoing requests."
+        False, description="Scale the Validator by forecast cascade load instead of its ongoing requests (an "
+        "application-level autoscaling policy: needs a Serve config deploy)."
     )
     target_ongoing_requests: float = Field(
         8.0, gt=0, description="Concurrent Validator requests one replica should carry (Little's law target)."

@@ -12,6 +12,12 @@ Scaling: autoscaling a vLLM engine here would mean starting a second engine on a
 with a fast config (1 s look-back, 1 s upscale and 2 s downscale delay): sustained load from
 concurrent calls scales it to its maximum and no further, and it returns to its minimum when
 the load stops. The engines' autoscaling config goes through the same code (see test_cluster.py).
+
+The Validator's cascade autoscaling runs live too, without a second engine: the application's
+policy (`CascadeApplicationPolicy`, in the Serve config as the profiles carry it) reads the
+Ingress's measurements and asks for a second Validator replica under load, which stays
+unplaced (the custom resource is taken), and gives it back when the load stops. The Embedder's
+adaptive batching is watched under a load ramp: its `@serve.batch` wait follows the arrival rate.
 """
 
 from __future__ import annotations
@@ -31,6 +37,8 @@ pytestmark = pytest.mark.serve
 
 PIN = "infopt_gpu_node"
 EMBEDDER_MIN, EMBEDDER_MAX = 1, 2
+VALIDATOR_MAX = 2
+EMBEDDER_MAX_WAIT_S = 0.05
 # Replicas and handles report load every 0.5 s (Ray's default is 10 s, too slow for a quick test).
 # Read by the Serve controller and replicas when they start, so set before the cluster starts.
 FAST_METRICS = {
@@ -44,7 +52,7 @@ def profile_config(tmp_path: Any) -> dict[str, Any]:
     """The tiny profile as a Serve config, with the Validator pinned and the Embedder fast to scale."""
     import render_configs
 
-    from serving.config import load_profile
+    from serving.config import CascadeAutoscalingConfig, load_profile
     from serving.models import is_prepared
 
     config = load_profile("tiny")
@@ -56,6 +64,18 @@ def profile_config(tmp_path: Any) -> dict[str, Any]:
     a = config.cache.embedder.autoscaling
     a.min_replicas, a.max_replicas, a.target_ongoing_requests = EMBEDDER_MIN, EMBEDDER_MAX, 2
     a.look_back_period_s, a.upscale_delay_s, a.downscale_delay_s = 1.0, 1.0, 2.0
+    # A batch may wait up to 50 ms: the adaptive wait moves between 0 (below 20 arrivals/s) and that.
+    config.cache.embedder.batch_wait_timeout_s = EMBEDDER_MAX_WAIT_S
+    # The Validator scales by the cascade: forecast front-door arrivals x misses x Validator share x
+    # its time. Its own request-based target is out of reach, so only the cascade policy can scale it;
+    # a second replica would need a second `PIN`, which no node has: it is asked for, never started.
+    v = config.validator.autoscaling
+    v.min_replicas, v.max_replicas, v.target_ongoing_requests = 1, VALIDATOR_MAX, 1000
+    v.look_back_period_s, v.upscale_delay_s, v.downscale_delay_s = 1.0, 1.0, 1.0
+    load = config.analyzer.load
+    load.interval_s = 1.0
+    load.autoscaling = CascadeAutoscalingConfig(
+        enabled=True, target_ongoing_requests=0.5, horizon_s=2.0, downscale_delay_s=1.0, headroom_sigmas=0.0)
     args = config.model_dump(mode="json")
     return {
         "proxy_location": "HeadOnly",  # both nodes share this host: one proxy, one port
@@ -63,6 +83,7 @@ def profile_config(tmp_path: Any) -> dict[str, Any]:
         "applications": [{
             "name": "infopt", "route_prefix": "/", "import_path": "deployments.app:build_app",
             "args": args, "deployments": render_configs.serve_build(args),
+            "autoscaling_policy": render_configs.autoscaling_policy(args),
         }],
     }
 
@@ -96,6 +117,13 @@ def cluster(tmp_path_factory) -> Iterator[dict[str, Any]]:
         wait_healthy(base_url, timeout_s=240)
         yield {"base_url": base_url, "head": cluster.head_node.node_id, "worker": worker.node_id}
     finally:
+        # The driver's handles push autoscaling metrics from a background thread; if one fires
+        # after ray.shutdown() it auto-connects Ray again (to this cluster's head), and
+        # cluster.shutdown() then refuses to remove the node the driver is connected to.
+        # Ray reads RAY_ENABLE_AUTO_CONNECT once at import, so the switch is set on the module.
+        from ray._private import auto_init_hook
+
+        auto_init_hook.enable_auto_connect = False  # left off: later modules call ray.init themselves
         try:
             serve.shutdown()
         finally:
@@ -129,6 +157,13 @@ def replica_nodes(deployment: str) -> list[str]:
 
     return [a["Address"]["NodeID"] for a in ray._private.state.actors().values()
             if a["State"] == "ALIVE" and a.get("Name", "").startswith(f"SERVE_REPLICA::infopt#{deployment}#")]
+
+
+def target_replicas(deployment: str) -> int:
+    """Replicas Serve is keeping for `deployment` in any state (a replica it cannot place stays STARTING)."""
+    from ray import serve
+
+    return sum(serve.status().applications["infopt"].deployments[deployment].replica_states.values())
 
 
 def running_replicas(deployment: str) -> int:
@@ -198,7 +233,98 @@ def test_embedder_scales_up_within_bounds_under_load_then_down(cluster):
         stop.set()
         for t in threads:
             t.join(timeout=60)
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline and running_replicas("Embedder") > EMBEDDER_MIN:
-        time.sleep(0.5)
-    assert running_replicas("Embedder") == EMBEDDER_MIN, "no scale-down after the load stopped"
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and running_replicas("Embedder") > EMBEDDER_MIN:
+            time.sleep(0.5)
+        assert running_replicas("Embedder") == EMBEDDER_MIN, "no scale-down after the load stopped"
+    finally:
+        handle.shutdown()  # stops the handle's metrics pusher: it must not outlive the Ray connection
+
+
+def test_validator_scales_by_the_forecast_cascade_load(cluster):
+    """The application's cascade policy, live: the Ingress reports its measurements
+    (`record_autoscaling_stats`), Ray's controller runs `CascadeApplicationPolicy` on them, and
+    the Validator is asked for a second replica under load and given back its one after."""
+    assert target_replicas("Validator") == 1
+    stop = threading.Event()
+
+    def load() -> None:
+        with httpx.Client(base_url=cluster["base_url"], timeout=240) as c:
+            while not stop.is_set():
+                r = c.post("/v1/chat/completions", json={
+                    "model": "validator", "temperature": 0, "max_tokens": 4, "cache": {"mode": "bypass"},
+                    "messages": [{"role": "user", "content": "Name a prime number."}]})
+                assert r.status_code == 200, r.text
+
+    threads = [threading.Thread(target=load, daemon=True) for _ in range(2)]
+    for t in threads:
+        t.start()
+    seen = []
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and target_replicas("Validator") < VALIDATOR_MAX:
+            seen.append(target_replicas("Validator"))
+            time.sleep(0.5)
+        # Two callers keep ~2 Validator requests in flight: far below its request-based target
+        # (1000), above the cascade's (0.5 per replica). Only the cascade policy asks for more.
+        assert target_replicas("Validator") == VALIDATOR_MAX, f"no cascade scale-up (replicas seen: {seen})"
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=240)
+    # The replica it asked for cannot be placed (one PIN, in use), so the Validator that answers is the first.
+    assert running_replicas("Validator") == 1
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and target_replicas("Validator") > 1:
+        time.sleep(1)
+    assert target_replicas("Validator") == 1, "no scale-down after the arrivals stopped"
+
+
+def test_embedder_batching_follows_the_arrival_rate(cluster):
+    """The batch optimizer on a live replica: under a load ramp (quiet, sparse calls, a burst, quiet
+    again) the `@serve.batch` wait Ray Serve applies moves with the measured arrival rate."""
+    from ray import serve
+
+    handle = serve.get_deployment_handle("Embedder", app_name="infopt")
+
+    def state() -> dict[str, float]:
+        return handle.batching_state.remote().result(timeout_s=30)
+
+    def sparse() -> dict[str, float]:
+        time.sleep(8)  # four half-lives of the rate estimate: what came before has faded
+        for i in range(8):  # ~4 calls/s: nobody else arrives within a 50 ms wait
+            handle.embed.remote(f"a lone question {i}").result(timeout_s=60)
+            time.sleep(0.25)
+        return state()
+
+    stop = threading.Event()
+
+    def burst() -> None:
+        while not stop.is_set():
+            for r in [handle.embed.remote(f"burst question {i}") for i in range(16)]:
+                r.result(timeout_s=60)
+
+    try:
+        quiet = sparse()
+        assert quiet["batch_wait_timeout_s"] == 0.0, quiet  # low load: a lone request is not held back
+        threads = [threading.Thread(target=burst, daemon=True) for _ in range(2)]
+        for t in threads:
+            t.start()
+        busy: list[dict[str, float]] = []
+        try:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and not (busy and busy[-1]["batch_wait_timeout_s"] > 0):
+                time.sleep(1)
+                busy.append(state())
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(timeout=60)
+        # High load: the replica sees more than 20 arrivals/s and waits (at most the ceiling) to fill batches.
+        last = busy[-1]
+        assert last["arrival_rate"] > 1 / EMBEDDER_MAX_WAIT_S, busy
+        assert 0 < last["batch_wait_timeout_s"] <= EMBEDDER_MAX_WAIT_S, busy
+        assert sparse()["batch_wait_timeout_s"] == 0.0  # and back when the load drops
+    finally:
+        handle.shutdown()

@@ -233,12 +233,14 @@ def test_completion_bad_input(client: httpx.Client):
 
 
 def test_prometheus_metrics_are_exported(svc: Service, client: httpx.Client):
-    """Requests per route, stage latency and confidence reach Ray's Prometheus endpoint."""
+    """Requests per route, stage latency, confidence and the arrival forecast reach Ray's Prometheus endpoint."""
     chat(client, model="scout", max_tokens=4)
     # Errors are counted too: this module has sent plenty of 4xx by now.
     assert_exported(svc, "ray_infopt_requests", "ray_infopt_stage_latency_ms_bucket",
                     "ray_infopt_scout_confidence_bucket", "ray_infopt_tokens", 'route="error"', 'status="400"',
-                    'route="scout"', 'stage="scout"')
+                    'route="scout"', 'stage="scout"',
+                    # The Ingress's per-class forecast (smoothed now, 10 s and the horizon ahead).
+                    "ray_infopt_arrival_rate_forecast", 'priority="interactive"', 'horizon_s="0"', 'horizon_s="10"')
 
 
 def assert_exported(svc: Service, *wanted: str, within_s: float = 90) -> None:

@@ -89,6 +89,10 @@ def drift(path: Path) -> str | None:
     app = doc["applications"][0]
     have = app.get("deployments")
     want = render_configs.serve_build(app["args"])
+    policy = render_configs.autoscaling_policy(app["args"])
+    if app.get("autoscaling_policy") != policy:
+        return (f"{path}: the application's autoscaling_policy is {app.get('autoscaling_policy')!r}, its args ask "
+                f"for {policy!r}; run `python scripts/render_configs.py`.")
     if have == want:
         return None
     dump = lambda d: yaml.safe_dump(d, sort_keys=False).splitlines(True)  # noqa: E731
@@ -116,6 +120,36 @@ def test_profile_deployments_match_serve_build(name):
     assert problem is None, problem
 
 
+@pytest.mark.parametrize("name", ["tiny", "laptop", "gpu-a100x4", "gpu-h100x8"])
+def test_cascade_autoscaling_is_an_application_policy_over_a_measuring_ingress(name, built):
+    """On: the application names the cascade policy with the profile's settings (Ray's own
+    AutoscalingPolicy loads it, as the controller does) and the Ingress autoscales at a fixed count,
+    which is what makes Ray collect its `record_autoscaling_stats`. Off: neither."""
+    from ray.serve.config import AutoscalingPolicy
+
+    from serving.load.autoscaling import CascadeApplicationPolicy
+
+    cfg = load_profile(name)
+    app = yaml.safe_load(profile_path(name).read_text())["applications"][0]
+    ingress = next(d for d in built[name] if d["name"] == "Ingress")
+    cascade = cfg.analyzer.load.autoscaling
+    if not cascade.enabled:
+        assert "autoscaling_policy" not in app and ingress["num_replicas"] == cfg.api.num_replicas
+        return
+    assert name.startswith("gpu-")  # the CPU profiles have one Validator: nothing to scale
+    policy = AutoscalingPolicy(**app["autoscaling_policy"])
+    loaded = policy.get_policy()
+    assert loaded.__name__ == CascadeApplicationPolicy.__name__  # pickled by value, as Ray ships it
+    instance = loaded(**policy.policy_kwargs)
+    assert (instance.validator, instance.source) == ("Validator", "Ingress")
+    assert instance.policy.config.model_dump(exclude={"enabled"}) == cascade.model_dump(exclude={"enabled"})
+    assert cascade.target_ongoing_requests == cfg.validator.autoscaling.target_ongoing_requests
+    n = cfg.api.num_replicas
+    scaling = ingress["autoscaling_config"]
+    assert scaling["min_replicas"] == scaling["max_replicas"] == n and "num_replicas" not in ingress
+    assert scaling["look_back_period_s"] > 10  # longer than Ray's metrics interval
+
+
 def test_drift_is_reported_with_the_fix(tmp_path):
     doc = yaml.safe_load(profile_path("gpu-a100x4").read_text())
     doc["applications"][0]["args"]["validator"]["autoscaling"]["max_replicas"] = 3
@@ -123,6 +157,10 @@ def test_drift_is_reported_with_the_fix(tmp_path):
     path.write_text(yaml.safe_dump(doc))
     problem = drift(path)
     assert problem and "render_configs.py" in problem and "+    max_replicas: 3" in problem
+    doc["applications"][0]["args"]["analyzer"]["load"]["autoscaling"]["horizon_s"] = 30
+    path.write_text(yaml.safe_dump(doc))
+    problem = drift(path)
+    assert problem and "autoscaling_policy" in problem and "render_configs.py" in problem
 
 
 @pytest.mark.parametrize("name", ["tiny", "laptop", "gpu-a100x4", "gpu-h100x8"])

@@ -155,6 +155,23 @@ def test_serve_config_v2_is_a_valid_serve_config_of_this_app(default_docs, all_o
         assert any(s["metadata"]["name"] == "infopt-inference-optimizer-qdrant" for s in by_kind(docs, "Service"))
 
 
+def test_serve_config_v2_carries_the_cascade_autoscaling_policy(default_docs):
+    """The chart writes the same application policy as the profiles (deployments.app), and none when off."""
+    from deployments.app import application_autoscaling_policy
+    from serving.config import AppConfig
+    from serving.load.autoscaling import CascadeApplicationPolicy
+
+    app = yaml.safe_load(by_kind(default_docs, "RayService")[0]["spec"]["serveConfigV2"])["applications"][0]
+    want = application_autoscaling_policy(AppConfig(**app["args"]))
+    assert want is not None and app["autoscaling_policy"]["policy_function"] == want["policy_function"]
+    # The chart passes only the keys set in values; the rest are the same defaults.
+    chart, ours = (CascadeApplicationPolicy(**p["policy_kwargs"]) for p in (app["autoscaling_policy"], want))
+    assert (chart.validator, chart.source, chart.policy.config) == (ours.validator, ours.source, ours.policy.config)
+    off = render({"serve": {"args": {"analyzer": {"load": {"autoscaling": {"enabled": False}}}}}})
+    app = yaml.safe_load(by_kind(off, "RayService")[0]["spec"]["serveConfigV2"])["applications"][0]
+    assert "autoscaling_policy" not in app and app["args"]["analyzer"]["enabled"] is True
+
+
 def test_serve_config_v2_check_rejects_broken_configs(default_docs):
     rayservice = by_kind(default_docs, "RayService")[0]
     good = rayservice["spec"]["serveConfigV2"]

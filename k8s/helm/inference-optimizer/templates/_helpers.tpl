@@ -54,6 +54,18 @@ applications:
     import_path: deployments.app:build_app
     args:
       {{- toYaml $args | nindent 6 }}
+    {{- /* The Validator's cascade autoscaling is an application-level policy (deployments.app). */}}
+    {{- $cascade := dig "analyzer" "load" "autoscaling" dict $args }}
+    {{- if $cascade.enabled }}
+    autoscaling_policy:
+      policy_function: serving.load.autoscaling:CascadeApplicationPolicy
+      policy_kwargs:
+        validator: Validator
+        source: Ingress
+        {{- with omit $cascade "enabled" }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
+    {{- end }}
     {{- with .Values.serve.deployments }}
     deployments:
       {{- toYaml . | nindent 6 }}
