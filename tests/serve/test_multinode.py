@@ -25,8 +25,9 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
 
 import httpx
 import pytest
@@ -35,6 +36,7 @@ from tests.serve.conftest import free_port, require_models
 
 pytestmark = pytest.mark.serve
 
+T = TypeVar("T")
 PIN = "infopt_gpu_node"
 EMBEDDER_MIN, EMBEDDER_MAX = 1, 2
 VALIDATOR_MAX = 2
@@ -201,43 +203,61 @@ def test_a_request_is_answered_across_nodes(cluster):
     assert body["choices"][0]["message"]["content"].strip()
 
 
+@contextmanager
+def sustained(call: Callable[[], None], callers: int = 2, join_s: float = 240) -> Iterator[None]:
+    """`callers` threads run `call` over and over while the block runs; a caller's error fails the test."""
+    stop, errors = threading.Event(), []
+
+    def loop() -> None:
+        try:
+            while not stop.is_set():
+                call()
+        except Exception as exc:  # surfaced when the block ends: an assert in a thread fails nothing
+            errors.append(exc)
+
+    threads = [threading.Thread(target=loop, daemon=True) for _ in range(callers)]
+    for t in threads:
+        t.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=join_s)
+    if errors:
+        raise errors[0]
+
+
+def poll(value: Callable[[], T], done: Callable[[T], bool], timeout_s: float, every_s: float = 0.5) -> list[T]:
+    """Read `value` every `every_s` until `done` holds or `timeout_s` passes; every reading, last one last."""
+    seen, deadline = [value()], time.monotonic() + timeout_s
+    while not done(seen[-1]) and time.monotonic() < deadline:
+        time.sleep(every_s)
+        seen.append(value())
+    return seen
+
+
 def test_embedder_scales_up_within_bounds_under_load_then_down(cluster):
     from ray import serve
 
     handle = serve.get_deployment_handle("Embedder", app_name="infopt")
     assert running_replicas("Embedder") == EMBEDDER_MIN
-    stop = threading.Event()
 
     def load() -> None:
-        # 16 calls in flight at all times: 8x the target of 2 ongoing requests per replica.
-        while not stop.is_set():
-            responses = [handle.embed.remote(f"question number {i} about load") for i in range(16)]
-            for r in responses:
-                r.result(timeout_s=60)
+        # 16 calls in flight per caller: 8x the target of 2 ongoing requests per replica.
+        for r in [handle.embed.remote(f"question number {i} about load") for i in range(16)]:
+            r.result(timeout_s=60)
 
-    threads = [threading.Thread(target=load, daemon=True) for _ in range(2)]
-    for t in threads:
-        t.start()
-    seen = []
     try:
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline and running_replicas("Embedder") < EMBEDDER_MAX:
-            seen.append(running_replicas("Embedder"))
-            time.sleep(0.5)
-        assert running_replicas("Embedder") == EMBEDDER_MAX, f"no scale-up under load (replicas seen: {seen})"
-        # Well above target for a while longer: still capped at max_replicas.
-        for _ in range(6):
-            time.sleep(0.5)
-            assert running_replicas("Embedder") <= EMBEDDER_MAX
-    finally:
-        stop.set()
-        for t in threads:
-            t.join(timeout=60)
-    try:
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline and running_replicas("Embedder") > EMBEDDER_MIN:
-            time.sleep(0.5)
-        assert running_replicas("Embedder") == EMBEDDER_MIN, "no scale-down after the load stopped"
+        with sustained(load):
+            seen = poll(lambda: running_replicas("Embedder"), lambda n: n >= EMBEDDER_MAX, 90)
+            assert seen[-1] == EMBEDDER_MAX, f"no scale-up under load (replicas seen: {seen})"
+            # Well above target for a while longer: still capped at max_replicas.
+            for _ in range(6):
+                time.sleep(0.5)
+                assert running_replicas("Embedder") <= EMBEDDER_MAX
+        seen = poll(lambda: running_replicas("Embedder"), lambda n: n <= EMBEDDER_MIN, 90)
+        assert seen[-1] == EMBEDDER_MIN, "no scale-down after the load stopped"
     finally:
         handle.shutdown()  # stops the handle's metrics pusher: it must not outlive the Ray connection
 
@@ -246,39 +266,26 @@ def test_validator_scales_by_the_forecast_cascade_load(cluster):
     """The application's cascade policy, live: the Ingress reports its measurements
     (`record_autoscaling_stats`), Ray's controller runs `CascadeApplicationPolicy` on them, and
     the Validator is asked for a second replica under load and given back its one after."""
-    assert target_replicas("Validator") == 1
-    stop = threading.Event()
+    # Quiet first: the earlier tests' few requests may have had the policy ask for a second replica.
+    seen = poll(lambda: target_replicas("Validator"), lambda n: n <= 1, 120, every_s=1)
+    assert seen[-1] == 1, f"the Validator did not settle at one replica while quiet (seen: {seen})"
 
-    def load() -> None:
-        with httpx.Client(base_url=cluster["base_url"], timeout=240) as c:
-            while not stop.is_set():
-                r = c.post("/v1/chat/completions", json={
-                    "model": "validator", "temperature": 0, "max_tokens": 4, "cache": {"mode": "bypass"},
-                    "messages": [{"role": "user", "content": "Name a prime number."}]})
-                assert r.status_code == 200, r.text
+    with httpx.Client(base_url=cluster["base_url"], timeout=240) as c:
+        def ask() -> None:
+            r = c.post("/v1/chat/completions", json={
+                "model": "validator", "temperature": 0, "max_tokens": 4, "cache": {"mode": "bypass"},
+                "messages": [{"role": "user", "content": "Name a prime number."}]})
+            assert r.status_code == 200, r.text
 
-    threads = [threading.Thread(target=load, daemon=True) for _ in range(2)]
-    for t in threads:
-        t.start()
-    seen = []
-    try:
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline and target_replicas("Validator") < VALIDATOR_MAX:
-            seen.append(target_replicas("Validator"))
-            time.sleep(0.5)
-        # Two callers keep ~2 Validator requests in flight: far below its request-based target
-        # (1000), above the cascade's (0.5 per replica). Only the cascade policy asks for more.
-        assert target_replicas("Validator") == VALIDATOR_MAX, f"no cascade scale-up (replicas seen: {seen})"
-    finally:
-        stop.set()
-        for t in threads:
-            t.join(timeout=240)
+        with sustained(ask):
+            seen = poll(lambda: target_replicas("Validator"), lambda n: n >= VALIDATOR_MAX, 90)
+            # Two callers keep ~2 Validator requests in flight: far below its request-based target
+            # (1000), above the cascade's (0.5 per replica). Only the cascade policy asks for more.
+            assert seen[-1] == VALIDATOR_MAX, f"no cascade scale-up (replicas seen: {seen})"
     # The replica it asked for cannot be placed (one PIN, in use), so the Validator that answers is the first.
     assert running_replicas("Validator") == 1
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and target_replicas("Validator") > 1:
-        time.sleep(1)
-    assert target_replicas("Validator") == 1, "no scale-down after the arrivals stopped"
+    seen = poll(lambda: target_replicas("Validator"), lambda n: n <= 1, 120, every_s=1)
+    assert seen[-1] == 1, "no scale-down after the arrivals stopped"
 
 
 def test_embedder_batching_follows_the_arrival_rate(cluster):
@@ -298,33 +305,18 @@ def test_embedder_batching_follows_the_arrival_rate(cluster):
             time.sleep(0.25)
         return state()
 
-    stop = threading.Event()
-
     def burst() -> None:
-        while not stop.is_set():
-            for r in [handle.embed.remote(f"burst question {i}") for i in range(16)]:
-                r.result(timeout_s=60)
+        for r in [handle.embed.remote(f"burst question {i}") for i in range(16)]:
+            r.result(timeout_s=60)
 
     try:
         quiet = sparse()
         assert quiet["batch_wait_timeout_s"] == 0.0, quiet  # low load: a lone request is not held back
-        threads = [threading.Thread(target=burst, daemon=True) for _ in range(2)]
-        for t in threads:
-            t.start()
-        busy: list[dict[str, float]] = []
-        try:
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline and not (busy and busy[-1]["batch_wait_timeout_s"] > 0):
-                time.sleep(1)
-                busy.append(state())
-        finally:
-            stop.set()
-            for t in threads:
-                t.join(timeout=60)
+        with sustained(burst):
+            busy = poll(state, lambda s: s["batch_wait_timeout_s"] > 0, 30, every_s=1)
         # High load: the replica sees more than 20 arrivals/s and waits (at most the ceiling) to fill batches.
-        last = busy[-1]
-        assert last["arrival_rate"] > 1 / EMBEDDER_MAX_WAIT_S, busy
-        assert 0 < last["batch_wait_timeout_s"] <= EMBEDDER_MAX_WAIT_S, busy
+        assert busy[-1]["arrival_rate"] > 1 / EMBEDDER_MAX_WAIT_S, busy
+        assert 0 < busy[-1]["batch_wait_timeout_s"] <= EMBEDDER_MAX_WAIT_S, busy
         assert sparse()["batch_wait_timeout_s"] == 0.0  # and back when the load drops
     finally:
         handle.shutdown()
