@@ -144,6 +144,9 @@ def test_cascade_autoscaling_is_an_application_policy_over_a_measuring_ingress(n
     assert (instance.validator, instance.source) == ("Validator", "Ingress")
     assert instance.policy.config.model_dump(exclude={"enabled"}) == cascade.model_dump(exclude={"enabled"})
     assert cascade.target_ongoing_requests == cfg.validator.autoscaling.target_ongoing_requests
+    # Ray applies the Validator's own delays on top of the policy: they must not swamp its decisions.
+    validator = next(d for d in built[name] if d["name"] == "Validator")["autoscaling_config"]
+    assert validator["downscale_delay_s"] <= cascade.downscale_delay_s and validator["upscale_delay_s"] <= 10
     n = cfg.api.num_replicas
     scaling = ingress["autoscaling_config"]
     assert scaling["min_replicas"] == scaling["max_replicas"] == n and "num_replicas" not in ingress
