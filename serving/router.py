@@ -493,7 +493,23 @@ class TieredRouter:
         self, request: GenerationRequest, trace: RouteTrace, started: float, admission: _Admission | None = None,
         draft: Draft | None = None, note: dict[str, object] | None = None,
     ) -> AsyncIterator[GenerationChunk]:
-        """The Validator's answer, streamed; with a `draft`, verified first (its accepted prefix comes at once)."""
+        """The Validator's answer, streamed; with a `draft`, verified first (its accepted prefix comes at once).
+
+        It takes a place in our queue (by priority) when the client starts reading and keeps it
+        until the stream ends or the client goes away, like a non-streamed generation.
+        """
+        async with self._slot(request):
+            chunks = self._validator_chunks(request, trace, started, admission, draft, note)
+            try:
+                async for chunk in chunks:
+                    yield chunk
+            finally:
+                await chunks.aclose()  # a client that leaves closes the engine stream now, not at GC
+
+    async def _validator_chunks(
+        self, request: GenerationRequest, trace: RouteTrace, started: float, admission: _Admission | None,
+        draft: Draft | None, note: dict[str, object] | None,
+    ) -> AsyncIterator[GenerationChunk]:
         t0 = time.perf_counter()
         tokens = 0
         outcome: DraftOutcome | None = None

@@ -170,3 +170,29 @@ def test_interactive_requests_go_ahead_of_batch_ones_in_our_queue():
 
     run(go())
     assert order == ["b1", "i1", "b2", "b3"]
+
+
+def test_a_streamed_validator_answer_holds_its_place_in_our_queue_until_it_ends():
+    """A stream counts against `api.max_in_flight` while it streams, and a client that leaves frees it."""
+    gate = PriorityGate(1)
+    router, _scout, validator = make(delay_s=0.02, gate=gate)
+
+    async def go():
+        routed = await router.open_stream(req("stream me"), model="validator")
+        first = await anext(routed.chunks)  # reading started: the stream holds the only slot
+        held = gate.active
+        waiting = asyncio.create_task(router.complete(req("wait for it"), model="validator"))
+        await asyncio.sleep(0.1)
+        queued = (gate.waiting, len(validator.requests))
+        rest = [c.text async for c in routed.chunks]
+        done = await waiting
+        # A client that leaves mid-stream gives its slot back at once.
+        left = await router.open_stream(req("leave early"), model="validator")
+        await anext(left.chunks)
+        await left.chunks.aclose()
+        return first.text + "".join(rest), held, queued, done, gate.active
+
+    text, held, queued, done, after = run(go())
+    assert text == "Paris is the capital." and held == 1
+    assert queued == (1, 1)  # the second request waited, the Validator saw only the stream
+    assert done.generation.text == "Paris is the capital." and after == 0
