@@ -46,6 +46,18 @@ class Service:
         return httpx.Client(base_url=self.base_url, timeout=timeout)
 
 
+def unexported(svc: Service, *wanted: str, within_s: float = 90) -> list[str]:
+    """The `wanted` fragments still missing from Ray's Prometheus endpoint after up to `within_s`
+    (metrics are pushed late, so it polls); empty when all appeared."""
+    deadline, text = time.monotonic() + within_s, ""
+    while True:
+        text = httpx.get(svc.metrics_url, timeout=10).text
+        missing = [w for w in wanted if w not in text]
+        if not missing or time.monotonic() >= deadline:
+            return missing
+        time.sleep(3)
+
+
 def start_ray() -> int:
     """Start a local Ray; return the port its Prometheus metrics are served on."""
     import ray

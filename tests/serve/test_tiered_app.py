@@ -13,7 +13,7 @@ import httpx
 import openai
 import pytest
 
-from tests.serve.conftest import Service, running
+from tests.serve.conftest import Service, running, unexported
 
 pytestmark = pytest.mark.serve
 
@@ -236,22 +236,12 @@ def test_prometheus_metrics_are_exported(svc: Service, client: httpx.Client):
     """Requests per route, stage latency, confidence and the arrival forecast reach Ray's Prometheus endpoint."""
     chat(client, model="scout", max_tokens=4)
     # Errors are counted too: this module has sent plenty of 4xx by now.
-    assert_exported(svc, "ray_infopt_requests", "ray_infopt_stage_latency_ms_bucket",
-                    "ray_infopt_scout_confidence_bucket", "ray_infopt_tokens", 'route="error"', 'status="400"',
-                    'route="scout"', 'stage="scout"',
-                    # The Ingress's per-class forecast (smoothed now, 10 s and the horizon ahead).
-                    "ray_infopt_arrival_rate_forecast", 'priority="interactive"', 'horizon_s="0"', 'horizon_s="10"')
-
-
-def assert_exported(svc: Service, *wanted: str, within_s: float = 90) -> None:
-    """Every `wanted` fragment appears on Ray's Prometheus endpoint within `within_s` (metrics are pushed late)."""
-    deadline, text = time.monotonic() + within_s, ""
-    while time.monotonic() < deadline:
-        text = httpx.get(svc.metrics_url, timeout=10).text
-        if all(w in text for w in wanted):
-            break
-        time.sleep(3)
-    missing = [w for w in wanted if w not in text]
+    missing = unexported(svc, "ray_infopt_requests", "ray_infopt_stage_latency_ms_bucket",
+                         "ray_infopt_scout_confidence_bucket", "ray_infopt_tokens", 'route="error"', 'status="400"',
+                         'route="scout"', 'stage="scout"',
+                         # The Ingress's per-class forecast (smoothed now, 10 s and the horizon ahead).
+                         "ray_infopt_arrival_rate_forecast", 'priority="interactive"', 'horizon_s="0"',
+                         'horizon_s="10"')
     assert not missing, f"not exported: {missing}"
 
 
@@ -373,5 +363,6 @@ def test_draft_and_engine_cache_metrics_are_exported(svc: Service, client: httpx
         r = chat(client, model="validator", max_tokens=1,
                  messages=[{"role": "system", "content": system}, {"role": "user", "content": question}])
         assert r.status_code == 200, r.text
-    assert_exported(svc, "ray_infopt_drafts_verified", "ray_infopt_draft_tokens", 'source="scout"',
-                    'kind="accepted"', 'kind="saved"', "prefix_cache_queries", "prefix_cache_hits")
+    missing = unexported(svc, "ray_infopt_drafts_verified", "ray_infopt_draft_tokens", 'source="scout"',
+                         'kind="accepted"', 'kind="saved"', "prefix_cache_queries", "prefix_cache_hits")
+    assert not missing, f"not exported: {missing}"
