@@ -12,25 +12,19 @@ it waits for that answer instead of computing it again. The first caller of a ke
 * a key is forgotten as soon as its flight ends, so a later request computes afresh
   (the cache, not this, keeps answers).
 
-Streams: a streaming leader cannot hand its chunks to followers cheaply, but followers
-can wait for its *finished* answer: the leader opens a flight with `lead`, streams, and
-calls `Lead.resolve(generation)` at the end (or `fail`/`abandon`); followers call
-`follow` and get the finished value (or `FlightAbandoned`, after which they compute
-themselves).
+Streams: a streamed request may `follow` a flight in progress: it waits for the finished
+value as one more waiter (so its client leaving counts like any other's) and replays it. A
+streamed computation itself is not shared.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
-
-
-class FlightAbandoned(RuntimeError):
-    """The leader gave up (e.g. its stream was dropped) without an answer: compute it yourself."""
 
 
 @dataclass
@@ -38,32 +32,6 @@ class _Flight(Generic[T]):
     future: asyncio.Future[T]
     task: asyncio.Task[None] | None = None
     waiters: int = 0
-    followers: int = field(default=0)
-
-
-class Lead(Generic[T]):
-    """The leader's side of a flight opened with `Coalescer.lead` (streaming)."""
-
-    def __init__(self, owner: Coalescer[T], key: str, flight: _Flight[T]) -> None:
-        self._owner, self.key, self._flight = owner, key, flight
-
-    def resolve(self, value: T) -> None:
-        """Hand the finished value to the followers and close the flight."""
-        self._finish(lambda f: f.set_result(value))
-
-    def fail(self, exc: BaseException) -> None:
-        """Hand an error to the followers and close the flight."""
-        self._finish(lambda f: f.set_exception(exc))
-
-    def abandon(self) -> None:
-        """No answer will come (idempotent; a no-op after resolve/fail)."""
-        self._finish(lambda f: f.set_exception(FlightAbandoned(f"the leader of {self.key[:16]} gave up")))
-
-    def _finish(self, settle: Callable[[asyncio.Future[T]], None]) -> None:
-        if not self._flight.future.done():
-            settle(self._flight.future)
-            _mark_seen(self._flight.future)
-        self._owner._forget(self.key, self._flight)
 
 
 class Coalescer(Generic[T]):
@@ -79,21 +47,37 @@ class Coalescer(Generic[T]):
         return len(self._flights)
 
     def __contains__(self, key: str) -> bool:
-        return key in self._flights
+        """Whether a flight for `key` can be joined now."""
+        return self._live(key) is not None
+
+    def _live(self, key: str) -> _Flight[T] | None:
+        """The flight in progress for `key`, unless it is ending (its last waiter left)."""
+        flight = self._flights.get(key)
+        if flight is None or flight.future.done() or (flight.task is not None and flight.task.cancelling()):
+            return None
+        return flight
 
     async def run(self, key: str, compute: Callable[[], Awaitable[T]]) -> tuple[T, bool]:
         """`compute()` once per key at a time; returns (value, shared) where `shared` is True for followers."""
-        flight = self._flights.get(key)
-        if flight is not None and (flight.future.done() or (flight.task is not None and flight.task.cancelling())):
-            flight = None  # ending (its last waiter left): start a new one rather than share its cancellation
-        shared = flight is not None
+        flight = self._live(key)  # an ending flight is not joined: its cancellation is not shared
         if flight is None:
             loop = asyncio.get_running_loop()
             flight = _Flight(loop.create_future())
             flight.task = loop.create_task(self._drive(key, flight, compute), name=f"coalesce:{key[:16]}")
             self._flights[key] = flight
-        else:
-            self.coalesced += 1
+            return await self._wait(flight), False
+        self.coalesced += 1
+        return await self._wait(flight), True
+
+    async def follow(self, key: str) -> T:
+        """Wait for the value of the flight in progress for `key`, as one more waiter (KeyError when none)."""
+        flight = self._live(key)
+        if flight is None:
+            raise KeyError(key)
+        self.coalesced += 1
+        return await self._wait(flight)
+
+    async def _wait(self, flight: _Flight[T]) -> T:
         flight.waiters += 1
         try:
             value = await asyncio.shield(flight.future)
@@ -103,7 +87,7 @@ class Coalescer(Generic[T]):
                 flight.task.cancel()  # the last waiter left: nobody needs the answer
             raise
         flight.waiters -= 1
-        return value, shared
+        return value
 
     async def _drive(self, key: str, flight: _Flight[T], compute: Callable[[], Awaitable[T]]) -> None:
         # Outcomes go to the shared future, never out of this task (nobody awaits the task itself).
@@ -121,21 +105,6 @@ class Coalescer(Generic[T]):
                 flight.future.set_result(value)
         finally:
             self._forget(key, flight)
-
-    def lead(self, key: str) -> Lead[T] | None:
-        """Open a flight the caller drives itself (streaming); None when one is already in flight."""
-        if key in self._flights:
-            return None
-        flight: _Flight[T] = _Flight(asyncio.get_running_loop().create_future())
-        self._flights[key] = flight
-        return Lead(self, key, flight)
-
-    async def follow(self, key: str) -> T:
-        """Wait for the value of the flight in progress for `key` (KeyError when none)."""
-        flight = self._flights[key]
-        self.coalesced += 1
-        flight.followers += 1
-        return await asyncio.shield(flight.future)
 
     def _forget(self, key: str, flight: _Flight[T]) -> None:
         if self._flights.get(key) is flight:

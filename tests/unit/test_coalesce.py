@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from serving.coalesce import Coalescer, FlightAbandoned
+from serving.coalesce import Coalescer
 from serving.engines.base import GenerationRequest
 from tests.unit.fakes import FakeEngine
 
@@ -107,32 +107,22 @@ def test_the_work_is_cancelled_when_every_waiter_has_gone():
     assert finished == []
 
 
-def test_streaming_leader_hands_its_finished_answer_to_followers():
+def test_a_follower_is_a_waiter_like_the_others():
+    """A streamed request following a flight keeps it alive when the request that started it leaves,
+    and can no longer follow once the flight is over."""
     async def main():
         flights: Coalescer = Coalescer()
-        lead = flights.lead("k")
-        assert lead is not None and flights.lead("k") is None  # one leader per key
-        followers = [asyncio.create_task(flights.follow("k")) for _ in range(3)]
+        leader = asyncio.create_task(flights.run("k", lambda: asyncio.sleep(0.05, result="answer")))
+        await asyncio.sleep(0)
+        assert "k" in flights
+        follower = asyncio.create_task(flights.follow("k"))
         await asyncio.sleep(0.01)
-        lead.resolve("streamed answer")
-        values = await asyncio.gather(*followers)
+        leader.cancel()  # the first client hangs up; the follower still needs the answer
+        with pytest.raises(asyncio.CancelledError):
+            await leader
+        value = await follower
         with pytest.raises(KeyError):
             await flights.follow("k")  # flight over: nothing to follow
-        return values
+        return value, len(flights), flights.coalesced
 
-    assert asyncio.run(main()) == ["streamed answer"] * 3
-
-
-def test_abandoned_stream_tells_followers_to_compute_themselves():
-    async def main():
-        flights: Coalescer = Coalescer()
-        lead = flights.lead("k")
-        follower = asyncio.create_task(flights.follow("k"))
-        await asyncio.sleep(0)
-        lead.abandon()
-        lead.abandon()  # idempotent
-        with pytest.raises(FlightAbandoned):
-            await follower
-        return len(flights)
-
-    assert asyncio.run(main()) == 0
+    assert asyncio.run(main()) == ("answer", 0, 1)
