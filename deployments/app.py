@@ -79,7 +79,7 @@ def application_autoscaling_policy(config: AppConfig) -> dict[str, Any] | None:
 
 def build_embedder(config: AppConfig) -> Application | None:
     """The Embedder deployment, when the cache or the analyzer needs it."""
-    if not (config.cache.enabled or config.analyzer.enabled):
+    if not config.needs_embedder:
         return None
     emb = config.cache.embedder
     # Resolved here, in the driver: an unprepared embedder fails `serve run` with the fix.

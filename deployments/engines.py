@@ -84,7 +84,6 @@ def build_engine(engine: EngineConfig, role: str, config: AppConfig) -> Any:
 
     draft = None
     if engine.speculative.method == "draft_model":
-        # The Scout's model drafts unless another is named (the laptop pair shares a tokenizer).
-        draft = config.resolve_model(engine.speculative.draft_model or config.scout.model)
+        draft = config.resolve_model(config.draft_model(engine))
     llm_config = LLMConfig(**llm_config_kwargs(engine, config.resolve_model(engine.model), draft))
     return build_llm_deployment(llm_config, name_prefix="", override_serve_options={"name": role})

@@ -159,7 +159,7 @@ def bench_speculative(spec_profile: str, ps: list[str], max_tokens: int, dtype: 
         engine.dtype = dtype
     if engine.speculative.method == "none":
         engine.speculative.method = "draft_model"
-    draft = config.resolve_model(engine.speculative.draft_model or config.scout.model)
+    draft = config.resolve_model(config.draft_model(engine))
     modes = {"off": None, "on": engine.speculative.max_concurrency, "on, no limit": None}
     results: dict = {"profile": spec_profile, "validator": engine.served_name(), "dtype": engine.dtype,
                      "method": engine.speculative.method, "k": engine.speculative.num_speculative_tokens,

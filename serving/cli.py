@@ -49,7 +49,7 @@ def cmd_models_prepare(ns: argparse.Namespace) -> int:
         config = load_profile(profile)
         cache = Path(ns.cache_dir) if ns.cache_dir else config.cache_dir
         models = [config.scout.model, config.validator.model]
-        if config.cache.enabled:
+        if config.needs_embedder:
             models.append(config.cache.embedder.model)
         for model in models:
             if model in CATALOG:

@@ -75,6 +75,16 @@ class AppConfig(BaseSettings):
         """The folder of the embedded cache store: `cache.path`, or `<cache_dir>/semantic-cache/<profile>`."""
         return self.cache.path or self.cache_dir / "semantic-cache" / self.profile
 
+    @property
+    def needs_embedder(self) -> bool:
+        """Whether the Embedder deployment runs: the cache and the analyzer both embed questions."""
+        return self.cache.enabled or self.analyzer.enabled
+
+    def draft_model(self, engine: EngineConfig) -> str:
+        """The model `engine` speculates with under `draft_model`: the one it names, else the Scout's
+        (the laptop pair shares a tokenizer; other pairs need `heterogeneous_vocab`)."""
+        return engine.speculative.draft_model or self.scout.model
+
     def resolve_model(self, model: str) -> str:
         """Return what vLLM should load for `model` (see `serving.models.resolve`)."""
         from serving.models import resolve

@@ -24,7 +24,7 @@ def main() -> None:
 
     config = load_profile("tiny")
     engine = config.validator.model_copy(update={"speculative": config.validator.speculative.model_validate(spec)})
-    draft = config.resolve_model(engine.speculative.draft_model or config.scout.model)
+    draft = config.resolve_model(config.draft_model(engine))
     kw = llm_config_kwargs(engine, config.resolve_model(engine.model), draft)
     os.environ.update(kw["runtime_env"]["env_vars"])
     os.environ["VLLM_CPU_OMP_THREADS_BIND"] = "0-1"  # alone on the machine during this test
