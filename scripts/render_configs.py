@@ -160,7 +160,7 @@ def values_schema() -> dict[str, Any]:
     app.pop("title", None)
     # Serve's own deployment options (their values are checked by Ray when it applies them).
     options: dict[str, Any] = {key: {} for key in sorted(DeploymentSchema.model_fields)}
-    options["name"] = {"enum": ["Ingress", "Scout", "Validator", "SemanticCache", "Embedder"]}
+    options["name"] = {"enum": ["Ingress", "Scout", "Validator", "SemanticCache", "Embedder", "RequestAnalyzer"]}
     deployments = {"type": "array", "items": _obj(options, required=["name"])}
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",

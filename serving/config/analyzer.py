@@ -108,8 +108,8 @@ class AnalyzerConfig(BaseModel):
     default_priority: str = Field("interactive", description="Priority class of requests that name none.")
     priorities: dict[str, int] = Field(
         default_factory=lambda: {"interactive": 0, "batch": 10},
-        description="Priority classes and their vLLM priority (lower is served first; needs the engine kwarg "
-        "scheduling_policy='priority').",
+        description="Priority classes and their vLLM priority (lower is served first; the engines "
+        "apply it with <engine>.scheduling_policy 'priority', the default).",
     )
     tenant_priorities: dict[str, str] = Field(
         default_factory=dict,

@@ -278,3 +278,12 @@ def test_broken_onprem_configs_are_rejected(config):
     with pytest.raises((jsonschema.ValidationError, click.ClickException, ValueError)):
         prepare_and_validate(config)
 
+
+
+def test_the_chart_schema_accepts_overrides_of_every_deployment(built):
+    """`serve.deployments[].name` in the chart's values schema names every deployment a profile builds."""
+    import json
+
+    schema = json.loads((REPO / "k8s" / "helm" / "inference-optimizer" / "values.schema.json").read_text())
+    names = set(schema["properties"]["serve"]["properties"]["deployments"]["items"]["properties"]["name"]["enum"])
+    assert {d["name"] for deployments in built.values() for d in deployments} <= names
