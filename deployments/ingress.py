@@ -62,6 +62,12 @@ async def _unknown_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(exc)
 
 
+def _bearer_token(request: Request) -> str | None:
+    """The token of an `Authorization: Bearer <token>` header, else None."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else None
+
+
 async def _json_body(request: Request) -> Any:
     raw = await request.body()
     if not raw:
@@ -133,10 +139,8 @@ class Ingress:
     def _priority(self, request: Request) -> Priority:
         """The request's priority class (its API key's tenant, else the priority header, else the default),
         counted as one arrival of that class."""
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        api_key = token.strip() if scheme.lower() == "bearer" else None
         priority = resolve_priority(self.analyzer_config, request.headers.get(self.analyzer_config.priority_header),
-                                    api_key)
+                                    _bearer_token(request))
         self.load.arrival(priority.name)
         if self._exporter is None:
             self._exporter = asyncio.get_running_loop().create_task(self._export_forecasts())
@@ -190,9 +194,8 @@ class Ingress:
             raise InvalidRequestError("the semantic cache is not enabled in this deployment (cache.enabled)")
         key = self.cache_config.admin_key
         if key:
-            given = request.headers.get("authorization", "")
-            scheme, _, token = given.partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), key.encode()):
+            token = _bearer_token(request)
+            if token is None or not hmac.compare_digest(token.encode(), key.encode()):
                 raise AuthenticationError("cache administration needs 'Authorization: Bearer <admin key>'")
         return self.cache
 

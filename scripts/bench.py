@@ -14,8 +14,8 @@ repeats, QQP paraphrase pairs, GSM8K, MT-Bench sessions; greedy; half streamed) 
 - `tiered+cache`: the same with the semantic cache on.
 - `tiered+cache+verified`: and `tiering.verified_escalation` (the Validator verifies the
   Scout's draft instead of regenerating it; non-streamed greedy requests).
-- `+speculative`: added when the Validator config has a `speculative` section (see
-  `speculative_overrides`).
+- `tiered+cache+verified+speculative`: and in-engine speculative decoding for the Validator
+  (the profile's own `validator.speculative`, else n-gram lookup); every other mode has it off.
 
 Measured per mode, printed as ratios to validator-only:
 - Validator compute: CPU-seconds of the Validator replica's process tree (the Ray actor and
@@ -107,23 +107,12 @@ def base_modes() -> list[Mode]:
 SPECULATIVE_DEFAULT = {"method": "ngram"}  # needs no second model and suits any tokenizer
 
 
-def has_speculative() -> bool:
-    """Whether the Validator config has a `speculative` section (the speculative-decoding issue)."""
-    from serving.config import EngineConfig
-
-    return "speculative" in EngineConfig.model_fields
-
-
 def all_modes(base_args: dict[str, Any] | None = None) -> list[Mode]:
-    """The modes to compare; `+speculative` when the config supports it.
-
-    With speculation in the config, every other mode turns it off (so each mode measures one
-    thing) and the last one turns it on: the profile's own `validator.speculative` when it
-    sets a method, else n-gram lookup.
+    """The modes to compare: every mode but the last turns speculation off (so each mode measures one
+    thing) and the last one turns it on: the profile's own `validator.speculative` when it sets a
+    method, else n-gram lookup.
     """
     modes = base_modes()
-    if not has_speculative():
-        return modes
     off = {"validator": {"speculative": {"method": "none"}}}
     for m in modes:
         m.overrides = merge(m.overrides, off)

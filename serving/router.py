@@ -42,6 +42,7 @@ time-to-first-token for a much shorter end-to-end time on small models.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import time
 from collections.abc import AsyncIterator
@@ -233,7 +234,7 @@ class TieredRouter:
             return RoutedStream(_replay(gen, request.logprobs), trace, self.scout.model_id)
         # Decided now, not when the generator first runs: the header is sent before any chunk.
         verify = self._approve(draft, request)
-        trace.tier, trace.reason = "validator", self._validator_reason(model, trace, verify, plan)
+        trace.tier, trace.reason = "validator", self._validator_reason(model, trace, verify)
         return RoutedStream(
             self._validator_stream(request, trace, started, admission, verify, _paused_note(draft)), trace,
             self.validator.model_id,
@@ -283,7 +284,7 @@ class TieredRouter:
 
     def _slot(self, request: GenerationRequest) -> Any:
         """Our queue for engine work: by priority when a gate is configured."""
-        return self.gate.slot(request.priority) if self.gate is not None else _NO_GATE
+        return self.gate.slot(request.priority) if self.gate is not None else contextlib.nullcontext()
 
     def _new_trace(self, model: str, threshold: float | None) -> RouteTrace:
         return RouteTrace(
@@ -331,7 +332,7 @@ class TieredRouter:
             admission.vector = found.vector
             draft = None
             if found.draft is not None:
-                draft = Draft(found.draft.answer, "cache", similarity=found.draft_similarity, entry_id=found.draft.id)
+                draft = Draft(found.draft.answer, "cache", similarity=found.draft_similarity)
                 detail["near_miss"] = {"similarity": round(found.draft_similarity or 0.0, 4), "entry": found.draft.id}
             self._record(trace, "cache", "miss", t0, **detail)
             return None, admission, draft
@@ -435,8 +436,7 @@ class TieredRouter:
             self._record(trace, "scout", "skipped", time.perf_counter(), reason="near_miss_draft")
         return True
 
-    def _validator_reason(self, model: str, trace: RouteTrace, draft: Draft | None = None,
-                          plan: RoutePlan | None = None) -> str:
+    def _validator_reason(self, model: str, trace: RouteTrace, draft: Draft | None = None) -> str:
         if model == "validator":
             return "forced"
         if draft is not None and draft.source == "cache":
@@ -580,18 +580,6 @@ def _paused_note(draft: Draft | None) -> dict[str, object]:
         return {}
     return {"verify_paused": draft.source, "recent_acceptance": draft.paused}
 
-
-class _NoGate:
-    """An async context manager that admits everyone at once."""
-
-    async def __aenter__(self) -> None:
-        return None
-
-    async def __aexit__(self, *exc: object) -> None:
-        return None
-
-
-_NO_GATE = _NoGate()
 
 # Before every non-space that follows a space: word-sized pieces that join back to the text.
 _WORD_START = re.compile(r"(?<=\s)(?=\S)")

@@ -62,9 +62,8 @@ class Draft:
 
     text: str
     source: DraftSource
-    # For a cache draft: the similarity of the cached question and the entry's id.
+    # For a cache draft: the similarity of the cached question.
     similarity: float | None = None
-    entry_id: str | None = None
     # Decided once by the router: verify it (True), or not (False; `paused` holds the recent
     # acceptance when that was the reason).
     approved: bool | None = None

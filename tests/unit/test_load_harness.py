@@ -269,14 +269,13 @@ def test_bench_modes_and_overrides() -> None:
     assert bench.merge(base, modes[bench.BASELINE].overrides)["tiering"]["enabled"] is False
     verified = bench.merge(base, modes["tiered+cache+verified"].overrides)
     assert verified["tiering"]["verified_escalation"] is True and verified["cache"]["enabled"] is True
-    spec = modes.get("tiered+cache+verified+speculative")
-    assert (spec is not None) == bench.has_speculative()
-    if spec is not None:  # only the last mode speculates; it differs from the one before only by that
-        for m in list(modes.values())[:-1]:
-            assert bench.merge(base, m.overrides)["validator"]["speculative"]["method"] == "none"
-        on = bench.merge(base, spec.overrides)
-        assert on["validator"]["speculative"]["method"] != "none"
-        before = bench.merge(base, modes["tiered+cache+verified"].overrides)
-        on["validator"].pop("speculative")
-        before["validator"].pop("speculative")
-        assert on == before
+    spec = modes["tiered+cache+verified+speculative"]
+    # Only the last mode speculates; it differs from the one before only by that.
+    for m in list(modes.values())[:-1]:
+        assert bench.merge(base, m.overrides)["validator"]["speculative"]["method"] == "none"
+    on = bench.merge(base, spec.overrides)
+    assert on["validator"]["speculative"]["method"] != "none"
+    before = bench.merge(base, modes["tiered+cache+verified"].overrides)
+    on["validator"].pop("speculative")
+    before["validator"].pop("speculative")
+    assert on == before
