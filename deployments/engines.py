@@ -7,6 +7,7 @@ the command that fixes it.
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Any
 
 from serving.config import AppConfig, EngineConfig
@@ -78,10 +79,24 @@ def llm_config_kwargs(engine: EngineConfig, model_source: str, draft_source: str
     return kwargs
 
 
+def check_proposer(engine: EngineConfig) -> None:
+    """Fail `serve run` at once, with the fix, when the engine's speculative proposer is not installed.
+
+    Suffix decoding comes from arctic-inference, an optional extra built from source (no wheel);
+    without it vLLM would fail deep inside the replica, minutes later.
+    """
+    if engine.speculative.method == "suffix" and importlib.util.find_spec("arctic_inference") is None:
+        raise RuntimeError(
+            "speculative method 'suffix' needs arctic-inference: pip install 'inference-optimizer[suffix]' "
+            "(a source build, on GPU machines), or choose speculative.method 'ngram' or 'draft_model'"
+        )
+
+
 def build_engine(engine: EngineConfig, role: str, config: AppConfig) -> Any:
     """A bound LLMServer deployment named `role` ("Scout" or "Validator")."""
     from ray.serve.llm import LLMConfig, build_llm_deployment
 
+    check_proposer(engine)
     draft = None
     if engine.speculative.method == "draft_model":
         draft = config.resolve_model(config.draft_model(engine))

@@ -454,11 +454,21 @@ class TieredRouter:
         reason = self._validator_reason(model, trace, approved)
         t0 = time.perf_counter()
         verify = approved is not None
+        note = _paused_note(draft)
         try:
             if verify:
                 assert draft is not None
-                verified = await asyncio.wait_for(self.validator.verify(request, draft.text), self.validator_timeout_s)
-                gen = verified.generation
+                try:
+                    verified = await asyncio.wait_for(self.validator.verify(request, draft.text),
+                                                      self.validator_timeout_s)
+                    gen = verified.generation
+                except RequestError as exc:
+                    # The draft could not be scored (prompt + draft past the context window, say):
+                    # verification may make an answer cheaper, never fail it. What is left of the
+                    # time budget goes to plain generation.
+                    verify, note = False, {"verify_failed": exc.code or exc.type}
+                    left = self.validator_timeout_s - (time.perf_counter() - t0)
+                    gen = await self._call(self.validator, request, max(left, 0.001))
             else:
                 gen = await self._call(self.validator, request, self.validator_timeout_s)
         except TimeoutError:
@@ -473,7 +483,7 @@ class TieredRouter:
             self._record_verified(trace, t0, draft, verified.outcome, gen.usage.completion_tokens, gen.finish_reason)
         else:
             self._record(trace, "validator", "answered", t0, tokens=gen.usage.completion_tokens,
-                         finish_reason=gen.finish_reason, **_paused_note(draft))
+                         finish_reason=gen.finish_reason, **note)
         self.metrics.tokens("validator", gen.usage.prompt_tokens, gen.usage.completion_tokens)
         trace.tier, trace.reason = "validator", reason
         return gen
@@ -528,6 +538,13 @@ class TieredRouter:
                     chunk = await asyncio.wait_for(anext(chunks), max(deadline - loop.time(), 0.001))
                 except StopAsyncIteration:
                     break
+                except RequestError as exc:
+                    if draft is None or parts:
+                        raise
+                    # The draft could not be scored and nothing was sent yet: stream plainly.
+                    draft, note = None, {"verify_failed": exc.code or exc.type}
+                    chunks = self.validator.stream(request)
+                    continue
                 if chunk.usage is not None:
                     tokens = chunk.usage.completion_tokens
                     usage = chunk.usage

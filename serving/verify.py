@@ -17,7 +17,10 @@ rule: the draft would need the Scout's full distribution at every position, whic
 API does not return. (Inside the engine, vLLM's speculative decoding does apply the
 standard speculative-sampling rule to sampled requests; see `SpeculativeConfig`.)
 Requests with stop strings (a stop string inside the accepted prefix would need the
-engine's stop logic) and logprob requests also use plain generation. The draft is text,
+engine's stop logic), logprob requests and requests with presence or frequency penalties
+(the scoring pass reads plain greedy choices) also use plain generation. A draft that
+cannot be scored (prompt + draft do not fit the Validator's context) falls back to plain
+generation too: verification may make an answer cheaper, never fail it. The draft is text,
 re-tokenised with the Validator's tokenizer, so Scout and Validator need not share a
 vocabulary.
 
@@ -49,6 +52,10 @@ def can_verify(request: GenerationRequest) -> str | None:
     """Why `request` cannot use verified escalation (None: it can)."""
     if request.temperature != 0:
         return "sampled"
+    if request.presence_penalty or request.frequency_penalty:
+        # Penalties change the Validator's choice by what came before; the scoring pass reads
+        # plain greedy choices, so an accepted prefix would not be the penalised answer.
+        return "penalties"
     if request.stop:
         return "stop_strings"
     if request.logprobs:

@@ -90,8 +90,12 @@ def test_gpu_profile_maps_to_tensor_parallel_bundles():
     from deployments.engines import llm_config_kwargs
 
     cfg = load_profile("gpu-a100x4")
-    kw = llm_config_kwargs(cfg.validator, cfg.validator.model)
+    kw = llm_config_kwargs(cfg.validator, cfg.validator.model, cfg.draft_model(cfg.validator))
     assert kw["engine_kwargs"]["tensor_parallel_size"] == 2
+    # The Scout's model drafts for the Validator (one tokenizer), and stops above 8 sequences.
+    spec = kw["engine_kwargs"]["speculative_config"]
+    assert spec["method"] == "draft_model" and spec["model"] == cfg.scout.model
+    assert spec["num_speculative_tokens_per_batch_size"] == [[1, 8, 4], [9, cfg.validator.max_num_seqs, 0]]
     assert kw["placement_group_config"] == {"bundles": [{"GPU": 1, "CPU": 1}] * 2, "strategy": "STRICT_PACK"}
     assert kw["accelerator_type"] == "A100"
     assert kw["runtime_env"] is None
@@ -116,10 +120,10 @@ def test_llm_config_accepts_our_kwargs():
 
     from deployments.engines import llm_config_kwargs
 
-    for profile in ("tiny", "gpu-a100x4"):
+    for profile in ("tiny", "gpu-a100x4", "gpu-h100x8"):
         cfg = load_profile(profile)
         for engine in (cfg.scout, cfg.validator):
-            llm = LLMConfig(**llm_config_kwargs(engine, engine.model))
+            llm = LLMConfig(**llm_config_kwargs(engine, engine.model, cfg.draft_model(engine)))
             assert llm.model_id == engine.served_name()
             assert llm.engine_kwargs["max_model_len"] == engine.max_model_len
             uses_gpu = any(b.get("GPU") for b in llm.placement_group_config["bundles"])

@@ -13,6 +13,7 @@ from serving.cache.keys import cache_key
 from serving.cache.semantic import CachedAnswer, SemanticCache
 from serving.config import CacheConfig, TieringConfig
 from serving.engines.base import GenerationChunk, GenerationRequest, Usage
+from serving.errors import ContextLengthExceededError
 from serving.router import TieredRouter
 from serving.verify import DraftOutcome, Verified
 from tests.unit.fakes import FakeEmbedder, FakeEngine
@@ -234,3 +235,78 @@ def test_the_router_stops_verifying_drafts_that_are_always_rejected():
 
     stream, chunks = run(go())
     assert chunks[0].draft is None and stream.trace.stages[-1].detail["verify_paused"] == "scout"
+
+
+# -- a draft that cannot be scored never fails the request ---------------------------------
+
+
+class OverflowingEngine(VerifyingEngine):
+    """Prompt + draft do not fit its context window; the prompt alone does."""
+
+    async def verify(self, request, draft):
+        self.drafts.append(draft)
+        raise ContextLengthExceededError("prompt + draft exceed the context window")
+
+    async def verify_stream(self, request, draft) -> AsyncIterator[GenerationChunk]:
+        self.drafts.append(draft)
+        raise ContextLengthExceededError("prompt + draft exceed the context window")
+        yield GenerationChunk()  # pragma: no cover - makes this an async generator
+
+
+def test_a_draft_that_cannot_be_scored_falls_back_to_plain_generation():
+    scout = FakeEngine("small", ["Par", "is", ".", ""], UNSURE)
+    validator = OverflowingEngine("large", ["Paris", " is", " the", " capital."])
+    router = TieredRouter(scout, validator, TieringConfig(threshold=0.5, verified_escalation=True))
+    out = run(router.complete(req("a question")))
+    assert validator.drafts == ["Paris."]  # it tried
+    assert out.generation.text == "Paris is the capital." and out.trace.reason == "escalated"
+    last = out.trace.stages[-1]
+    assert (last.stage, last.decision) == ("validator", "answered")
+    assert last.detail["verify_failed"] == "context_length_exceeded"
+
+    async def go():
+        stream = await router.open_stream(req("another question"))
+        return stream, [c async for c in stream.chunks]
+
+    stream, chunks = run(go())
+    assert len(validator.drafts) == 2 and all(c.draft is None for c in chunks)
+    assert "".join(c.text for c in chunks) == "Paris is the capital."
+    last = stream.trace.stages[-1]
+    assert (last.stage, last.decision) == ("validator", "answered")
+    assert last.detail["verify_failed"] == "context_length_exceeded"
+
+
+def test_verification_is_not_tried_on_penalised_requests():
+    scout = FakeEngine("small", ["Par", "is", ".", ""], UNSURE)
+    validator = VerifyingEngine("large", ["Paris", " is", " the", " capital."])
+    router = TieredRouter(scout, validator, TieringConfig(threshold=0.5, verified_escalation=True))
+    out = run(router.complete(req("a question", frequency_penalty=0.5)))
+    assert validator.drafts == [] and out.trace.stages[-1].decision == "answered"
+
+
+def test_verified_drafts_reach_the_metrics_with_their_token_counts(setup):
+    from serving.metrics import Metrics
+
+    class Drafts(Metrics):
+        def __init__(self) -> None:
+            self.drafts: list[tuple[int, int, str, int]] = []
+
+        def draft(self, proposed: int, accepted: int, source: str = "scout", saved: int = 0) -> None:
+            self.drafts.append((proposed, accepted, source, saved))
+
+    metrics = Drafts()
+    scout = FakeEngine("small", ["Par", "is", ".", ""], UNSURE)
+    validator = VerifyingEngine("large", ["Paris", " is", " the", " capital."])
+    router = TieredRouter(scout, validator, TieringConfig(threshold=0.5, verified_escalation=True), metrics=metrics)
+    out = run(router.complete(req("one question")))
+    detail = out.trace.stages[-1].detail
+    # The fake proposes one token per word of "Paris." and accepts the first, plus its correction.
+    assert metrics.drafts == [(1, 1, "scout", 2)]
+    assert (detail["draft_tokens"], detail["accepted_tokens"], detail["saved_tokens"]) == (1, 1, 2)
+
+    async def go():
+        stream = await router.open_stream(req("another question"))
+        return [c async for c in stream.chunks]
+
+    run(go())
+    assert metrics.drafts == [(1, 1, "scout", 2)] * 2  # a streamed verification counts the same

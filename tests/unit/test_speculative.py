@@ -48,6 +48,21 @@ def test_bad_settings_are_rejected():
         SpeculativeConfig(num_speculative_tokens=0)
 
 
+def test_suffix_decoding_without_arctic_inference_fails_at_once_with_the_fix(monkeypatch):
+    import importlib.util
+
+    from deployments import engines
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "arctic_inference" else real(name, *a))
+    with pytest.raises(RuntimeError, match=r"inference-optimizer\[suffix\]"):
+        engines.check_proposer(EngineConfig(model="m", speculative={"method": "suffix"}))
+    engines.check_proposer(EngineConfig(model="m", speculative={"method": "ngram"}))  # the others need nothing
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object())
+    engines.check_proposer(EngineConfig(model="m", speculative={"method": "suffix"}))  # installed: fine
+
+
 def _kwargs(engine: EngineConfig, draft: str | None = None) -> dict:
     from deployments.engines import llm_config_kwargs
 

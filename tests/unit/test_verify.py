@@ -41,6 +41,9 @@ def test_only_plain_greedy_requests_are_verified():
     assert can_verify(GenerationRequest(**{**base, "temperature": 0.7})) == "sampled"
     assert can_verify(GenerationRequest(**base, stop=["\n"])) == "stop_strings"
     assert can_verify(GenerationRequest(**base, logprobs=True)) == "logprobs"
+    # A penalised greedy answer is not the plain greedy choice the scoring pass reads.
+    assert can_verify(GenerationRequest(**base, presence_penalty=0.5)) == "penalties"
+    assert can_verify(GenerationRequest(**base, frequency_penalty=-0.3)) == "penalties"
 
 
 class ScriptedHandle:
