@@ -67,9 +67,9 @@ class SemanticCacheDeployment:
         if self._sweeper is None or self._sweeper.done():
             self._sweeper = asyncio.get_running_loop().create_task(self.cache.sweep_forever(self.sweep_interval_s))
 
-    async def lookup(self, key: CacheKey) -> CacheLookup:
+    async def lookup(self, key: CacheKey, *, vector: list[float] | None = None) -> CacheLookup:
         self._ensure_sweeper()
-        return await self.cache.lookup(key)
+        return await self.cache.lookup(key, vector=vector)
 
     async def admit(self, key: CacheKey, answer: CachedAnswer, *, vector: list[float] | None = None,
                     ttl_s: float | None = None, tags: list[str] | None = None) -> str:

@@ -109,7 +109,7 @@ class Ingress:
             analyzer=ServeRequestAnalyzer(analyzer) if analyzer is not None else None,
             analyzer_timeout_s=config.analyzer.timeout_s,
             coalescer=Coalescer() if api.coalesce else None,
-            gate=PriorityGate(api.max_in_flight) if api.max_in_flight else None,
+            gate=PriorityGate(api.max_in_flight, aging_per_s=api.priority_aging_per_s) if api.max_in_flight else None,
         )
         self.service = OpenAIService(router, config.api)
 

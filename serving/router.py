@@ -156,7 +156,7 @@ class TieredRouter:
         started = time.perf_counter()
         try:
             request, plan = await self._analyzer_stage(request, model, priority, trace)
-            gen, admission, draft = await self._cache_stage(request, model, cache, trace)
+            gen, admission, draft = await self._cache_stage(request, model, cache, trace, plan)
             if gen is None:
                 key = self._flight_key(request, model, cache, admission)
                 if key is None or self.coalescer is None:
@@ -207,7 +207,7 @@ class TieredRouter:
         started = time.perf_counter()
         try:
             request, plan = await self._analyzer_stage(request, model, priority, trace)
-            gen, admission, draft = await self._cache_stage(request, model, cache, trace)
+            gen, admission, draft = await self._cache_stage(request, model, cache, trace, plan)
             if gen is not None:
                 self._finish(trace, started)
                 return RoutedStream(_replay(gen, False), trace, gen.model)
@@ -294,10 +294,12 @@ class TieredRouter:
         )
 
     async def _cache_stage(
-        self, request: GenerationRequest, model: str, control: CacheControl | None, trace: RouteTrace
+        self, request: GenerationRequest, model: str, control: CacheControl | None, trace: RouteTrace,
+        plan: RoutePlan | None = None,
     ) -> tuple[Generation | None, _Admission | None, Draft | None]:
         """Serve from the cache when it has the answer; otherwise say how to admit the new one
-        (and hand over a near miss as a draft)."""
+        (and hand over a near miss as a draft). The analyzer's embedding of the same question is
+        reused: the request is embedded once."""
         if self.cache is None:
             return None, None, None
         cfg, control = self.cache_config, control or CacheControl()
@@ -316,8 +318,9 @@ class TieredRouter:
         if control.mode == "refresh":
             self._record(trace, "cache", "skipped", t0, reason="refresh")
             return None, admission, None
+        vector = plan.embedding if plan is not None and key.question and plan.question == key.question else None
         try:
-            found = await asyncio.wait_for(self.cache.lookup(key), cfg.timeout_s)
+            found = await asyncio.wait_for(self.cache.lookup(key, vector=vector), cfg.timeout_s)
         except TimeoutError:
             self._record(trace, "cache", "bypass", t0, error=f"lookup took longer than {cfg.timeout_s:g} s")
             return None, None, None
@@ -325,6 +328,8 @@ class TieredRouter:
             self._record(trace, "cache", "bypass", t0, error=f"{type(exc).__name__}: {exc}"[:300])
             return None, None, None
         detail: dict[str, object] = {"namespace": key.namespace}
+        if vector is not None and found.decision != "exact_hit":
+            detail["embedding"] = "analyzer"  # the semantic lookup reused it, not computed again
         if found.rejected:
             detail["guard_rejected"] = found.rejected
         entry = found.entry

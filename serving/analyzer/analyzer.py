@@ -19,6 +19,7 @@ from serving.analyzer.complexity import ComplexityModel
 from serving.analyzer.plan import RoutePlan, Strategy
 from serving.analyzer.profile import RequestProfile, TokenCounter, profile_request, question_text
 from serving.cache.embedder import Embedder
+from serving.cache.keys import normalize
 from serving.config import AnalyzerConfig
 from serving.engines.base import GenerationRequest
 
@@ -59,7 +60,8 @@ class RequestAnalyzer:
     async def analyze_many(self, items: Sequence[AnalysisInput]) -> list[RoutePlan]:
         """Plans of a batch: one embedding call for all questions, then one scoring pass."""
         profiles = [self.profile(i.request) for i in items]
-        texts = [question_text(i.request) for i in items]
+        # Normalised as the cache normalises its question, so the cache can reuse the vector.
+        texts = [normalize(question_text(i.request)) for i in items]
         embeddings: np.ndarray | None = None
         error: str | None = None
         try:
@@ -69,7 +71,11 @@ class RequestAnalyzer:
             error = f"embedder took longer than {self.config.timeout_s:g} s"
         except Exception as exc:  # the analysis is advice: any failure leaves the default path
             error = f"{type(exc).__name__}: {exc}"[:300]
-        return self.plans(items, profiles, embeddings, error)
+        plans = self.plans(items, profiles, embeddings, error)
+        if embeddings is not None:
+            for plan, text, vector in zip(plans, texts, embeddings.tolist(), strict=True):
+                plan.question, plan.embedding = text, vector
+        return plans
 
     def profile(self, request: GenerationRequest) -> RequestProfile:
         """The request's profile with the engine's token count."""

@@ -30,6 +30,12 @@ class RoutePlan(BaseModel):
     max_tokens: int = Field(description="Predicted answer length in tokens, for resource planning.")
     model_version: str | None = Field(description="Version of the complexity model that scored the request.")
     error: str | None = Field(None, description="Why the complexity is missing (embedder down or slow).")
+    # Handed on, not recorded: the cache's semantic lookup reuses the analyzer's embedding of the
+    # same question instead of embedding it again (one Embedder round-trip per request, not two).
+    question: str | None = Field(None, description="The text that was embedded (the cache's normalised question).")
+    embedding: list[float] | None = Field(
+        None, description="Embedding of `question` by the shared Embedder; None when the embedder failed."
+    )
 
     def trace_detail(self) -> dict[str, Any]:
         """A compact form for `StageRecord.detail` of the ``analyzer`` stage."""
@@ -42,6 +48,7 @@ class RoutePlan(BaseModel):
             "prompt_tokens": p.prompt_tokens,
             "turns": p.turns,
             "predicted_max_tokens": self.max_tokens,
+            "model_version": self.model_version,
             "signals": [s for s in ("code", "math", "reasoning", "short_answer") if getattr(p, s)],
         }
         if self.error:

@@ -18,8 +18,8 @@ class ServeResponseCache(ResponseCache):
     def __init__(self, handle: Any) -> None:
         self._handle = handle
 
-    async def lookup(self, key: CacheKey) -> CacheLookup:
-        return await self._handle.lookup.remote(key)
+    async def lookup(self, key: CacheKey, *, vector: list[float] | None = None) -> CacheLookup:
+        return await self._handle.lookup.remote(key, vector=vector)
 
     async def admit(self, key: CacheKey, answer: CachedAnswer, *, vector: list[float] | None = None,
                     ttl_s: float | None = None, tags: list[str] | None = None) -> str:

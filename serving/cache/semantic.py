@@ -82,8 +82,12 @@ class ResponseCache(ABC):
     """A cache of final answers, consulted before generation and fed after it."""
 
     @abstractmethod
-    async def lookup(self, key: CacheKey) -> CacheLookup:
-        """Find an answer for `key` (exact, then semantic)."""
+    async def lookup(self, key: CacheKey, *, vector: list[float] | None = None) -> CacheLookup:
+        """Find an answer for `key` (exact, then semantic).
+
+        `vector` is `key.question` already embedded by the same embedder (the request
+        analyzer's), so the semantic lookup need not embed it again.
+        """
 
     @abstractmethod
     async def admit(self, key: CacheKey, answer: CachedAnswer, *, vector: list[float] | None = None,
@@ -132,14 +136,14 @@ class SemanticCache(ResponseCache):
 
     # -- lookup ---------------------------------------------------------------------------
 
-    async def lookup(self, key: CacheKey) -> CacheLookup:
+    async def lookup(self, key: CacheKey, *, vector: list[float] | None = None) -> CacheLookup:
         t0 = time.perf_counter()
-        result = await self._lookup(key)
+        result = await self._lookup(key, vector)
         self.metrics.cache_lookup(result.decision, (time.perf_counter() - t0) * 1000)
         self._count(result.decision)
         return result
 
-    async def _lookup(self, key: CacheKey) -> CacheLookup:
+    async def _lookup(self, key: CacheKey, vector: list[float] | None = None) -> CacheLookup:
         now = self.clock()
         found = await self._store(self.store.get, [entry_id(key.exact)])
         if found and found[0].expires_at > now and found[0].namespace == key.namespace:
@@ -148,7 +152,8 @@ class SemanticCache(ResponseCache):
             return CacheLookup("exact_hit", entry, similarity=1.0)
         if key.question is None:
             return CacheLookup("miss")
-        (vector,) = await self.embedder.embed([key.question])
+        if vector is None or len(vector) != self.embedder.dimension:
+            (vector,) = await self.embedder.embed([key.question])
         match = Match(namespace=key.namespace, model=key.model, fingerprint=key.fingerprint, context=key.context,
                       params=key.params, now=now)
         serve_at, draft_at = self.config.similarity_threshold, self.config.draft_threshold

@@ -36,6 +36,11 @@ class ApiConfig(BaseModel):
         32, ge=1, description="Generations one ingress replica runs at once; more wait in our priority queue "
         "(interactive before batch). None: no queue of our own (Ray Serve's and vLLM's only).",
     )
+    priority_aging_per_s: float = Field(
+        0.5, ge=0, description="In that queue, a waiting request's priority value drops by this much per second "
+        "waited, so batch traffic is delayed, never starved (batch, 10, waiting 20 s competes as interactive, 0). "
+        "0: strict priority.",
+    )
 
     @field_validator("resources")
     @classmethod

@@ -308,6 +308,13 @@ def test_the_analyzers_plan_is_in_the_route_and_hard_prompts_skip_the_scout(clie
     assert plan["detail"]["complexity"] > easy["route"]["stages"][0]["detail"]["complexity"]
     if plan["decision"] == "validator_direct":
         assert hard["route"]["stages"][1]["decision"] == "skipped" and hard["route"]["reason"] == "validator_direct"
+    # With the cache on, its lookup reuses the analyzer's embedding (the request is embedded once).
+    q = "Which is the largest ocean on Earth?"
+    used = client.post("/v1/chat/completions", json={**body, "cache": {"namespace": "embed-once"},
+                                                     "messages": [{"role": "user", "content": q}]}).json()
+    stages = used["route"]["stages"]
+    assert stages[0]["detail"]["model_version"] and stages[1]["stage"] == "cache", used["route"]
+    assert stages[1]["decision"] == "miss" and stages[1]["detail"]["embedding"] == "analyzer", used["route"]
 
 
 def test_an_unknown_priority_class_is_a_400(client: httpx.Client):

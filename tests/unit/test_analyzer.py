@@ -179,3 +179,37 @@ def test_artifact_names_the_data_it_was_trained_on(shared_data):
     from serving.analyzer.training import data_digest
 
     assert ComplexityModel.load().meta["training_data_sha256"] == data_digest(shared_data / "routellm")
+
+
+def test_a_request_is_embedded_once_the_cache_reuses_the_analyzers_vector(tmp_path):
+    """Analyzer and cache share the Embedder: the cache's semantic lookup (and admission) reuse the
+    analyzer's embedding of the same normalised question instead of embedding it again."""
+    from serving.cache.edge import EdgeStore
+    from serving.cache.semantic import SemanticCache
+    from serving.config import CacheConfig, TieringConfig
+    from serving.router import TieredRouter
+    from tests.unit.fakes import FakeEngine
+
+    embedder = FakeEmbedder()
+    config = CacheConfig(enabled=True, similarity_threshold=0.95)
+    cache = SemanticCache(EdgeStore(tmp_path / "s", FakeEmbedder.dimension), embedder, config)
+    analyzer = RequestAnalyzer(AnalyzerConfig(), embedder, WordCounter(), _toy_model())
+    router = TieredRouter(FakeEngine("small", ["Paris."]), FakeEngine("large", ["Paris."]), TieringConfig(),
+                          cache=cache, cache_config=config, analyzer=analyzer)
+
+    def ask(question: str):
+        request = GenerationRequest(messages=[{"role": "user", "content": question}], temperature=0)
+        return asyncio.run(router.complete(request))
+
+    try:
+        first = ask("What is  the capital of France?")  # the cache normalises the double space
+        analyzed, looked_up = first.trace.stages[0], first.trace.stages[1]
+        assert analyzed.detail["model_version"] == "toy"
+        assert (looked_up.decision, looked_up.detail["embedding"]) == ("miss", "analyzer")
+        assert first.trace.stages[-1].decision == "admitted"
+        assert embedder.calls == 1  # analyzer; the lookup and the admission reused its vector
+        second = ask("what is the capital of france?")  # same words: a semantic hit, found with the reused vector
+        assert second.trace.stages[1].decision == "semantic_hit" and second.trace.tier == "cache"
+        assert embedder.calls == 2
+    finally:
+        asyncio.run(cache.close())

@@ -34,7 +34,7 @@ class BrokenCache(ResponseCache):
             await asyncio.sleep(3600)
         raise ConnectionError("qdrant is down")
 
-    async def lookup(self, key) -> CacheLookup:
+    async def lookup(self, key, *, vector=None) -> CacheLookup:
         return await self._fail()
 
     async def admit(self, key, answer, *, vector=None, ttl_s=None, tags=None) -> str:
@@ -189,7 +189,7 @@ def test_a_hanging_cache_times_out_into_a_bypass(make):
 
 def test_a_failing_admission_is_recorded_not_raised(make):
     class AdmitFails(BrokenCache):
-        async def lookup(self, key):
+        async def lookup(self, key, *, vector=None):
             return CacheLookup("miss")
 
     router, _, _ = make(UNSURE, cache=AdmitFails())
