@@ -10,6 +10,7 @@ from ray.serve import Application
 from serving.analyzer import AnalysisInput, HFTokenCounter, RequestAnalyzer, RoutePlan
 from serving.cache.embedder import ServeEmbedder
 from serving.config import AppConfig
+from serving.config.engine import replica_options
 from serving.engines.base import GenerationRequest
 from serving.load.batching import AdaptiveBatching
 from serving.metrics import ServeMetrics
@@ -60,7 +61,7 @@ def build_analyzer(config: AppConfig, embedder: Application) -> Application | No
     if cfg.resources:
         options["resources"] = dict(cfg.resources)
     return RequestAnalyzerDeployment.options(
-        num_replicas=cfg.num_replicas,
+        **replica_options(cfg.num_replicas, cfg.autoscaling),
         max_ongoing_requests=max(64, 2 * cfg.max_batch_size),
         max_queued_requests=cfg.max_queued_requests,
         ray_actor_options=options,

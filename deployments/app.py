@@ -15,6 +15,7 @@ from deployments.cache import Embedder, SemanticCacheDeployment
 from deployments.engines import build_engine
 from deployments.ingress import Ingress
 from serving.config import AppConfig, load_profile
+from serving.config.engine import replica_options
 
 
 def build_app(args: dict[str, Any]) -> Application:
@@ -44,18 +45,18 @@ def app_config(args: dict[str, Any] | None) -> AppConfig:
 
 
 def ingress_replicas(config: AppConfig) -> dict[str, Any]:
-    """The Ingress's replica options: a fixed count, or, under cascade autoscaling, the same count as
-    an autoscaling config (min = max): Ray Serve collects a deployment's custom autoscaling metrics
-    (`Ingress.record_autoscaling_stats`) and shows it to an application policy only when it autoscales."""
-    n = config.api.num_replicas
+    """The Ingress's replica options (`replicas`). Under cascade autoscaling it always autoscales (a fixed
+    count becomes min = max): Ray Serve collects a deployment's custom autoscaling metrics
+    (`Ingress.record_autoscaling_stats`) and shows them to an application policy only when it autoscales."""
+    api = config.api
+    options = replica_options(api.num_replicas, api.autoscaling)
     if not config.analyzer.load.autoscaling.enabled:
-        return {"num_replicas": n}
-    return {"autoscaling_config": {
-        "min_replicas": n, "initial_replicas": n, "max_replicas": n,
-        # The figures are smoothed already (forecast, EWMAs): a short look-back keeps them fresh
-        # (Ray wants it longer than its 10 s metrics interval).
-        "look_back_period_s": max(2 * config.analyzer.load.interval_s, 20.0),
-    }}
+        return options
+    n = api.num_replicas
+    scaling = options.get("autoscaling_config") or {"min_replicas": n, "initial_replicas": n, "max_replicas": n}
+    # The figures are smoothed already (forecast, EWMAs): a short look-back keeps them fresh
+    # (Ray wants it longer than its 10 s metrics interval).
+    return {"autoscaling_config": {**scaling, "look_back_period_s": max(2 * config.analyzer.load.interval_s, 20.0)}}
 
 
 def application_autoscaling_policy(config: AppConfig) -> dict[str, Any] | None:
@@ -97,7 +98,7 @@ def build_cache(config: AppConfig, embedder: Application | None) -> Application 
     if not config.cache.enabled or embedder is None:
         return None
     return SemanticCacheDeployment.options(
-        num_replicas=config.cache.num_replicas,
+        **replica_options(config.cache.num_replicas, config.cache.autoscaling),
         max_ongoing_requests=config.cache.max_ongoing_requests,
         max_queued_requests=config.cache.max_queued_requests,
         ray_actor_options=actor_options(config.cache.num_cpus, resources=config.cache.resources),

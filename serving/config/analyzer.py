@@ -6,7 +6,14 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from serving.config.engine import QUEUED_DESCRIPTION, RESOURCES_DESCRIPTION, check_custom_resources
+from serving.config.engine import (
+    QUEUED_DESCRIPTION,
+    RESOURCES_DESCRIPTION,
+    AutoscalingConfig,
+    check_custom_resources,
+    check_replicas,
+    replicas_description,
+)
 
 DEFAULT_OUTPUT_TOKENS = {"short_answer": 16, "chat": 256, "math": 320, "code": 512, "reasoning": 512}
 
@@ -122,6 +129,7 @@ class AnalyzerConfig(BaseModel):
     )
     num_cpus: float = Field(0.1, gt=0, description="Ray CPUs reserved by each RequestAnalyzer replica.")
     num_replicas: int = Field(1, ge=1, description="RequestAnalyzer replicas.")
+    autoscaling: AutoscalingConfig | None = Field(None, description=replicas_description("RequestAnalyzer"))
     max_queued_requests: int = Field(-1, ge=-1, description=QUEUED_DESCRIPTION)
     resources: dict[str, float] = Field(default_factory=dict, description=RESOURCES_DESCRIPTION)
     max_batch_size: int = Field(16, ge=1, description="Most requests analyzed in one `@serve.batch` call.")
@@ -138,6 +146,7 @@ class AnalyzerConfig(BaseModel):
 
     @model_validator(mode="after")
     def _known_classes(self) -> AnalyzerConfig:
+        check_replicas(self.num_replicas, self.autoscaling, "analyzer")
         if self.default_priority not in self.priorities:
             raise ValueError(f"default_priority '{self.default_priority}' is not one of the priorities "
                              f"{sorted(self.priorities)}")

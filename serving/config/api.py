@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from serving.config.engine import QUEUED_DESCRIPTION, RESOURCES_DESCRIPTION, check_custom_resources
+from serving.config.engine import (
+    QUEUED_DESCRIPTION,
+    RESOURCES_DESCRIPTION,
+    AutoscalingConfig,
+    check_custom_resources,
+    check_replicas,
+    replicas_description,
+)
 
 
 class ApiConfig(BaseModel):
@@ -24,6 +31,7 @@ class ApiConfig(BaseModel):
     )
     num_cpus: float = Field(0.1, gt=0, description="Ray CPUs reserved by each ingress replica.")
     num_replicas: int = Field(1, ge=1, description="Ingress replicas.")
+    autoscaling: AutoscalingConfig | None = Field(None, description=replicas_description("Ingress"))
     max_ongoing_requests: int = Field(
         256, ge=1, description="Requests one ingress replica handles at once."
     )
@@ -49,6 +57,7 @@ class ApiConfig(BaseModel):
 
     @model_validator(mode="after")
     def _defaults_within_limit(self) -> ApiConfig:
+        check_replicas(self.num_replicas, self.autoscaling, "api")
         if self.default_max_tokens > self.max_tokens_limit:
             raise ValueError(
                 f"default_max_tokens ({self.default_max_tokens}) exceeds max_tokens_limit ({self.max_tokens_limit})"

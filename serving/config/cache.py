@@ -12,6 +12,8 @@ from serving.config.engine import (
     RESOURCES_DESCRIPTION,
     AutoscalingConfig,
     check_custom_resources,
+    check_replicas,
+    replicas_description,
 )
 
 
@@ -74,6 +76,9 @@ class CacheConfig(BaseModel):
     api_key: str | None = Field(None, description="Qdrant server API key (env INFOPT_CACHE__API_KEY).")
     collection: str = Field("infopt_cache", description="Qdrant collection (server) or shard folder name (edge).")
     num_replicas: int = Field(1, ge=1, description="SemanticCache replicas; backend 'edge' allows exactly one.")
+    autoscaling: AutoscalingConfig | None = Field(
+        None, description=replicas_description("SemanticCache") + " Backend 'edge': max_replicas 1."
+    )
     num_cpus: float = Field(0.1, gt=0, description="Ray CPUs reserved by each SemanticCache replica.")
     max_ongoing_requests: int = Field(
         64, ge=1, description="Lookups and admissions one SemanticCache replica handles at once."
@@ -139,10 +144,13 @@ class CacheConfig(BaseModel):
 
     @model_validator(mode="after")
     def _backend_rules(self) -> CacheConfig:
-        if self.backend == "edge" and self.num_replicas != 1:
+        check_replicas(self.num_replicas, self.autoscaling, "cache")
+        most = self.autoscaling.max_replicas if self.autoscaling is not None else self.num_replicas
+        if self.backend == "edge" and most != 1:
             raise ValueError(
                 "cache.backend 'edge' keeps the store inside one process (it locks its folder): "
-                "num_replicas must be 1; use backend 'server' with a Qdrant server for more replicas"
+                "num_replicas (or autoscaling.max_replicas) must be 1; use backend 'server' with a Qdrant server "
+                "for more replicas"
             )
         if self.backend == "server" and not self.url:
             raise ValueError("cache.backend 'server' needs cache.url (e.g. http://qdrant:6333)")

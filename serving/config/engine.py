@@ -52,6 +52,24 @@ def check_custom_resources(resources: dict[str, float]) -> dict[str, float]:
     return resources
 
 
+def check_replicas(num_replicas: int, autoscaling: AutoscalingConfig | None, section: str) -> None:
+    """A deployment has a fixed `num_replicas` or an `autoscaling` range, not both (which one would win?)."""
+    if autoscaling is not None and num_replicas != 1:
+        raise ValueError(f"{section}: set num_replicas (a fixed count) or autoscaling (a range), not both")
+
+
+def replica_options(num_replicas: int, autoscaling: AutoscalingConfig | None) -> dict[str, Any]:
+    """A deployment's Ray Serve replica options: request-based autoscaling over a range, or a fixed count."""
+    if autoscaling is None:
+        return {"num_replicas": num_replicas}
+    return {"autoscaling_config": {**autoscaling.model_dump(), "initial_replicas": max(autoscaling.min_replicas, 1)}}
+
+
+def replicas_description(deployment: str) -> str:
+    return (f"Request-based autoscaling of the {deployment} replicas (Ray Serve's own policy); None: a fixed "
+            "num_replicas.")
+
+
 RESOURCES_DESCRIPTION = (
     "Custom Ray resources each replica needs, e.g. {'infopt_gpu_node': 1} to pin it to nodes started with "
     "`ray start --resources '{\"infopt_gpu_node\": 4}'`."

@@ -18,7 +18,7 @@ import pytest
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from serving.config import AppConfig, load_profile, profile_names, profile_path
+from serving.config import AppConfig, AutoscalingConfig, load_profile, profile_names, profile_path
 from tests.conftest import REPO
 
 sys.path.insert(0, str(REPO / "scripts"))
@@ -123,8 +123,9 @@ def test_profile_deployments_match_serve_build(name):
 @pytest.mark.parametrize("name", ["tiny", "laptop", "gpu-a100x4", "gpu-h100x8"])
 def test_cascade_autoscaling_is_an_application_policy_over_a_measuring_ingress(name, built):
     """On: the application names the cascade policy with the profile's settings (Ray's own
-    AutoscalingPolicy loads it, as the controller does) and the Ingress autoscales at a fixed count,
-    which is what makes Ray collect its `record_autoscaling_stats`. Off: neither."""
+    AutoscalingPolicy loads it, as the controller does) and the Ingress autoscales (its range, or its
+    fixed count as min = max), which is what makes Ray collect its `record_autoscaling_stats`. Off: no
+    policy, and the Ingress scales as its config says."""
     from ray.serve.config import AutoscalingPolicy
 
     from serving.load.autoscaling import CascadeApplicationPolicy
@@ -134,7 +135,8 @@ def test_cascade_autoscaling_is_an_application_policy_over_a_measuring_ingress(n
     ingress = next(d for d in built[name] if d["name"] == "Ingress")
     cascade = cfg.analyzer.load.autoscaling
     if not cascade.enabled:
-        assert "autoscaling_policy" not in app and ingress["num_replicas"] == cfg.api.num_replicas
+        assert "autoscaling_policy" not in app
+        assert ingress["autoscaling_config"]["max_replicas"] == cfg.api.autoscaling.max_replicas
         return
     assert name.startswith("gpu-")  # the CPU profiles have one Validator: nothing to scale
     policy = AutoscalingPolicy(**app["autoscaling_policy"])
@@ -147,10 +149,32 @@ def test_cascade_autoscaling_is_an_application_policy_over_a_measuring_ingress(n
     # Ray applies the Validator's own delays on top of the policy: they must not swamp its decisions.
     validator = next(d for d in built[name] if d["name"] == "Validator")["autoscaling_config"]
     assert validator["downscale_delay_s"] <= cascade.downscale_delay_s and validator["upscale_delay_s"] <= 10
-    n = cfg.api.num_replicas
     scaling = ingress["autoscaling_config"]
-    assert scaling["min_replicas"] == scaling["max_replicas"] == n and "num_replicas" not in ingress
+    a = cfg.api.autoscaling
+    assert (scaling["min_replicas"], scaling["max_replicas"]) == (a.min_replicas, a.max_replicas)
+    assert "num_replicas" not in ingress
     assert scaling["look_back_period_s"] > 10  # longer than Ray's metrics interval
+
+
+def test_replicas_are_a_fixed_count_or_a_range_never_both():
+    from deployments.app import ingress_replicas
+    from serving.config.engine import replica_options
+
+    base = {"scout": {"model": "a"}, "validator": {"model": "b"}}
+    assert replica_options(3, None) == {"num_replicas": 3}
+    assert replica_options(1, AutoscalingConfig(min_replicas=0, max_replicas=4))["autoscaling_config"][
+        "initial_replicas"] == 1
+    # Under cascade autoscaling a fixed Ingress count still autoscales (min = max), so Ray collects its figures.
+    cascade = {"analyzer": {"enabled": True, "load": {"autoscaling": {"enabled": True}}}}
+    fixed = ingress_replicas(AppConfig(**base, **cascade, api={"num_replicas": 3}))["autoscaling_config"]
+    assert (fixed["min_replicas"], fixed["max_replicas"]) == (3, 3)
+    ranged = ingress_replicas(AppConfig(**base, **cascade, api={"autoscaling": {"min_replicas": 2, "max_replicas": 5}}))
+    assert (ranged["autoscaling_config"]["min_replicas"], ranged["autoscaling_config"]["max_replicas"]) == (2, 5)
+    for section in ("api", "analyzer"):
+        with pytest.raises(ValueError, match="not both"):
+            AppConfig(**base, **{section: {"num_replicas": 2, "autoscaling": {"max_replicas": 3}}})
+    with pytest.raises(ValueError, match="'edge'"):  # one process owns an edge store
+        AppConfig(**base, cache={"enabled": True, "backend": "edge", "autoscaling": {"max_replicas": 2}})
 
 
 def test_drift_is_reported_with_the_fix(tmp_path):
@@ -171,7 +195,10 @@ def test_every_deployment_has_scaling_queue_limits_and_resources(name, built):
     deps = {d["name"]: d for d in built[name]}
     assert set(deps) == DEPLOYMENTS | ({"RequestAnalyzer"} if load_profile(name).analyzer.enabled else set())
     for d in deps.values():
-        assert ("autoscaling_config" in d) != ("num_replicas" in d), d["name"]
+        # Every deployment autoscales within a range (the edge cache's is 1..1: one process owns the store).
+        assert "autoscaling_config" in d and "num_replicas" not in d, d["name"]
+        scaling = d["autoscaling_config"]
+        assert 0 <= scaling["min_replicas"] <= scaling["max_replicas"], d["name"]
         assert d["max_ongoing_requests"] >= 1 and d["max_queued_requests"] >= -1, d["name"]
         bundles = d.get("placement_group_bundles")
         assert d["ray_actor_options"]["num_cpus"] > 0 or (bundles and bundles[0]["CPU"] > 0), d["name"]
@@ -182,7 +209,7 @@ def test_every_deployment_has_scaling_queue_limits_and_resources(name, built):
     if cfg.validator.device == "gpu":
         assert all(b["GPU"] == 1 for b in validator["placement_group_bundles"])
         # Queues are bounded on the GPU profiles: overload answers 503 instead of growing latency.
-        assert all(d["max_queued_requests"] > 0 for n, d in deps.items() if n in {"Ingress", "Scout", "Validator"})
+        assert all(d["max_queued_requests"] > 0 for d in deps.values()), deps
     a = cfg.validator.autoscaling
     assert validator["autoscaling_config"]["max_replicas"] == a.max_replicas
 
@@ -264,19 +291,24 @@ def _broken(edit: Any) -> dict[str, Any]:
     return config
 
 
-@pytest.mark.parametrize("config", [
-    pytest.param(_broken(lambda c: c.update(setup_comands=["true"])), id="misspelt-key"),
-    pytest.param(_broken(lambda c: c["provider"].pop("head_ip")), id="no-head-ip"),
-    pytest.param(_broken(lambda c: c.update(idle_timeout_minutes="soon")), id="wrong-type"),
+@pytest.mark.parametrize(("config", "message"), [
+    pytest.param(_broken(lambda c: c.update(setup_comands=["true"])), "'setup_comands' was unexpected",
+                 id="misspelt-key"),
+    pytest.param(_broken(lambda c: c["provider"].pop("head_ip")), "supply a `head_ip`", id="no-head-ip"),
+    pytest.param(_broken(lambda c: c.update(idle_timeout_minutes="soon")), "'soon' is not of type 'number'",
+                 id="wrong-type"),
     pytest.param(_broken(lambda c: c.update(available_node_types={"gpu": {"node_config": {}, "resources": {}}})),
-                 id="node-types-on-local"),
+                 "available_node_types is not supported for on-premise", id="node-types-on-local"),
 ])
-def test_broken_onprem_configs_are_rejected(config):
+def test_broken_onprem_configs_are_rejected(config, message):
     import click
     import jsonschema
 
-    with pytest.raises((jsonschema.ValidationError, click.ClickException, ValueError)):
+    with pytest.raises((jsonschema.ValidationError, click.ClickException, ValueError)) as info:
         prepare_and_validate(config)
+    text = info.value.message if isinstance(info.value, (jsonschema.ValidationError, click.ClickException)) else str(
+        info.value)
+    assert message in text
 
 
 
