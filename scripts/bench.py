@@ -25,7 +25,10 @@ Measured per mode, printed as ratios to validator-only:
   traces (the only figures available for a remote or GPU Validator).
 - p50/p99 end-to-end latency, TTFT p50 (streamed requests), throughput (requests/s).
 - Route mix (the `route` object's tier) and fidelity: the share of answers identical to the
-  validator-only answer of the same request (greedy).
+  validator-only answer of the same request (greedy), and the share *judged equivalent* to it
+  (`Judge`: identical; GSM8K answers with the same final number; otherwise a cosine similarity
+  of the two answers' all-MiniLM-L6-v2 embeddings of at least `--judge-threshold`, 0.9).
+- On GPU profiles, Validator GPU-seconds: busy seconds x the GPUs of a replica (TP x PP).
 
 Writes reports/bench_<profile>.json, the section between `<!-- bench.py:start -->` and
 `<!-- bench.py:end -->` of docs/benchmarks.md (rows for every profile; profiles not run
@@ -260,23 +263,88 @@ def measure(base_url: str, items: list[WorkItem], concurrency: int, probe: CpuPr
 # -- comparison ---------------------------------------------------------------------------
 
 
-def fidelity(records: list[dict[str, Any]], baseline: list[dict[str, Any]]) -> dict[str, Any]:
-    """Share of answers identical to the baseline's answer to the same request (both answered)."""
+JUDGE_THRESHOLD = 0.9
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+
+
+def final_number(text: str) -> str | None:
+    """The last number in an answer (GSM8K's check: the final figure), normalised ("1,200." -> "1200")."""
+    found = _NUMBER.findall(text)
+    if not found:
+        return None
+    n = found[-1].replace(",", "")
+    return n[:-2] if n.endswith(".0") else n
+
+
+class Judge:
+    """Whether an answer says what the validator-only answer to the same request says.
+
+    Identical text is equivalent. A GSM8K answer is equivalent when its final number is the
+    baseline's (the usual GSM8K check; a truncated answer is judged by the last figure it
+    reached). Any other answer is equivalent when the cosine similarity of the two answers'
+    sentence embeddings (all-MiniLM-L6-v2, the cache's embedder: the same meaning in other
+    words) is at least `threshold`. A cheap, reproducible judge, not an LLM judge: it reads
+    "says the same", not "is as good".
+    """
+
+    def __init__(self, embed: Callable[[list[str]], list[list[float]]] | None, threshold: float = JUDGE_THRESHOLD):
+        self.embed, self.threshold = embed, threshold
+
+    @classmethod
+    def from_model(cls, path: str, threshold: float = JUDGE_THRESHOLD) -> Judge:
+        from serving.cache.embedder import SentenceTransformerEmbedder
+
+        model = SentenceTransformerEmbedder(path, device="cpu")
+        return cls(model.embed_sync, threshold)
+
+    def __call__(self, pairs: list[tuple[str, str, str]]) -> list[tuple[bool, float | None]]:
+        """(kind, answer, baseline answer) -> (equivalent, similarity or None when not embedded)."""
+        out: list[tuple[bool, float | None]] = [(a == b, 1.0 if a == b else None) for _, a, b in pairs]
+        todo = []
+        for i, (kind, a, b) in enumerate(pairs):
+            if a == b:
+                continue
+            na, nb = final_number(a), final_number(b)
+            if kind == "gsm8k" and na is not None and nb is not None:
+                out[i] = (na == nb, None)
+            else:
+                todo.append(i)
+        if todo and self.embed is not None:
+            vectors = self.embed([t for i in todo for t in pairs[i][1:]])
+            for j, i in enumerate(todo):
+                u, v = vectors[2 * j], vectors[2 * j + 1]
+                nu, nv = math.sqrt(sum(x * x for x in u)), math.sqrt(sum(x * x for x in v))
+                sim = sum(x * y for x, y in zip(u, v, strict=True)) / (nu * nv) if nu and nv else 0.0
+                out[i] = (sim >= self.threshold, sim)
+        return out
+
+
+def fidelity(records: list[dict[str, Any]], baseline: list[dict[str, Any]],
+             judge: Judge | None = None) -> dict[str, Any]:
+    """Share of answers identical to (and judged equivalent to) the baseline's answer to the same request."""
     base = {r["id"]: r for r in baseline if r["ok"]}
-    same = total = 0
+    pairs = [(r, base[r["id"]]) for r in records if r["ok"] and r["id"] in base]
+    verdicts = (judge or Judge(None))([(r["kind"], r["text"], b["text"]) for r, b in pairs])
+    same = equivalent = 0
+    sims: list[float] = []
     by_tier: dict[str, list[int]] = {}
-    for r in records:
-        b = base.get(r["id"])
-        if not r["ok"] or b is None:
-            continue
+    for (r, b), (ok, sim) in zip(pairs, verdicts, strict=True):
         hit = r["text"] == b["text"]
-        total += 1
         same += hit
-        t = by_tier.setdefault(r.get("tier") or "unknown", [0, 0])
+        equivalent += ok
+        if sim is not None:
+            sims.append(sim)
+        t = by_tier.setdefault(r.get("tier") or "unknown", [0, 0, 0])
         t[0] += hit
-        t[1] += 1
-    return {"identical": same, "compared": total, "share": same / total if total else math.nan,
-            "by_tier": {k: {"identical": v[0], "compared": v[1]} for k, v in by_tier.items()}}
+        t[1] += ok
+        t[2] += 1
+    total = len(pairs)
+    return {"identical": same, "equivalent": equivalent, "compared": total,
+            "share": same / total if total else math.nan,
+            "equivalent_share": equivalent / total if total and judge is not None else math.nan,
+            "similarity_mean": sum(sims) / len(sims) if sims else math.nan,
+            "judge": f"cosine >= {judge.threshold:g} (all-MiniLM-L6-v2), GSM8K final number" if judge else None,
+            "by_tier": {k: {"identical": v[0], "equivalent": v[1], "compared": v[2]} for k, v in by_tier.items()}}
 
 
 def net_cpu(res: dict[str, Any]) -> float | None:
@@ -293,12 +361,19 @@ def ratio(x: float | None, base: float | None) -> float:
     return x / base
 
 
-def compare(results: dict[str, dict[str, Any]], baseline: str = BASELINE) -> list[dict[str, Any]]:
+def gpu_seconds(res: dict[str, Any]) -> float | None:
+    """The Validator's GPU-seconds: its busy seconds x the GPUs one replica holds (None on CPU)."""
+    gpus = res.get("validator_gpus") or 0
+    return res["validator_busy_s"] * gpus if gpus else None
+
+
+def compare(results: dict[str, dict[str, Any]], baseline: str = BASELINE,
+            judge: Judge | None = None) -> list[dict[str, Any]]:
     """One row per mode: absolute figures, ratios to `baseline`, route mix and fidelity."""
     base = results[baseline]
     rows = []
     for key, res in results.items():
-        fid = fidelity(res["records"], base["records"])
+        fid = fidelity(res["records"], base["records"], judge)
         rows.append({
             "mode": key, "label": res.get("label", key), "requests": res["requests"], "ok": res["ok"],
             "errors": res["errors"], "route_mix": res["route_mix"],
@@ -307,11 +382,13 @@ def compare(results: dict[str, dict[str, Any]], baseline: str = BASELINE) -> lis
             "validator_busy_s": res["validator_busy_s"],
             "validator_tokens": res["validator_tokens"], "p50_s": res["p50_s"], "p99_s": res["p99_s"],
             "ttft_p50_s": res["ttft_p50_s"], "throughput_rps": res["throughput_rps"],
-            "fidelity": fid["share"], "fidelity_detail": fid,
+            "validator_gpu_s": gpu_seconds(res),
+            "fidelity": fid["share"], "equivalent": fid["equivalent_share"], "fidelity_detail": fid,
             "x": {
                 "validator_cpu_s": ratio(res.get("validator_cpu_s"), base.get("validator_cpu_s")),
                 "validator_net_cpu_s": ratio(net_cpu(res), net_cpu(base)),
                 "validator_busy_s": ratio(res["validator_busy_s"], base["validator_busy_s"]),
+                "validator_gpu_s": ratio(gpu_seconds(res), gpu_seconds(base)),
                 "validator_tokens": ratio(res["validator_tokens"], base["validator_tokens"]),
                 "p50_s": ratio(res["p50_s"], base["p50_s"]),
                 "p99_s": ratio(res["p99_s"], base["p99_s"]),
@@ -338,25 +415,31 @@ def mix_text(m: dict[str, int]) -> str:
 
 def table(rows: list[dict[str, Any]]) -> str:
     """The ratio table (vs validator-only) with the absolute figures beside it."""
+    gpu = any(r.get("validator_gpu_s") for r in rows)
     lines = [
-        "| mode | Validator CPU-s above idle | Validator CPU-s | Validator busy-s | Validator tokens | p50 latency "
-        "| p99 latency | TTFT p50 | throughput | route mix (cache / scout / validator) | identical to validator-only |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|",
+        "| mode | Validator CPU-s above idle | Validator CPU-s | Validator busy-s "
+        + ("| Validator GPU-s " if gpu else "") + "| Validator tokens | p50 latency "
+        "| p99 latency | TTFT p50 | throughput | route mix (cache / scout / validator) | identical to validator-only "
+        "| judged equivalent |",
+        "|---|---:|---:|---:|" + ("---:|" if gpu else "") + "---:|---:|---:|---:|---:|---|---:|---:|",
     ]
     for r in rows:
         x = r["x"]
         fid = r["fidelity_detail"]
         same = f"{fid['identical']}/{fid['compared']} ({_pct(fid['share'])})" if fid["compared"] else "n/a"
+        judged = (f"{fid['equivalent']}/{fid['compared']} ({_pct(fid['equivalent_share'])})"
+                  if fid["compared"] and math.isfinite(fid.get("equivalent_share", math.nan)) else "n/a")
         errors = f", {r['errors']} errors" if r["errors"] else ""
+        gpu_cell = f"| {_x(x.get('validator_gpu_s'))} ({_s(r.get('validator_gpu_s'))} s) " if gpu else ""
         lines.append(
             f"| {r['mode']} | {_x(x.get('validator_net_cpu_s'))} ({_s(r.get('validator_net_cpu_s'))} s) "
             f"| {_x(x['validator_cpu_s'])} ({_s(r['validator_cpu_s'])} s) "
-            f"| {_x(x['validator_busy_s'])} ({_s(r['validator_busy_s'])} s) "
+            f"| {_x(x['validator_busy_s'])} ({_s(r['validator_busy_s'])} s) {gpu_cell}"
             f"| {_x(x['validator_tokens'])} ({r['validator_tokens']}) "
             f"| {_x(x['p50_s'])} ({_s(r['p50_s'])} s) | {_x(x['p99_s'])} ({_s(r['p99_s'])} s) "
             f"| {_x(x['ttft_p50_s'])} ({_s(r['ttft_p50_s'])} s) "
             f"| {_x(x['throughput_rps'])} ({r['throughput_rps']:.3f}/s) "
-            f"| {mix_text(r['route_mix'])}{errors} | {same} |")
+            f"| {mix_text(r['route_mix'])}{errors} | {same} | {judged} |")
     return "\n".join(lines)
 
 
@@ -388,7 +471,7 @@ def profile_detail(run: dict[str, Any], img_rel: str) -> str:
 
 def profile_summary(run: dict[str, Any], img_rel: str) -> dict[str, Any]:
     """What the docs keep per profile across runs: the ratio rows, the run's context, its subsection."""
-    keep = ("mode", "route_mix", "fidelity", "x", "errors", "requests")
+    keep = ("mode", "route_mix", "fidelity", "equivalent", "x", "errors", "requests")
     return {"date": run["date"], "machine": run["machine"], "workload": run["workload_text"],
             "rows": [{k: r[k] for k in keep} for r in run["rows"]], "detail": profile_detail(run, img_rel)}
 
@@ -410,8 +493,10 @@ def render_section(run: dict[str, Any], kept: dict[str, Any], profiles: list[str
         "engine) over the workload; above idle: minus what the idle replica burns over the same wall time "
         "(measured for 2 s before each workload; vLLM's and Ray's polling threads); busy-s: the Validator "
         "stages' wall time summed over requests "
-        "(route traces); tokens: tokens the Validator generated. Identical: same text as the "
-        "validator-only answer to the same request (greedy).",
+        "(route traces); GPU-s (GPU profiles): busy-s x the GPUs of a replica; tokens: tokens the Validator "
+        "generated. Identical: same text as the validator-only answer to the same request (greedy); judged "
+        "equivalent: identical, or the same final number (GSM8K), or all-MiniLM-L6-v2 cosine similarity of "
+        "the two answers >= 0.9 (same meaning in other words; not a judgement of quality).",
         "",
     ]
     for prof in profiles:
@@ -419,18 +504,19 @@ def render_section(run: dict[str, Any], kept: dict[str, Any], profiles: list[str
             lines += [kept[prof]["detail"], ""]
     lines += ["### All profiles (ratios to validator-only)", "",
               "| profile | mode | Validator CPU-s above idle | Validator busy-s | p50 | p99 | TTFT p50 | throughput "
-              "| identical | measured |",
-              "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+              "| identical | judged equivalent | measured |",
+              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for prof in profiles:
         got = kept.get(prof)
         if not got:
-            lines.append(f"| `{prof}` | all | not measured | | | | | | | not measured |")
+            lines.append(f"| `{prof}` | all | not measured | | | | | | | | not measured |")
             continue
         for r in got["rows"]:
             x = r["x"]
             lines.append(f"| `{prof}` | {r['mode']} | {_x(x.get('validator_net_cpu_s'))} | {_x(x['validator_busy_s'])} "
                          f"| {_x(x['p50_s'])} | {_x(x['p99_s'])} | {_x(x['ttft_p50_s'])} "
-                         f"| {_x(x['throughput_rps'])} | {_pct(r['fidelity'])} | {got['date']}, {got['machine']} |")
+                         f"| {_x(x['throughput_rps'])} | {_pct(r['fidelity'])} | {_pct(r.get('equivalent'))} "
+                         f"| {got['date']}, {got['machine']} |")
     # ">" escaped so that no "-->" inside the data can end the comment early.
     data = json.dumps(kept, sort_keys=True, default=_json_default).replace(">", "\\u003e")
     lines += ["", f"<!-- bench.py:results {data} -->", END]
@@ -455,7 +541,8 @@ def highlights(rows: list[dict[str, Any]]) -> list[str]:
         out.append(f"- `{r['mode']}`: Validator CPU above idle {_x(x.get('validator_net_cpu_s'))}, "
                    f"p50 {_x(x['p50_s'])}, p99 {_x(x['p99_s'])}, TTFT {_x(x['ttft_p50_s'])}, "
                    f"throughput {_x(x['throughput_rps'])}; "
-                   f"{_pct(r['fidelity'])} of answers identical; route mix {mix_text(r['route_mix'])}.")
+                   f"{_pct(r['fidelity'])} of answers identical, {_pct(r.get('equivalent'))} judged equivalent; "
+                   f"route mix {mix_text(r['route_mix'])}.")
     return out
 
 
@@ -639,8 +726,10 @@ def run_modes(profile: str, modes: list[Mode] | None, items: list[WorkItem], con
         for mode in modes:
             cache_dir = Path(tempfile.mkdtemp(prefix=f"bench-{mode.key}-"))
             args = merge(base_args, mode.overrides)
-            args["cache"]["path"] = str(cache_dir)  # an empty cache per mode
-            AppConfig(**args)  # fail before deploying when an override is invalid
+            # An empty cache per mode: a fresh folder (edge), a fresh collection (a Qdrant server).
+            args["cache"]["path"] = str(cache_dir)
+            args["cache"]["collection"] = f"bench_{re.sub(r'[^a-z0-9]+', '_', mode.key)}_{os.getpid()}"
+            cfg = AppConfig(**args)  # fail before deploying when an override is invalid
             t0 = time.perf_counter()
             try:
                 try:
@@ -656,6 +745,8 @@ def run_modes(profile: str, modes: list[Mode] | None, items: list[WorkItem], con
                 probe = CpuProbe(CpuProbe.by_cmdline(VALIDATOR_ACTOR))
                 res = measure(base, items, concurrency, probe)
                 res["label"] = mode.label
+                v = cfg.validator
+                res["validator_gpus"] = v.tensor_parallel_size * v.pipeline_parallel_size if v.device == "gpu" else 0
                 results[mode.key] = res
                 print(f"[{mode.key}] {res['ok']}/{res['requests']} ok in {res['wall_s']:.0f} s, "
                       f"p50 {res['p50_s']:.1f} s, route mix {mix_text(res['route_mix'])}, "
@@ -663,10 +754,36 @@ def run_modes(profile: str, modes: list[Mode] | None, items: list[WorkItem], con
             finally:
                 serve.delete("infopt")
                 shutil.rmtree(cache_dir, ignore_errors=True)
+                drop_collection(cfg)
     finally:
         serve.shutdown()
         ray.shutdown()
     return results, failed, config
+
+
+def drop_collection(cfg: Any) -> None:
+    """Delete a mode's own collection on a Qdrant server (the edge store's folder is removed with it)."""
+    if not cfg.cache.enabled or cfg.cache.backend != "server":
+        return
+    try:
+        from qdrant_client import QdrantClient
+
+        QdrantClient(url=cfg.cache.url, api_key=cfg.cache.api_key, timeout=10).delete_collection(cfg.cache.collection)
+    except Exception as exc:  # leaving a test collection behind must not lose the figures
+        print(f"  (could not delete Qdrant collection {cfg.cache.collection}: {type(exc).__name__}: {exc})", flush=True)
+
+
+def make_judge(profile: str, threshold: float) -> Judge | None:
+    """The judge over the profile's cache embedder (None, said aloud, when it cannot be loaded)."""
+    from serving.config import load_profile
+
+    config = load_profile(profile)
+    try:
+        return Judge.from_model(config.resolve_model(config.cache.embedder.model), threshold)
+    except Exception as exc:
+        print(f"  (no judge: the embedder did not load: {type(exc).__name__}: {exc}; 'judged equivalent' is n/a)",
+              flush=True)
+        return None
 
 
 def report(run: dict[str, Any], results: dict[str, dict[str, Any]], out: Path, docs: Path | None,
@@ -706,6 +823,8 @@ def main() -> int:
     ap.add_argument("--img", type=Path, default=REPO / "docs" / "img")
     ap.add_argument("--no-docs", action="store_true", help="write reports/ only")
     ap.add_argument("--notes", type=Path, help="markdown file: a reading of the figures, shown under them")
+    ap.add_argument("--judge-threshold", type=float, default=JUDGE_THRESHOLD,
+                    help="cosine similarity at which two answers are judged equivalent")
     ap.add_argument("--render-only", action="store_true",
                     help="no measuring: rewrite the docs section and plots from reports/bench_<profile>.json")
     ns = ap.parse_args()
@@ -713,7 +832,7 @@ def main() -> int:
     if ns.render_only:
         saved = json.loads((ns.out / f"bench_{ns.profile}.json").read_text())
         results = saved.pop("results")
-        saved["rows"] = compare(results)
+        saved["rows"] = compare(results, judge=make_judge(ns.profile, ns.judge_threshold))
         if ns.notes:
             saved["notes"] = ns.notes.read_text()
         report(saved, results, ns.out, ns.docs, ns.img)
@@ -736,10 +855,11 @@ def main() -> int:
     print(f"modes: {', '.join(m.key for m in modes)}", flush=True)
     t0 = time.perf_counter()
     results, failed, config = run_modes(ns.profile, modes, items, ns.concurrency, ns.port)
+    judge = make_judge(ns.profile, ns.judge_threshold)  # after the engines are gone: the CPU is free
     run = {"profile": config.profile, "code": code_version(), "scout": config.scout.served_name(),
            "validator": config.validator.served_name(), "date": date.today().isoformat(), "machine": machine(),
            "workload_text": workload_text(spec, items, ns.concurrency), "bench_wall_s": time.perf_counter() - t0,
-           "rows": compare(results), "failed_modes": failed,
+           "rows": compare(results, judge=judge), "failed_modes": failed,
            "mode_labels": {m.key: m.label for m in modes}, "notes": ns.notes.read_text() if ns.notes else None}
     report(run, results, ns.out, None if ns.no_docs else ns.docs, None if ns.no_docs else ns.img)
     print("\n" + table(run["rows"]))

@@ -33,6 +33,7 @@ Options (also as environment variables, e.g. INFOPT_LOAD_ARRIVAL=constant): see
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import time
 from pathlib import Path
@@ -124,6 +125,8 @@ class Schedule:
 
 
 SCHEDULE: Schedule | None = None
+# A median lateness above this against the arrival schedule means the users could not keep up with it.
+LAG_WARN_S = 1.0
 
 
 def spec_from_options(o: Any) -> WorkloadSpec:
@@ -169,8 +172,16 @@ def _test_stop(environment: Any, **_: Any) -> None:
         return
     wall = time.perf_counter() - SCHEDULE.start
     spec = spec_from_options(o)
+    summary = summarize(SCHEDULE.records, wall)
     out = {"host": environment.host, "spec": {**spec.__dict__, "data_dir": str(spec.data_dir)},
-           "summary": summarize(SCHEDULE.records, wall), "records": [r.to_dict() for r in SCHEDULE.records]}
+           "summary": summary, "records": [r.to_dict() for r in SCHEDULE.records]}
+    lag = summary.get("lag_p50_s")
+    if spec.arrival != "none" and lag is not None and lag > LAG_WARN_S:
+        # Every user was busy when requests fell due: the run became a closed loop at the users' count,
+        # and the arrival pattern asked for was not what the service saw.
+        logging.warning("requests went out %.1f s late (median) against the %s schedule: too few users "
+                        "(-u) for its rate; raise -u or --time-scale", lag, spec.arrival)
+        out["summary"]["lag_warning"] = True
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps(out, indent=1, default=str))
 

@@ -59,6 +59,7 @@ def build_app(state: dict[str, Any]) -> FastAPI:
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> Any:
         body = await request.json()
+        await asyncio.sleep(state.get("delay_s", 0.0))  # a slow service, when a test asks for one
         mode = state.get("mode", "validator-only")
         tokens, tier = answer(body["messages"], int(body.get("max_tokens") or 16), mode)
         trace = route(tier, len(tokens), mode)

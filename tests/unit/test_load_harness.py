@@ -164,6 +164,30 @@ def test_locust_measures_streams_and_routes(tmp_path: Path, data_dir: Path) -> N
     assert {s["name"] for s in stats} >= {"ttft", "inter-token", "e2e"}
 
 
+def test_locust_follows_a_constant_arrival_schedule_and_warns_when_it_cannot(tmp_path: Path, data_dir: Path) -> None:
+    """Open loop: requests go out when the schedule says (not earlier); with too few users for the rate
+    the run says so instead of silently becoming a closed loop."""
+    def run(out: Path, users: str, delay_s: float) -> tuple[subprocess.CompletedProcess, dict]:
+        out.mkdir()
+        with serving({"mode": "tiered", "delay_s": delay_s}) as base:
+            proc = _locust(base, out, data_dir, "--arrival", "constant", "--rate", "10", "--workload-requests", "12",
+                           "-u", users, "-r", users)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return proc, json.loads((out / "load_requests.json").read_text())
+
+    proc, kept = run(tmp_path / "kept", "6", 0.0)
+    recs = sorted(kept["records"], key=lambda r: r["sent_at_s"])
+    assert len(recs) == 12
+    # 10/s: the i-th request is due at i/10 s; it is never sent before that, and barely after.
+    for i, r in enumerate(recs):
+        assert r["sent_at_s"] >= i / 10 - 0.05, (i, r["sent_at_s"])
+    assert kept["summary"]["lag_p50_s"] < 0.5 and "lag_warning" not in kept["summary"]
+    assert "too few users" not in proc.stderr
+    proc, behind = run(tmp_path / "behind", "1", 0.4)  # one user, 0.4 s a request, one due every 0.1 s
+    assert behind["summary"]["lag_p50_s"] > 1.0 and behind["summary"]["lag_warning"] is True
+    assert "too few users" in proc.stderr
+
+
 def test_locust_only_non_streaming_users(tmp_path: Path, data_dir: Path) -> None:
     with serving({"mode": "validator-only"}) as base:
         proc = _locust(base, tmp_path, data_dir, "--stream-share", "0")
@@ -207,6 +231,13 @@ def test_bench_measures_compares_and_reports(tmp_path: Path, data_dir: Path) -> 
     assert all(v == pytest.approx(1.0) for k, v in base_row["x"].items() if math.isfinite(v)), base_row["x"]
     same = sum(answer(w.messages, 8, "tiered")[0] == answer(w.messages, 8, bench.BASELINE)[0] for w in items)
     assert tiered["fidelity"] == pytest.approx(same / 30) and tiered["fidelity_detail"]["compared"] == 30
+    from tests.unit.fakes import FakeEmbedder
+
+    judged = {r["mode"]: r for r in bench.compare(
+        results, judge=bench.Judge(lambda texts: [FakeEmbedder.vector(t) for t in texts]))}
+    assert judged[bench.BASELINE]["equivalent"] == 1.0
+    assert tiered["fidelity"] <= judged["tiered"]["equivalent"] <= 1.0  # identical answers are equivalent too
+    assert "| judged equivalent |" in bench.table(list(judged.values()))
     assert tiered["x"]["validator_tokens"] == pytest.approx(
         results["tiered"]["validator_tokens"] / results[bench.BASELINE]["validator_tokens"])
     assert tiered["x"]["validator_busy_s"] == pytest.approx(
@@ -279,3 +310,47 @@ def test_bench_modes_and_overrides() -> None:
     on["validator"].pop("speculative")
     before["validator"].pop("speculative")
     assert on == before
+
+
+def test_the_judge_reads_same_meaning_and_gsm8k_final_numbers() -> None:
+    from tests.unit.fakes import FakeEmbedder
+
+    judge = bench.Judge(lambda texts: [FakeEmbedder.vector(t) for t in texts], threshold=0.9)
+    verdicts = judge([
+        ("sharegpt", "Paris is the capital.", "Paris is the capital."),  # identical
+        ("sharegpt", "The capital is Paris", "Paris is the capital."),  # same words, other order: similar
+        ("sharegpt", "Bananas are yellow fruit.", "Paris is the capital."),  # another meaning
+        ("gsm8k", "48 / 2 = 24 in May, so 48 + 24 = 72.", "She sold 72 clips."),  # same final number
+        ("gsm8k", "48 + 24 = 1,200.", "The answer is 1200"),  # "1,200." is 1200
+        ("gsm8k", "48 + 24 = 71", "She sold 72 clips."),  # another final number
+    ])
+    assert [ok for ok, _ in verdicts] == [True, True, False, True, True, False]
+    assert verdicts[0][1] == 1.0 and verdicts[1][1] >= 0.9 and verdicts[2][1] < 0.9
+    assert verdicts[3][1] is None  # judged by the number, not embedded
+    assert bench.final_number("no figures here") is None and bench.final_number("x = 3.0.") == "3"
+
+    def rec(i: str, text: str, kind: str = "sharegpt", tier: str = "scout") -> dict:
+        return {"id": i, "ok": True, "text": text, "kind": kind, "tier": tier}
+
+    base = [rec("a", "Paris is the capital."), rec("b", "She sold 72 clips.", "gsm8k"), rec("c", "Hello there.")]
+    got = [rec("a", "The capital is Paris"), rec("b", "So 48 + 24 = 72", "gsm8k"), rec("c", "Hello there.")]
+    fid = bench.fidelity(got, base, judge)
+    assert (fid["identical"], fid["equivalent"], fid["compared"]) == (1, 3, 3)
+    assert fid["share"] == pytest.approx(1 / 3) and fid["equivalent_share"] == 1.0
+    assert fid["by_tier"]["scout"] == {"identical": 1, "equivalent": 3, "compared": 3}
+    no_judge = bench.fidelity(got, base)  # without a judge: identical only, 'judged equivalent' n/a
+    assert no_judge["identical"] == 1 and math.isnan(no_judge["equivalent_share"])
+
+
+def test_gpu_profiles_report_validator_gpu_seconds() -> None:
+    def res(busy: float, gpus: int) -> dict:
+        return {"records": [], "requests": 0, "ok": 0, "errors": 0, "route_mix": {}, "validator_busy_s": busy,
+                "validator_tokens": 1, "p50_s": 1.0, "p99_s": 1.0, "ttft_p50_s": 1.0, "throughput_rps": 1.0,
+                "validator_gpus": gpus}
+
+    rows = bench.compare({bench.BASELINE: res(10.0, 2), "tiered": res(4.0, 2)})
+    assert [r["validator_gpu_s"] for r in rows] == [20.0, 8.0]
+    assert rows[1]["x"]["validator_gpu_s"] == pytest.approx(0.4)
+    assert "Validator GPU-s" in bench.table(rows) and "| 0.40x (8.00 s) |" in bench.table(rows)
+    cpu = bench.compare({bench.BASELINE: res(10.0, 0)})
+    assert cpu[0]["validator_gpu_s"] is None and "GPU-s" not in bench.table(cpu)
