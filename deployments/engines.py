@@ -87,8 +87,9 @@ def check_proposer(engine: EngineConfig) -> None:
     """
     if engine.speculative.method == "suffix" and importlib.util.find_spec("arctic_inference") is None:
         raise RuntimeError(
-            "speculative method 'suffix' needs arctic-inference: pip install 'inference-optimizer[suffix]' "
-            "(a source build, on GPU machines), or choose speculative.method 'ngram' or 'draft_model'"
+            "speculative method 'suffix' needs arctic-inference, the inference-optimizer[suffix] extra: "
+            "pip install -e '.[suffix]' in the checkout (a source build, on GPU machines), or choose "
+            "speculative.method 'ngram' or 'draft_model'"
         )
 
 

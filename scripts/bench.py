@@ -310,11 +310,12 @@ class Judge:
             else:
                 todo.append(i)
         if todo and self.embed is not None:
-            vectors = self.embed([t for i in todo for t in pairs[i][1:]])
-            for j, i in enumerate(todo):
-                u, v = vectors[2 * j], vectors[2 * j + 1]
-                nu, nv = math.sqrt(sum(x * x for x in u)), math.sqrt(sum(x * x for x in v))
-                sim = sum(x * y for x, y in zip(u, v, strict=True)) / (nu * nv) if nu and nv else 0.0
+            import numpy as np
+
+            vectors = np.asarray(self.embed([t for i in todo for t in pairs[i][1:]]), dtype=np.float64)
+            vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+            sims = (vectors[0::2] * vectors[1::2]).sum(axis=1)  # cosine of each (answer, baseline) pair
+            for i, sim in zip(todo, sims.tolist(), strict=True):
                 out[i] = (sim >= self.threshold, sim)
         return out
 

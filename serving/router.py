@@ -49,6 +49,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
+from serving.analyzer.profile import embedded_question
 from serving.api import CacheControl, RouteTrace
 from serving.cache.keys import CacheKey, cache_key, digest, is_deterministic
 from serving.cache.policy import rejection_reason, skip_reason
@@ -318,7 +319,8 @@ class TieredRouter:
         if control.mode == "refresh":
             self._record(trace, "cache", "skipped", t0, reason="refresh")
             return None, admission, None
-        vector = plan.embedding if plan is not None and key.question and plan.question == key.question else None
+        reusable = plan is not None and key.question is not None and key.question == embedded_question(request)
+        vector = plan.embedding if reusable else None
         try:
             found = await asyncio.wait_for(self.cache.lookup(key, vector=vector), cfg.timeout_s)
         except TimeoutError:

@@ -17,9 +17,8 @@ import numpy as np
 
 from serving.analyzer.complexity import ComplexityModel
 from serving.analyzer.plan import RoutePlan, Strategy
-from serving.analyzer.profile import RequestProfile, TokenCounter, profile_request, question_text
+from serving.analyzer.profile import RequestProfile, TokenCounter, embedded_question, profile_request
 from serving.cache.embedder import Embedder
-from serving.cache.keys import normalize
 from serving.config import AnalyzerConfig
 from serving.engines.base import GenerationRequest
 
@@ -60,8 +59,7 @@ class RequestAnalyzer:
     async def analyze_many(self, items: Sequence[AnalysisInput]) -> list[RoutePlan]:
         """Plans of a batch: one embedding call for all questions, then one scoring pass."""
         profiles = [self.profile(i.request) for i in items]
-        # Normalised as the cache normalises its question, so the cache can reuse the vector.
-        texts = [normalize(question_text(i.request)) for i in items]
+        texts = [embedded_question(i.request) for i in items]
         embeddings: np.ndarray | None = None
         error: str | None = None
         try:
@@ -73,8 +71,8 @@ class RequestAnalyzer:
             error = f"{type(exc).__name__}: {exc}"[:300]
         plans = self.plans(items, profiles, embeddings, error)
         if embeddings is not None:
-            for plan, text, vector in zip(plans, texts, embeddings.tolist(), strict=True):
-                plan.question, plan.embedding = text, vector
+            for plan, vector in zip(plans, embeddings.tolist(), strict=True):
+                plan.embedding = vector
         return plans
 
     def profile(self, request: GenerationRequest) -> RequestProfile:

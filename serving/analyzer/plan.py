@@ -32,9 +32,8 @@ class RoutePlan(BaseModel):
     error: str | None = Field(None, description="Why the complexity is missing (embedder down or slow).")
     # Handed on, not recorded: the cache's semantic lookup reuses the analyzer's embedding of the
     # same question instead of embedding it again (one Embedder round-trip per request, not two).
-    question: str | None = Field(None, description="The text that was embedded (the cache's normalised question).")
     embedding: list[float] | None = Field(
-        None, description="Embedding of `question` by the shared Embedder; None when the embedder failed."
+        None, description="The request's `embedded_question` embedded by the shared Embedder; None when it failed."
     )
 
     def trace_detail(self) -> dict[str, Any]:

@@ -124,6 +124,14 @@ def question_text(request: GenerationRequest) -> str:
     return ""
 
 
+def embedded_question(request: GenerationRequest) -> str:
+    """What the analyzer embeds: `question_text` normalised as the cache normalises its question, so
+    that the cache's semantic lookup can reuse the vector when its question is the same text."""
+    from serving.cache.keys import normalize
+
+    return normalize(question_text(request))
+
+
 def task_kind(code: bool, math: bool, reasoning: bool, short: bool) -> TaskKind:
     """One kind per request, most demanding first: code, then maths, reasoning, short answers, chat."""
     if code:

@@ -52,7 +52,7 @@ def baseline(tmp_path_factory) -> dict:
 def test_greedy_output_is_identical_with_speculation_on(spec, baseline, tmp_path):
     if spec["method"] == "suffix" and importlib.util.find_spec("arctic_inference") is None:
         pytest.skip("suffix decoding needs arctic-inference, a source build with no wheel for this platform "
-                    "(optional extra: pip install 'inference-optimizer[suffix]')")
+                    "(the optional extra inference-optimizer[suffix]: pip install -e '.[suffix]')")
     assert len(PROMPTS) >= 30
     # max_concurrency above the batch: speculation stays on for the 30 prompts batched together.
     on = generate({**spec, "max_concurrency": None}, tmp_path)
