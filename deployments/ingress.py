@@ -1,4 +1,9 @@
-"""The OpenAI-compatible front door: FastAPI on Ray Serve, holding one `OpenAIService`."""
+"""The OpenAI-compatible front door: a thin FastAPI shell on Ray Serve around one `OpenAIService`.
+
+Everything a request goes through is in the core (`serving.service`, `serving.pipeline`);
+this module reads HTTP, maps errors to responses (`serving.errors.to_openai_error`, the one
+place), counts requests, and hands Ray Serve the load figures its autoscaling policy reads.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,6 @@ import asyncio
 import hmac
 import json
 import logging
-import time
 from collections.abc import Awaitable
 from typing import Any
 
@@ -14,13 +18,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ray import serve
 
-from serving.analyzer.client import ServeRequestAnalyzer
 from serving.api import ChatCompletionRequest, CompletionRequest, RouteTrace
-from serving.cache.client import ServeResponseCache
-from serving.cache.store import Selector
-from serving.coalesce import Coalescer
-from serving.config import AppConfig
-from serving.engines.serve_llm import ServeLLMEngine
+from serving.compose import Parts, build_service
 from serving.errors import (
     AuthenticationError,
     EngineUnavailableError,
@@ -30,9 +29,8 @@ from serving.errors import (
 )
 from serving.load import CascadeStats
 from serving.metrics import MetricsTee, ServeMetrics
-from serving.priority import Priority, PriorityGate, resolve_priority
-from serving.router import TieredRouter
-from serving.service import OpenAIService, parse_request
+from serving.priority import Priority, resolve_priority
+from serving.service import parse_request, selector_from_query
 
 logger = logging.getLogger("ray.serve")
 ROUTE_HEADER = "x-infopt-route"
@@ -81,37 +79,18 @@ async def _json_body(request: Request) -> Any:
 @serve.deployment(name="Ingress")
 @serve.ingress(app)
 class Ingress:
-    """Routes OpenAI requests through the tiered router; see `serving.service`."""
+    """Serves OpenAI requests with the service built from the injected `Parts` (`serving.compose`)."""
 
-    def __init__(self, scout: Any, validator: Any, config: AppConfig, cache: Any = None, analyzer: Any = None) -> None:
+    def __init__(self, parts: Parts) -> None:
+        config = parts.config
         self.metrics = ServeMetrics()
         # Arrivals per priority class, cache hits, Validator share and time: the forecast
         # (exported as metrics) and the Validator's cascade autoscaling read these.
-        self.load = CascadeStats(config.analyzer.load, metrics=self.metrics)
+        self.load = CascadeStats(config.load, metrics=self.metrics)
         self._exporter: asyncio.Task[None] | None = None
-        self.cache = ServeResponseCache(cache) if cache is not None else None
-        self.cache_config = config.cache
-        self.analyzer_config = config.analyzer
-        api = config.api
-        router = TieredRouter(
-            ServeLLMEngine(scout, config.scout.served_name(),
-                           priority_scheduling=config.scout.scheduling_policy == "priority"),
-            ServeLLMEngine(validator, config.validator.served_name(),
-                           tokenizer=config.resolve_model(config.validator.model)
-                           if config.tiering.verified_escalation else None,
-                           priority_scheduling=config.validator.scheduling_policy == "priority"),
-            config.tiering,
-            scout_timeout_s=config.scout.request_timeout_s,
-            validator_timeout_s=config.validator.request_timeout_s,
-            metrics=MetricsTee(self.metrics, self.load),
-            cache=self.cache,
-            cache_config=config.cache,
-            analyzer=ServeRequestAnalyzer(analyzer) if analyzer is not None else None,
-            analyzer_timeout_s=config.analyzer.timeout_s,
-            coalescer=Coalescer() if api.coalesce else None,
-            gate=PriorityGate(api.max_in_flight, aging_per_s=api.priority_aging_per_s) if api.max_in_flight else None,
-        )
-        self.service = OpenAIService(router, config.api)
+        self.cache = parts.cache
+        self.config = config
+        self.service = build_service(parts, metrics=MetricsTee(self.metrics, self.load))
 
     def _respond(self, body: dict[str, Any], trace: RouteTrace) -> JSONResponse:
         self.metrics.request(trace.tier or "none", 200)
@@ -139,8 +118,8 @@ class Ingress:
     def _priority(self, request: Request) -> Priority:
         """The request's priority class (its API key's tenant, else the priority header, else the default),
         counted as one arrival of that class."""
-        priority = resolve_priority(self.analyzer_config, request.headers.get(self.analyzer_config.priority_header),
-                                    _bearer_token(request))
+        cfg = self.config.priority
+        priority = resolve_priority(cfg, request.headers.get(cfg.priority_header), _bearer_token(request))
         self.load.arrival(priority.name)
         if self._exporter is None:
             self._exporter = asyncio.get_running_loop().create_task(self._export_forecasts())
@@ -153,13 +132,13 @@ class Ingress:
                 self.load.export()
             except Exception:  # a metrics hiccup must not stop the loop
                 logger.exception("exporting the arrival forecast failed")
-            await asyncio.sleep(self.analyzer_config.load.interval_s)
+            await asyncio.sleep(self.config.load.interval_s)
 
     def record_autoscaling_stats(self) -> dict[str, float]:
         """Ray Serve's custom autoscaling metrics hook: the cascade signals (`serving.load.autoscaling`).
 
         Ray calls it only when this deployment has an autoscaling config, which `build_app`
-        gives it when `analyzer.load.autoscaling.enabled`; the application's policy
+        gives it when `load.autoscaling.enabled`; the application's policy
         (`CascadeApplicationPolicy`) reads the figures to scale the Validator.
         """
         return self.load.autoscaling_stats()
@@ -188,11 +167,11 @@ class Ingress:
 
     # -- cache administration ---------------------------------------------------------------
 
-    def _cache_admin(self, request: Request) -> ServeResponseCache:
+    def _cache_admin(self, request: Request) -> Any:
         """The cache, once the caller has shown the admin key (when one is configured)."""
         if self.cache is None:
             raise InvalidRequestError("the semantic cache is not enabled in this deployment (cache.enabled)")
-        key = self.cache_config.admin_key
+        key = self.config.cache.admin_key
         if key:
             token = _bearer_token(request)
             if token is None or not hmac.compare_digest(token.encode(), key.encode()):
@@ -201,25 +180,8 @@ class Ingress:
 
     async def _invalidate(self, request: Request) -> Response:
         cache = self._cache_admin(request)
-        q = request.query_params
-        unknown = set(q) - {"namespace", "model", "older_than_s", "tag", "all"}
-        if unknown:
-            raise InvalidRequestError(f"unknown query parameter(s): {', '.join(sorted(unknown))}",
-                                      param=sorted(unknown)[0])
-        older_than = None
-        if "older_than_s" in q:
-            try:
-                age = float(q["older_than_s"])
-            except ValueError:
-                raise InvalidRequestError("older_than_s must be a number of seconds", param="older_than_s") from None
-            if age < 0:
-                raise InvalidRequestError("older_than_s must not be negative", param="older_than_s")
-            older_than = time.time() - age
-        selector = Selector(namespace=q.get("namespace"), model=q.get("model"), tag=q.get("tag"),
-                            older_than=older_than)
-        if selector.is_all() and q.get("all", "").lower() != "true":
-            raise InvalidRequestError("say which entries to delete (namespace, model, older_than_s, tag) or all=true")
-        deleted = await asyncio.wait_for(cache.invalidate(selector), ADMIN_TIMEOUT_S)
+        deleted = await asyncio.wait_for(cache.invalidate(selector_from_query(dict(request.query_params))),
+                                         ADMIN_TIMEOUT_S)
         return JSONResponse({"object": "cache.invalidation", "deleted": deleted})
 
     async def _stats(self, request: Request) -> Response:
@@ -249,7 +211,7 @@ class Ingress:
         if self.cache is not None:
             # Reported, never fatal: requests bypass a cache that is down.
             try:
-                await asyncio.wait_for(self.cache.stats(), self.cache_config.timeout_s)
+                await asyncio.wait_for(self.cache.stats(), self.config.cache.timeout_s)
                 health["cache"] = "ok"
             except Exception as exc:
                 health["cache"] = f"unavailable ({type(exc).__name__})"

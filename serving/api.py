@@ -9,7 +9,6 @@ parses; the route trace rides along as an extra `route` field.
 
 from __future__ import annotations
 
-import time
 import uuid
 from typing import Annotated, Any, Literal
 
@@ -212,7 +211,7 @@ class CompletionRequest(_SamplingFields):
 class StageRecord(BaseModel):
     """What one stage of the request path decided, and how long it took."""
 
-    stage: str = Field(description="'cache', 'scout', 'validator', 'admission' (later: 'analyzer', ...).")
+    stage: str = Field(description="'analyzer', 'cache', 'coalesced', 'scout', 'validator' or 'admission'.")
     decision: str = Field(description="What the stage decided, e.g. 'confident', 'escalate', 'answered'.")
     latency_ms: float = Field(description="Wall time of the stage in milliseconds.")
     detail: dict[str, Any] = Field(default_factory=dict, description="Stage-specific figures.")
@@ -228,15 +227,10 @@ class RouteTrace(BaseModel):
     threshold: float | None = Field(None, description="Threshold the confidence was compared with.")
     confidence_method: str | None = Field(None, description="How confidence was computed.")
     stages: list[StageRecord] = Field(default_factory=list, description="One record per stage, in order.")
+    cost: dict[str, dict[str, float]] | None = Field(
+        None, description="Engine work per tier for this request (prompt and completion tokens, engine seconds), "
+        "including work thrown away, such as a Scout answer that escalated.")
     total_ms: float | None = Field(None, description="End-to-end time inside the service.")
-
-    def add(self, stage: str, decision: str, started: float, **detail: Any) -> StageRecord:
-        """Record a stage that started at `started` (time.perf_counter()) and ends now."""
-        rec = StageRecord(
-            stage=stage, decision=decision, latency_ms=round((time.perf_counter() - started) * 1000, 3), detail=detail
-        )
-        self.stages.append(rec)
-        return rec
 
 
 def new_id(prefix: str) -> str:

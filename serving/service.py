@@ -1,12 +1,14 @@
 """The OpenAI-compatible service: validated requests in, OpenAI responses and SSE out.
 
 This is everything the ingress deployment does, without Ray or FastAPI: it parses and
-bounds requests, turns them into `GenerationRequest`s, asks the `TieredRouter`, and
-shapes the answer with the `openai` SDK's own types (so the SDK parses what we send).
+bounds requests, turns them into `GenerationRequest`s, runs them through the `Pipeline`
+(`serving.pipeline`), and shapes the answer with the `openai` SDK's own types (so the SDK
+parses what we send).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator
@@ -17,16 +19,17 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from pydantic import BaseModel, ValidationError
 
 from serving.api import ROUTING_MODELS, ChatCompletionRequest, CompletionRequest, RouteTrace, new_id
+from serving.cache.store import Selector
 from serving.config import ApiConfig
-from serving.engines.base import GenerationChunk, GenerationRequest, TokenLogprob, Usage
+from serving.engines.base import GenerationChunk, GenerationRequest, LLMEngine, TokenLogprob, Usage
 from serving.errors import (
     InferenceOptimizerError,
     InvalidRequestError,
     ModelNotFoundError,
     to_openai_error,
 )
+from serving.pipeline import Pipeline, Routed, RoutedStream
 from serving.priority import Priority
-from serving.router import Routed, TieredRouter
 
 _FINISH = {"stop", "length", "tool_calls", "content_filter", "function_call"}
 
@@ -45,6 +48,28 @@ def parse_request(model: type[BaseModel], body: Any) -> Any:
         if err["type"] == "missing":
             raise InvalidRequestError(f"'{loc}' is a required property", param=loc) from None
         raise InvalidRequestError(f"invalid value for '{loc}': {err['msg']}", param=loc) from None
+
+
+def selector_from_query(query: dict[str, str]) -> Selector:
+    """The entries a `DELETE /v1/cache?...` names (namespace, model, older_than_s, tag, or all=true)."""
+    unknown = set(query) - {"namespace", "model", "older_than_s", "tag", "all"}
+    if unknown:
+        raise InvalidRequestError(f"unknown query parameter(s): {', '.join(sorted(unknown))}",
+                                  param=sorted(unknown)[0])
+    older_than = None
+    if "older_than_s" in query:
+        try:
+            age = float(query["older_than_s"])
+        except ValueError:
+            raise InvalidRequestError("older_than_s must be a number of seconds", param="older_than_s") from None
+        if not age >= 0:  # also refuses NaN
+            raise InvalidRequestError("older_than_s must not be negative", param="older_than_s")
+        older_than = time.time() - age
+    selector = Selector(namespace=query.get("namespace"), model=query.get("model"), tag=query.get("tag"),
+                        older_than=older_than)
+    if selector.is_all() and query.get("all", "").lower() != "true":
+        raise InvalidRequestError("say which entries to delete (namespace, model, older_than_s, tag) or all=true")
+    return selector
 
 
 def _finish_reason(reason: str | None) -> str:
@@ -85,17 +110,19 @@ def sse(payload: dict[str, Any] | str) -> str:
 
 
 class OpenAIService:
-    """Chat and text completions, model listing and health, over a `TieredRouter`."""
+    """Chat and text completions, model listing and health, over a `Pipeline` and its two engines."""
 
-    def __init__(self, router: TieredRouter, api: ApiConfig) -> None:
-        self.router = router
+    def __init__(self, pipeline: Pipeline, api: ApiConfig, scout: LLMEngine, validator: LLMEngine) -> None:
+        self.pipeline = pipeline
         self.api = api
+        self.scout = scout
+        self.validator = validator
 
     # -- models ---------------------------------------------------------------------------
 
     def tier_models(self) -> dict[str, str]:
         """The engine model behind each tier."""
-        return {"scout": self.router.scout.model_id, "validator": self.router.validator.model_id}
+        return {"scout": self.scout.model_id, "validator": self.validator.model_id}
 
     def list_models(self) -> dict[str, Any]:
         """`GET /v1/models`: the routing names and the engines' own names."""
@@ -164,7 +191,7 @@ class OpenAIService:
                    ) -> tuple[dict[str, Any], RouteTrace]:
         """A whole chat completion and its route."""
         tier = self._route_model(req.model)
-        routed = await self.router.complete(self.chat_request(req), tier, req.confidence_threshold, req.cache,
+        routed = await self.pipeline.complete(self.chat_request(req), tier, req.confidence_threshold, req.cache,
                                             priority)
         gen = routed.generation
         body = ChatCompletion(
@@ -179,7 +206,7 @@ class OpenAIService:
                          ) -> tuple[dict[str, Any], RouteTrace]:
         """A whole text completion and its route."""
         tier = self._route_model(req.model)
-        routed = await self.router.complete(self.completion_request(req), tier, req.confidence_threshold,
+        routed = await self.pipeline.complete(self.completion_request(req), tier, req.confidence_threshold,
                                             req.cache, priority)
         gen = routed.generation
         body = Completion(
@@ -201,7 +228,7 @@ class OpenAIService:
                           ) -> tuple[AsyncIterator[str], RouteTrace]:
         """SSE events of a streamed chat completion; the route is decided before the first one."""
         tier = self._route_model(req.model)
-        stream = await self.router.open_stream(self.chat_request(req), tier, req.confidence_threshold, req.cache,
+        stream = await self.pipeline.open_stream(self.chat_request(req), tier, req.confidence_threshold, req.cache,
                                                priority)
         cid, created = new_id("chatcmpl"), int(time.time())
 
@@ -215,14 +242,13 @@ class OpenAIService:
             return ChatCompletionChunk(id=cid, object="chat.completion.chunk", created=created, model=stream.model,
                                        choices=[choice]).model_dump(exclude_none=True)
 
-        return self._sse(stream.chunks, event, stream.trace, req.include_usage(), cid, created, stream.model,
-                         "chat.completion.chunk"), stream.trace
+        return self._sse(stream, event, req.include_usage(), cid, created, "chat.completion.chunk"), stream.trace
 
     async def completion_stream(self, req: CompletionRequest, priority: Priority | None = None
                                 ) -> tuple[AsyncIterator[str], RouteTrace]:
         """SSE events of a streamed text completion."""
         tier = self._route_model(req.model)
-        stream = await self.router.open_stream(self.completion_request(req), tier, req.confidence_threshold,
+        stream = await self.pipeline.open_stream(self.completion_request(req), tier, req.confidence_threshold,
                                                req.cache, priority)
         cid, created = new_id("cmpl"), int(time.time())
 
@@ -237,34 +263,35 @@ class OpenAIService:
             return {"id": cid, "object": "text_completion", "created": created, "model": stream.model,
                     "choices": [choice]}
 
-        return self._sse(stream.chunks, event, stream.trace, req.include_usage(), cid, created, stream.model,
-                         "text_completion"), stream.trace
+        return self._sse(stream, event, req.include_usage(), cid, created, "text_completion"), stream.trace
 
-    async def _sse(self, chunks: AsyncIterator[GenerationChunk], event, trace: RouteTrace, include_usage: bool,
-                   cid: str, created: int, model: str, obj: str) -> AsyncIterator[str]:
+    async def _sse(self, stream: RoutedStream, event, include_usage: bool, cid: str, created: int, obj: str
+                   ) -> AsyncIterator[str]:
         usage: Usage | None = None
         first = True
         final: dict[str, Any] | None = None
         try:
-            async for chunk in chunks:
-                if chunk.usage is not None:
-                    usage = chunk.usage
-                if not chunk.text and not chunk.finish_reason and not first:
-                    continue
-                payload = event(chunk, first)
-                first = False
-                if chunk.finish_reason:
-                    # Held back until the stream ends, so it can carry the complete route trace.
-                    final = payload
-                    continue
-                yield sse(payload)
+            async with contextlib.aclosing(stream.chunks) as chunks:  # a client that leaves stops the work now
+                async for chunk in chunks:
+                    if chunk.usage is not None:
+                        usage = chunk.usage
+                    if not chunk.text and not chunk.finish_reason and not first:
+                        continue
+                    payload = event(chunk, first)
+                    first = False
+                    if chunk.finish_reason:
+                        # Held back until the stream ends, so it can carry the complete route trace.
+                        final = payload
+                        continue
+                    yield sse(payload)
             if final is None:
                 final = event(GenerationChunk(finish_reason="stop"), first)
-            final["route"] = trace.model_dump()
+            route = stream.trace.model_dump()  # complete now that the stream has ended
+            final["route"] = route
             yield sse(final)
             if include_usage:
-                yield sse({"id": cid, "object": obj, "created": created, "model": model, "choices": [],
-                           "usage": _usage(usage or Usage()).model_dump(), "route": trace.model_dump()})
+                yield sse({"id": cid, "object": obj, "created": created, "model": stream.model, "choices": [],
+                           "usage": _usage(usage or Usage()).model_dump(), "route": route})
         except InferenceOptimizerError as exc:
             # Headers are gone: the error travels as an event, the way OpenAI and vLLM send it.
             _, body = to_openai_error(exc)
@@ -273,6 +300,6 @@ class OpenAIService:
 
     async def check_health(self) -> dict[str, Any]:
         """Ask both engines; raise `EngineUnavailableError` if one cannot serve."""
-        await self.router.scout.check_health()
-        await self.router.validator.check_health()
+        await self.scout.check_health()
+        await self.validator.check_health()
         return {"status": "ok", **self.tier_models()}

@@ -5,7 +5,7 @@ class, strategy, predicted max_tokens), recorded as the ``analyzer`` stage of th
 trace. See docs/analyzer.md.
 """
 
-from serving.analyzer.analyzer import AnalysisInput, RequestAnalyzer
+from serving.analyzer.analyzer import AnalysisInput, Analyzer, RequestAnalyzer
 from serving.analyzer.complexity import DEFAULT_ARTIFACT, ComplexityModel, feature_names, profile_features
 from serving.analyzer.plan import RoutePlan, Strategy
 from serving.analyzer.profile import (
@@ -19,6 +19,7 @@ from serving.analyzer.profile import (
 __all__ = [
     "DEFAULT_ARTIFACT",
     "AnalysisInput",
+    "Analyzer",
     "ComplexityModel",
     "HFTokenCounter",
     "RequestAnalyzer",

@@ -10,6 +10,7 @@ the default path (``scout_first``).
 from __future__ import annotations
 
 import asyncio
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -17,10 +18,11 @@ import numpy as np
 
 from serving.analyzer.complexity import ComplexityModel
 from serving.analyzer.plan import RoutePlan, Strategy
-from serving.analyzer.profile import RequestProfile, TokenCounter, embedded_question, profile_request
+from serving.analyzer.profile import RequestProfile, TokenCounter, profile_request
 from serving.cache.embedder import Embedder
-from serving.config import AnalyzerConfig
+from serving.config import AnalyzerConfig, PriorityConfig
 from serving.engines.base import GenerationRequest
+from serving.policy.cache import embedded_question
 
 
 @dataclass
@@ -32,8 +34,22 @@ class AnalysisInput:
     priority: str | None = None
 
 
-class RequestAnalyzer:
-    """Turns requests into `RoutePlan`s; batches of requests share one embedder call and one matrix product."""
+class Analyzer(ABC):
+    """What plans a request before the cache: the analyzer stage's one dependency."""
+
+    @abstractmethod
+    async def analyze(
+        self, request: GenerationRequest, *, model: str = "auto", priority: str | None = None
+    ) -> RoutePlan:
+        """The plan of one request; `priority` is its resolved class (None: the default)."""
+
+
+class RequestAnalyzer(Analyzer):
+    """Turns requests into `RoutePlan`s; batches of requests share one embedder call and one matrix product.
+
+    It runs inside the Ingress; only the embedding crosses a Ray hop (to the Embedder
+    deployment, whose `@serve.batch` joins concurrent requests' texts).
+    """
 
     def __init__(
         self,
@@ -41,8 +57,12 @@ class RequestAnalyzer:
         embedder: Embedder,
         tokens: TokenCounter | None,
         model: ComplexityModel | None = None,
+        *,
+        priority: PriorityConfig | None = None,
     ) -> None:
         self.config = config
+        # The classes' vLLM priorities (the `priority` section; a request's class is resolved before analysis).
+        self.priority = priority or PriorityConfig()
         self.embedder = embedder
         self.tokens = tokens
         self.model = model or ComplexityModel.load(config.artifact)
@@ -94,7 +114,8 @@ class RequestAnalyzer:
 
     def _plan(self, item: AnalysisInput, profile: RequestProfile, score: float | None, error: str | None) -> RoutePlan:
         cfg = self.config
-        priority = item.priority or cfg.default_priority
+        classes = self.priority.classes
+        priority = item.priority or self.priority.default_priority
         strategy: Strategy
         if item.model != "auto":
             strategy = "forced"
@@ -108,7 +129,7 @@ class RequestAnalyzer:
             threshold=cfg.direct_threshold,
             strategy=strategy,
             priority=priority,
-            vllm_priority=cfg.priorities.get(priority, cfg.priorities[cfg.default_priority]),
+            vllm_priority=classes.get(priority, classes[self.priority.default_priority]),
             max_tokens=min(item.request.max_tokens, profile.expected_output_tokens),
             model_version=self.model.version,
             error=error,

@@ -21,6 +21,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from serving.engines.base import GenerationRequest
+from serving.policy.cache import last_user_turn
 
 TaskKind = Literal["short_answer", "chat", "math", "code", "reasoning"]
 
@@ -115,21 +116,8 @@ def _text(content: Any) -> str:
 
 
 def question_text(request: GenerationRequest) -> str:
-    """What is embedded and scanned: the last user turn, or the prompt (as in `serving.cache.keys`)."""
-    if request.kind == "completion":
-        return request.prompt or ""
-    for m in reversed(request.messages or []):
-        if m.get("role") == "user":
-            return _text(m.get("content"))
-    return ""
-
-
-def embedded_question(request: GenerationRequest) -> str:
-    """What the analyzer embeds: `question_text` normalised as the cache normalises its question, so
-    that the cache's semantic lookup can reuse the vector when its question is the same text."""
-    from serving.cache.keys import normalize
-
-    return normalize(question_text(request))
+    """What is scanned for signals: the last user turn, or the prompt (`serving.policy.cache.last_user_turn`)."""
+    return last_user_turn(request)
 
 
 def task_kind(code: bool, math: bool, reasoning: bool, short: bool) -> TaskKind:

@@ -2,15 +2,14 @@
 
 `Embedder` is the interface the cache needs: texts in, unit-length vectors out (so cosine
 similarity is a dot product). `SentenceTransformerEmbedder` runs a sentence-transformers
-model in this process (the `Embedder` deployment holds one); `ServeEmbedder` is the client
-side of that deployment. Tests use fakes that subclass `Embedder`.
+model in this process (the `Embedder` deployment holds one); `serving.handles.ServeEmbedder` is
+the client side of that deployment. Tests use fakes that subclass `Embedder`.
 """
 
 from __future__ import annotations
 
 import asyncio
 from abc import ABC, abstractmethod
-from typing import Any
 
 
 class Embedder(ABC):
@@ -48,14 +47,3 @@ class SentenceTransformerEmbedder(Embedder):
 
     async def embed(self, texts: list[str]) -> list[list[float]]:
         return await asyncio.to_thread(self.embed_sync, texts)
-
-
-class ServeEmbedder(Embedder):
-    """The client side of the `Embedder` deployment: one call per text, batched by the deployment."""
-
-    def __init__(self, handle: Any, dimension: int) -> None:
-        self._handle = handle
-        self.dimension = dimension
-
-    async def embed(self, texts: list[str]) -> list[list[float]]:
-        return list(await asyncio.gather(*(self._handle.embed.remote(t) for t in texts)))

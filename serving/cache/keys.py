@@ -15,26 +15,19 @@ A request is split into what must match exactly and what may match by meaning:
   compared by similarity. ``None`` when the request does not end with a user turn, which
   leaves only exact hits possible.
 
-Normalisation is Unicode NFKC plus collapsed whitespace; case is kept ("US" is not "us").
+What is deterministic and what the compared question is are the cache policy's
+(`serving.policy.cache`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import re
-import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
 from serving.engines.base import GenerationRequest
-
-_SPACE = re.compile(r"\s+")
-
-
-def normalize(text: str) -> str:
-    """NFKC, whitespace runs collapsed to one space, ends stripped."""
-    return _SPACE.sub(" ", unicodedata.normalize("NFKC", text)).strip()
+from serving.policy.cache import compared_question, normalize
 
 
 def digest(obj: Any) -> str:
@@ -56,11 +49,6 @@ def output_params(request: GenerationRequest) -> dict[str, Any]:
         "logprobs": request.logprobs,
         "top_logprobs": request.top_logprobs if request.logprobs else 0,
     }
-
-
-def is_deterministic(request: GenerationRequest) -> bool:
-    """Greedy or seeded: the same request gives the same answer, so a cached one is faithful."""
-    return request.temperature == 0 or request.seed is not None
 
 
 @dataclass(frozen=True)
@@ -89,17 +77,13 @@ def cache_key(
     other engines never match, so a model upgrade starts from a cold cache, not a stale one.
     """
     params = output_params(request)
+    question = compared_question(request)
+    context: list[Any]
     if request.kind == "completion":
-        question: str | None = normalize(request.prompt or "")
-        context: list[Any] = []
-        body: Any = question
+        context, body = [], question
     else:
-        messages = _messages(request)
-        body = messages
-        if messages and messages[-1]["role"] == "user":
-            question, context = messages[-1]["content"], messages[:-1]
-        else:
-            question, context = None, messages
+        body = _messages(request)
+        context = body[:-1] if question is not None else body
     return CacheKey(
         namespace=namespace,
         model=model,

@@ -2,19 +2,20 @@
 
 `ResponseCache` is what the request path talks to; `SemanticCache` implements it over a
 `VectorStore` and an `Embedder` (the `SemanticCache` deployment holds one, the ingress
-talks to it through `ServeResponseCache`).
+talks to it through `serving.handles.ServeResponseCache`).
 
 Lookup, in order:
 
 1. **exact** — the entry whose id is derived from the request's exact key (same namespace,
    model, messages and output-changing parameters). No embedding, no guard.
-2. **semantic** — the last user turn is embedded; the store returns the nearest entries
-   with similarity >= `similarity_threshold` among those with the *same* namespace, model,
+2. **semantic** — the compared question is embedded (or the analyzer's vector reused); the
+   store returns the nearest entries among those with the *same* namespace, model,
    engines, context digest (system prompt + earlier turns) and parameters, not expired.
-   Each candidate, most similar first, must pass the guards (`serving.cache.guards`);
-   a vetoed candidate is counted and the next one tried.
-3. **near miss** — on a miss, the most similar candidate with similarity >=
-   `draft_threshold` that was not served (too far, or vetoed) comes back as `draft`: the
+   Each candidate, most similar first, is judged by the cache policy
+   (`serving.policy.cache.judge_candidate`: the similarity threshold, then the guards); a
+   vetoed candidate is counted and the next one tried.
+3. **near miss** — on a miss, the most similar candidate the policy judged a near miss
+   (similarity >= `draft_threshold`, not served: too far, or vetoed) comes back as `draft`: the
    Validator can verify it instead of starting from nothing (`serving.verify`), which is
    safe whatever the draft says, since only what the Validator itself would write is kept.
 
@@ -35,12 +36,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
-from serving.cache import guards
 from serving.cache.embedder import Embedder
 from serving.cache.keys import CacheKey
 from serving.cache.store import CacheEntry, Match, Selector, VectorStore, entry_id
 from serving.config.cache import CacheConfig
 from serving.metrics import Metrics
+from serving.policy import cache as policy
 
 T = TypeVar("T")
 logger = logging.getLogger(__name__)
@@ -156,24 +157,21 @@ class SemanticCache(ResponseCache):
             (vector,) = await self.embedder.embed([key.question])
         match = Match(namespace=key.namespace, model=key.model, fingerprint=key.fingerprint, context=key.context,
                       params=key.params, now=now)
-        serve_at, draft_at = self.config.similarity_threshold, self.config.draft_threshold
-        floor = serve_at if draft_at is None else min(draft_at, serve_at)
-        candidates = await self._store(self.store.search, vector, match, self.config.candidates, floor)
+        candidates = await self._store(self.store.search, vector, match, self.config.candidates,
+                                       policy.search_floor(self.config))
         rejected: list[dict[str, Any]] = []
         near: tuple[CacheEntry, float] | None = None
-        for entry, similarity in candidates:
-            if similarity < serve_at:
-                near = near or (entry, similarity)
-                continue
-            verdict = guards.check(entry.question or "", key.question) if self.config.guards else guards.PASS
-            if not verdict.ok:
-                rejected.append({"reason": verdict.reason, "similarity": round(similarity, 4)})
-                self._count("guard_rejected", verdict.reason or "")
-                near = near or (entry, similarity)
-                continue
-            await self._store(self.store.record_hit, entry, now)
-            return CacheLookup("semantic_hit", entry, similarity=similarity, rejected=rejected)
-        if near is not None and draft_at is not None:
+        for entry, similarity in candidates:  # most similar first
+            verdict, vetoed = policy.judge_candidate(self.config, similarity, entry.question or "", key.question)
+            if vetoed is not None:
+                rejected.append({"reason": vetoed, "similarity": round(similarity, 4)})
+                self._count("guard_rejected", vetoed)
+            if verdict is policy.Candidate.SERVE:
+                await self._store(self.store.record_hit, entry, now)
+                return CacheLookup("semantic_hit", entry, similarity=similarity, rejected=rejected)
+            if verdict is policy.Candidate.NEAR_MISS and near is None:
+                near = (entry, similarity)
+        if near is not None:
             self._count("near_miss")
             return CacheLookup("miss", vector=vector, rejected=rejected, draft=near[0], draft_similarity=near[1])
         return CacheLookup("miss", vector=vector, rejected=rejected)

@@ -1,7 +1,8 @@
 from dataclasses import replace
 
-from serving.cache.keys import cache_key, is_deterministic, normalize
+from serving.cache.keys import cache_key
 from serving.engines.base import GenerationRequest
+from serving.policy.cache import is_deterministic, normalize
 
 
 def chat(*turns: tuple[str, str], **kw) -> GenerationRequest:

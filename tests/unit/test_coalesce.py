@@ -1,128 +1,156 @@
-"""In-flight coalescing: N identical concurrent calls -> one computation, N identical answers."""
+"""In-flight coalescing of chunk streams (`serving.pipeline.Flights`): N identical readers, one computation."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 
-from serving.coalesce import Coalescer
-from serving.engines.base import GenerationRequest
+from serving.engines.base import GenerationChunk, GenerationRequest
+from serving.errors import EngineUnavailableError
+from serving.pipeline import Flights
 from tests.unit.fakes import FakeEngine
 
 
-def test_identical_concurrent_requests_share_one_generation():
-    engine = FakeEngine("validator", ["Paris", "."], delay_s=0.05)
-    flights: Coalescer = Coalescer()
+async def read_all(flight) -> str:
+    return "".join([c.text async for c in flight.subscribe()])
+
+
+def test_readers_of_one_flight_share_one_computation_and_read_every_chunk():
+    engine = FakeEngine("validator", ["Paris", " is", "."], delay_s=0.02)
+    req = GenerationRequest(messages=[{"role": "user", "content": "Capital of France?"}], temperature=0)
 
     async def main():
-        req = GenerationRequest(messages=[{"role": "user", "content": "Capital of France?"}], temperature=0)
-        return await asyncio.gather(*(flights.run("key-a", lambda: engine.generate(req)) for _ in range(8)))
+        flights = Flights()
+        flight = flights.start("key-a", lambda: engine.stream(req))
+        first = asyncio.create_task(read_all(flight))
+        await asyncio.sleep(0.03)  # a reader joining late still reads from the first chunk
+        joined = flights.live("key-a")
+        texts = await asyncio.gather(first, *(read_all(joined) for _ in range(3)))
+        return texts, joined is flight, len(flights)
 
-    results = asyncio.run(main())
+    texts, same, left = asyncio.run(main())
     assert len(engine.requests) == 1
-    gens = [g for g, _ in results]
-    assert all(g is gens[0] for g in gens) and gens[0].text == "Paris."
-    assert [shared for _, shared in results] == [False] + [True] * 7
-    assert flights.coalesced == 7 and len(flights) == 0
+    assert texts == ["Paris is."] * 4 and same
+    assert left == 0  # the key is forgotten when the flight ends
 
 
-def test_different_keys_and_later_calls_compute_again():
-    calls = []
+def test_a_later_request_computes_afresh_and_keys_do_not_mix():
+    calls: list[str] = []
 
-    async def compute(k):
+    async def compute(k: str):
         calls.append(k)
         await asyncio.sleep(0.01)
-        return k
+        yield GenerationChunk(text=k)
 
     async def main():
-        flights: Coalescer = Coalescer()
-        first = await asyncio.gather(flights.run("a", lambda: compute("a")), flights.run("b", lambda: compute("b")))
-        again = await flights.run("a", lambda: compute("a"))  # the first flight ended: computed afresh
-        return first, again, len(flights)
+        flights = Flights()
+        a, b = flights.start("a", lambda: compute("a")), flights.start("b", lambda: compute("b"))
+        first = await asyncio.gather(read_all(a), read_all(b))
+        assert flights.live("a") is None  # ended: nothing to join
+        again = await read_all(flights.start("a", lambda: compute("a")))
+        return first, again
 
-    first, again, left = asyncio.run(main())
-    assert [v for v, _ in first] == ["a", "b"] and again == ("a", False)
-    assert calls == ["a", "b", "a"] and left == 0
+    first, again = asyncio.run(main())
+    assert first == ["a", "b"] and again == "a" and calls == ["a", "b", "a"]
 
 
-def test_an_error_reaches_every_waiter():
+def test_an_error_reaches_every_reader():
     engine = FakeEngine("validator", ["x"], delay_s=0.02, fail=True)
 
     async def main():
-        flights: Coalescer = Coalescer()
-        req = GenerationRequest(prompt="p")
-        out = await asyncio.gather(*(flights.run("k", lambda: engine.generate(req)) for _ in range(4)),
-                                   return_exceptions=True)
+        flights = Flights()
+        flight = flights.start("k", lambda: engine.stream(GenerationRequest(prompt="p")))
+        out = await asyncio.gather(*(read_all(flight) for _ in range(4)), return_exceptions=True)
         return out, len(flights)
 
     out, left = asyncio.run(main())
     assert len(engine.requests) == 1 and left == 0
-    assert all(type(e).__name__ == "EngineUnavailableError" for e in out)
+    assert all(isinstance(e, EngineUnavailableError) for e in out) and len(out) == 4
 
 
-def test_a_cancelled_waiter_does_not_cancel_the_work_of_the_others():
-    started, finished = [], []
+def test_a_reader_that_leaves_does_not_cancel_the_others():
+    done = []
 
     async def compute():
-        started.append(1)
-        await asyncio.sleep(0.05)
-        finished.append(1)
-        return "answer"
+        for i in range(5):
+            await asyncio.sleep(0.01)
+            yield GenerationChunk(text=str(i))
+        done.append(True)
 
     async def main():
-        flights: Coalescer = Coalescer()
-        leader = asyncio.create_task(flights.run("k", compute))
-        follower = asyncio.create_task(flights.run("k", compute))
-        await asyncio.sleep(0.01)
-        leader.cancel()  # the first client hangs up
-        with pytest.raises(asyncio.CancelledError):
-            await leader
+        flights = Flights()
+        flight = flights.start("k", compute)
+        leaver = flight.subscribe()
+        await anext(leaver)
+        follower = asyncio.create_task(read_all(flight))
+        await asyncio.sleep(0)  # the follower has joined
+        await leaver.aclose()  # the first reader (the leader) leaves after one chunk
         return await follower
 
-    assert asyncio.run(main()) == ("answer", True)
-    assert started == [1] and finished == [1]
+    assert asyncio.run(main()) == "01234" and done == [True]
 
 
-def test_the_work_is_cancelled_when_every_waiter_has_gone():
-    finished = []
-
-    async def compute():
-        await asyncio.sleep(0.05)
-        finished.append(1)
-
+def test_the_computation_is_cancelled_when_the_last_reader_leaves():
     async def main():
-        flights: Coalescer = Coalescer()
-        tasks = [asyncio.create_task(flights.run("k", compute)) for _ in range(3)]
-        await asyncio.sleep(0.01)
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await asyncio.sleep(0.06)
-        # A new call after the abandoned flight computes afresh and is not cancelled by it.
-        value = await flights.run("k", lambda: asyncio.sleep(0, result="new"))
-        return value, len(flights)
+        state = {"cancelled": False}
 
-    assert asyncio.run(main()) == (("new", False), 0)
-    assert finished == []
+        async def compute():
+            try:
+                for i in range(100):
+                    await asyncio.sleep(0.01)
+                    yield GenerationChunk(text=str(i))
+            except asyncio.CancelledError:
+                state["cancelled"] = True
+                raise
+
+        flights = Flights()
+        flight = flights.start("k", compute)
+        readers = [flight.subscribe(), flight.subscribe()]
+        for r in readers:
+            await anext(r)
+        await readers[0].aclose()
+        assert not flight.task.done()  # one reader is left
+        await readers[1].aclose()
+        # The last reader's close waited for the computation to unwind.
+        return state["cancelled"], flight.task.done(), flights.live("k")
+
+    assert asyncio.run(main()) == (True, True, None)
 
 
-def test_a_follower_is_a_waiter_like_the_others():
-    """A streamed request following a flight keeps it alive when the request that started it leaves,
-    and can no longer follow once the flight is over."""
+def test_a_flight_without_a_key_is_never_joined():
     async def main():
-        flights: Coalescer = Coalescer()
-        leader = asyncio.create_task(flights.run("k", lambda: asyncio.sleep(0.05, result="answer")))
-        await asyncio.sleep(0)
-        assert "k" in flights
-        follower = asyncio.create_task(flights.follow("k"))
-        await asyncio.sleep(0.01)
-        leader.cancel()  # the first client hangs up; the follower still needs the answer
-        with pytest.raises(asyncio.CancelledError):
-            await leader
-        value = await follower
-        with pytest.raises(KeyError):
-            await flights.follow("k")  # flight over: nothing to follow
-        return value, len(flights), flights.coalesced
+        flights = Flights()
 
-    assert asyncio.run(main()) == ("answer", 0, 1)
+        async def compute():
+            await asyncio.sleep(0.01)
+            yield GenerationChunk(text="x")
+
+        flight = flights.start(None, compute)
+        live = flights.live(None)
+        text = await read_all(flight)
+        return live, text, len(flights)
+
+    assert asyncio.run(main()) == (None, "x", 0)
+
+
+@pytest.mark.parametrize("leave_at", [0, 2])
+def test_no_task_is_left_behind(leave_at: int):
+    async def main():
+        async def compute():
+            for i in range(3):
+                await asyncio.sleep(0.005)
+                yield GenerationChunk(text=str(i))
+
+        flights = Flights()
+        flight = flights.start("k", compute)
+        async with contextlib.aclosing(flight.subscribe()) as chunks:
+            n = 0
+            async for _ in chunks:
+                if n == leave_at:
+                    break
+                n += 1
+        return flight.task.done()
+
+    assert asyncio.run(main()) is True

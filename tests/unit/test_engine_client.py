@@ -4,7 +4,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from serving.engines.serve_llm import _is_error, _logprobs_from_chat, _sse_payloads, error_from_engine
+from serving.handles.engine import _is_error, _logprobs_from_chat, _sse_payloads, error_from_engine
 from serving.errors import ContextLengthExceededError, EngineUnavailableError, InvalidRequestError
 
 
@@ -45,7 +45,7 @@ def test_chat_logprobs():
 def test_priority_reaches_vllm_only_when_the_engine_schedules_by_priority():
     pytest.importorskip("ray.serve.llm")
     from serving.engines.base import GenerationRequest
-    from serving.engines.serve_llm import ServeLLMEngine
+    from serving.handles.engine import ServeLLMEngine
 
     req = GenerationRequest(messages=[{"role": "user", "content": "hi"}], priority=10)
     assert ServeLLMEngine(None, "m", priority_scheduling=True)._to_vllm(req, False).priority == 10
@@ -62,7 +62,7 @@ def test_the_verification_tokenizer_loads_once_off_the_event_loop():
     import time
 
     pytest.importorskip("ray.serve.llm")
-    from serving.engines.serve_llm import ServeLLMEngine
+    from serving.handles.engine import ServeLLMEngine
 
     engine = ServeLLMEngine(None, "m", tokenizer="some/folder")
     loads: list[str] = []

@@ -14,7 +14,7 @@ from serving.cache.semantic import CachedAnswer, SemanticCache
 from serving.config import CacheConfig, TieringConfig
 from serving.engines.base import GenerationChunk, GenerationRequest, Usage
 from serving.errors import ContextLengthExceededError
-from serving.router import TieredRouter
+from serving.pipeline import build_pipeline
 from serving.verify import DraftOutcome, Verified
 from tests.unit.fakes import FakeEmbedder, FakeEngine
 
@@ -75,7 +75,7 @@ def setup(tmp_path):
         made.append(cache)
         scout = FakeEngine("small", ["Par", "is", ".", ""], scout_lp)
         validator = VerifyingEngine("large", ["Paris", " is", " the", " capital."])
-        router = TieredRouter(scout, validator, TieringConfig(threshold=0.5, verified_escalation=verified),
+        router = build_pipeline(scout, validator, TieringConfig(threshold=0.5, verified_escalation=verified),
                               cache=cache, cache_config=config)
         return router, scout, validator, cache
 
@@ -214,7 +214,7 @@ class RejectingEngine(VerifyingEngine):
 def test_the_router_stops_verifying_drafts_that_are_always_rejected():
     scout = FakeEngine("small", ["Par", "is", ".", ""], UNSURE)
     validator = RejectingEngine("large", ["Paris", " is", " the", " capital."])
-    router = TieredRouter(scout, validator, TieringConfig(threshold=0.5, verified_escalation=True,
+    router = build_pipeline(scout, validator, TieringConfig(threshold=0.5, verified_escalation=True,
                                                           verify_min_acceptance=0.15, verify_explore_every=5))
     decisions = []
     for i in range(20):
@@ -256,7 +256,7 @@ class OverflowingEngine(VerifyingEngine):
 def test_a_draft_that_cannot_be_scored_falls_back_to_plain_generation():
     scout = FakeEngine("small", ["Par", "is", ".", ""], UNSURE)
     validator = OverflowingEngine("large", ["Paris", " is", " the", " capital."])
-    router = TieredRouter(scout, validator, TieringConfig(threshold=0.5, verified_escalation=True))
+    router = build_pipeline(scout, validator, TieringConfig(threshold=0.5, verified_escalation=True))
     out = run(router.complete(req("a question")))
     assert validator.drafts == ["Paris."]  # it tried
     assert out.generation.text == "Paris is the capital." and out.trace.reason == "escalated"
@@ -279,7 +279,7 @@ def test_a_draft_that_cannot_be_scored_falls_back_to_plain_generation():
 def test_verification_is_not_tried_on_penalised_requests():
     scout = FakeEngine("small", ["Par", "is", ".", ""], UNSURE)
     validator = VerifyingEngine("large", ["Paris", " is", " the", " capital."])
-    router = TieredRouter(scout, validator, TieringConfig(threshold=0.5, verified_escalation=True))
+    router = build_pipeline(scout, validator, TieringConfig(threshold=0.5, verified_escalation=True))
     out = run(router.complete(req("a question", frequency_penalty=0.5)))
     assert validator.drafts == [] and out.trace.stages[-1].decision == "answered"
 
@@ -297,7 +297,7 @@ def test_verified_drafts_reach_the_metrics_with_their_token_counts(setup):
     metrics = Drafts()
     scout = FakeEngine("small", ["Par", "is", ".", ""], UNSURE)
     validator = VerifyingEngine("large", ["Paris", " is", " the", " capital."])
-    router = TieredRouter(scout, validator, TieringConfig(threshold=0.5, verified_escalation=True), metrics=metrics)
+    router = build_pipeline(scout, validator, TieringConfig(threshold=0.5, verified_escalation=True), metrics=metrics)
     out = run(router.complete(req("one question")))
     detail = out.trace.stages[-1].detail
     # The fake proposes one token per word of "Paris." and accepts the first, plus its correction.

@@ -7,20 +7,20 @@ from serving.config import TieringConfig
 from serving.engines.base import GenerationRequest
 from serving.errors import EngineTimeoutError, EngineUnavailableError
 from serving.metrics import Metrics
-from serving.router import TieredRouter
+from serving.pipeline import Pipeline, build_pipeline
 from tests.unit.fakes import FakeEngine
 
 SURE = [math.log(0.99)] * 4
 UNSURE = [math.log(0.99)] * 3 + [math.log(0.05)]
 
 
-def make(scout_lp=SURE, **kw) -> tuple[TieredRouter, FakeEngine, FakeEngine]:
+def make(scout_lp=SURE, **kw) -> tuple[Pipeline, FakeEngine, FakeEngine]:
     scout = FakeEngine("small", ["Par", "is", ".", ""], scout_lp, fail=kw.pop("scout_fail", False),
                        delay_s=kw.pop("scout_delay", 0.0))
     validator = FakeEngine("large", ["Paris", " is", " the", " capital"], fail=kw.pop("validator_fail", False),
                            delay_s=kw.pop("validator_delay", 0.0))
     tiering = TieringConfig(threshold=kw.pop("threshold", 0.5), enabled=kw.pop("enabled", True))
-    return TieredRouter(scout, validator, tiering, **kw), scout, validator
+    return build_pipeline(scout, validator, tiering, **kw), scout, validator
 
 
 def req(**kw) -> GenerationRequest:

@@ -13,7 +13,7 @@ from serving.cache.semantic import CacheLookup, ResponseCache, SemanticCache
 from serving.config import CacheConfig, TieringConfig
 from serving.engines.base import GenerationRequest
 from serving.errors import InvalidRequestError
-from serving.router import TieredRouter
+from serving.pipeline import build_pipeline
 from tests.unit.fakes import FakeEmbedder, FakeEngine
 
 SURE = [math.log(0.99)] * 4
@@ -63,7 +63,7 @@ def make(tmp_path):
             cache = SemanticCache(EdgeStore(tmp_path / f"s{len(made)}", FakeEmbedder.dimension), FakeEmbedder(),
                                   config)
             made.append(cache)
-        router = TieredRouter(scout, validator, TieringConfig(threshold=0.5), cache=cache, cache_config=config)
+        router = build_pipeline(scout, validator, TieringConfig(threshold=0.5), cache=cache, cache_config=config)
         return router, scout, validator
 
     yield _make
@@ -240,7 +240,7 @@ def test_a_stream_abandoned_midway_is_not_admitted(make):
 
 
 def test_without_a_cache_there_is_no_cache_stage():
-    router = TieredRouter(FakeEngine("small", ["a"], [math.log(0.99)]), FakeEngine("large", ["b"]),
+    router = build_pipeline(FakeEngine("small", ["a"], [math.log(0.99)]), FakeEngine("large", ["b"]),
                           TieringConfig())
     assert stages(run(router.complete(req()))) == [("scout", "confident")]
 
@@ -250,9 +250,9 @@ def test_cached_answer_is_not_confused_with_answers_of_other_engines(make, tmp_p
     cache = SemanticCache(EdgeStore(tmp_path / "shared", FakeEmbedder.dimension), FakeEmbedder(), config)
     try:
         unsure = [math.log(0.05)]
-        old = TieredRouter(FakeEngine("small", ["a"], unsure), FakeEngine("large-v1", ["old"]), TieringConfig(),
+        old = build_pipeline(FakeEngine("small", ["a"], unsure), FakeEngine("large-v1", ["old"]), TieringConfig(),
                            cache=cache, cache_config=config)
-        new = TieredRouter(FakeEngine("small", ["a"], unsure), FakeEngine("large-v2", ["new"]), TieringConfig(),
+        new = build_pipeline(FakeEngine("small", ["a"], unsure), FakeEngine("large-v2", ["new"]), TieringConfig(),
                            cache=cache, cache_config=config)
         run(old.complete(req()))
         assert run(new.complete(req())).generation.text == "new"  # upgraded model: no stale answer

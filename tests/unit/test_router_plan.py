@@ -5,24 +5,24 @@ from __future__ import annotations
 import asyncio
 import math
 
-from serving.analyzer import RoutePlan, profile_request
+from serving.analyzer import Analyzer, RoutePlan, profile_request
 from serving.analyzer.plan import Strategy
-from serving.coalesce import Coalescer
-from serving.config import AnalyzerConfig, TieringConfig
+from serving.config import AnalyzerConfig, PriorityConfig, TieringConfig
 from serving.engines.base import GenerationRequest
+from serving.pipeline import build_pipeline
 from serving.priority import Priority, PriorityGate, resolve_priority
-from serving.router import TieredRouter
 from tests.unit.fakes import FakeEngine
 
 SURE = [math.log(0.99)] * 4
 UNSURE = [math.log(0.99)] * 3 + [math.log(0.05)]
 
 
-class FakeAnalyzer:
+class FakeAnalyzer(Analyzer):
     """Plans by a fixed complexity per question (the real analyzer's model is tested in test_analyzer.py)."""
 
     def __init__(self, hard: set[str] = frozenset(), fail: bool = False, delay_s: float = 0.0) -> None:
         self.config = AnalyzerConfig(enabled=True, direct_threshold=0.5)
+        self.priority = PriorityConfig()
         self.hard, self.fail, self.delay_s = hard, fail, delay_s
         self.calls: list[tuple[str, str | None]] = []
 
@@ -36,10 +36,10 @@ class FakeAnalyzer:
         complexity = 0.9 if question in self.hard else 0.1
         strategy: Strategy = "forced" if model != "auto" else (
             "validator_direct" if complexity >= cfg.direct_threshold else "scout_first")
-        name = priority or cfg.default_priority
+        name = priority or self.priority.default_priority
         profile = profile_request(request, None, cfg.expected_output_tokens)
         return RoutePlan(profile=profile, complexity=complexity, threshold=cfg.direct_threshold, strategy=strategy,
-                         priority=name, vllm_priority=cfg.priorities[name], max_tokens=request.max_tokens,
+                         priority=name, vllm_priority=self.priority.classes[name], max_tokens=request.max_tokens,
                          model_version="test")
 
 
@@ -55,8 +55,8 @@ def req(question: str = "What is the capital of France?", **kw) -> GenerationReq
 def make(analyzer=None, scout_lp=SURE, delay_s: float = 0.0, coalesce: bool = False, gate: PriorityGate | None = None):
     scout = FakeEngine("small", ["Par", "is", ".", ""], scout_lp, delay_s=delay_s)
     validator = FakeEngine("large", ["Paris", " is", " the", " capital."], delay_s=delay_s)
-    router = TieredRouter(scout, validator, TieringConfig(threshold=0.5), analyzer=analyzer,
-                          coalescer=Coalescer() if coalesce else None, gate=gate)
+    router = build_pipeline(scout, validator, TieringConfig(threshold=0.5), analyzer=analyzer,
+                          coalesce=coalesce, gate=gate)
     return router, scout, validator
 
 
@@ -101,7 +101,7 @@ def test_a_failing_or_slow_analyzer_leaves_the_default_path():
 def test_the_priority_class_reaches_the_engines():
     analyzer = FakeAnalyzer()
     router, scout, validator = make(analyzer, scout_lp=UNSURE)
-    batch = resolve_priority(analyzer.config, header="batch")
+    batch = resolve_priority(analyzer.priority, header="batch")
     run(router.complete(req(), priority=batch))
     assert analyzer.calls == [("auto", "batch")]
     assert scout.requests[-1].priority == 10 and validator.requests[-1].priority == 10
@@ -173,16 +173,17 @@ def test_interactive_requests_go_ahead_of_batch_ones_in_our_queue():
 
 
 def test_a_streamed_validator_answer_holds_its_place_in_our_queue_until_it_ends():
-    """A stream counts against `api.max_in_flight` while it streams, and a client that leaves frees it."""
+    """A stream counts against `api.max_in_flight` while the engine generates it (one slot, as a
+    non-streamed request), and a client that leaves frees it."""
     gate = PriorityGate(1)
-    router, _scout, validator = make(delay_s=0.02, gate=gate)
+    router, _scout, validator = make(delay_s=0.05, gate=gate)
 
     async def go():
         routed = await router.open_stream(req("stream me"), model="validator")
         first = await anext(routed.chunks)  # reading started: the stream holds the only slot
         held = gate.active
         waiting = asyncio.create_task(router.complete(req("wait for it"), model="validator"))
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(0.05)  # the stream's engine is still generating (4 tokens, 50 ms each)
         queued = (gate.waiting, len(validator.requests))
         rest = [c.text async for c in routed.chunks]
         done = await waiting

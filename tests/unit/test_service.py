@@ -8,8 +8,15 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from serving.api import ChatCompletionRequest, CompletionRequest
 from serving.config import ApiConfig, TieringConfig
-from serving.errors import InvalidRequestError, ModelNotFoundError, UnsupportedParameterError, to_openai_error
-from serving.router import TieredRouter
+from serving.engines.base import GenerationChunk
+from serving.errors import (
+    EngineUnavailableError,
+    InvalidRequestError,
+    ModelNotFoundError,
+    UnsupportedParameterError,
+    to_openai_error,
+)
+from serving.pipeline import build_pipeline
 from serving.service import OpenAIService, parse_request
 from tests.unit.fakes import FakeEngine
 
@@ -18,9 +25,10 @@ UNSURE = [math.log(0.01)] * 3
 
 
 def service(scout_lp=SURE, validator_fail=False) -> OpenAIService:
-    router = TieredRouter(FakeEngine("small", ["A", "B", "C"], scout_lp),
-                          FakeEngine("large", ["x", "y", "z"], fail=validator_fail), TieringConfig(threshold=0.5))
-    return OpenAIService(router, ApiConfig(max_tokens_limit=64, default_max_tokens=16))
+    scout = FakeEngine("small", ["A", "B", "C"], scout_lp)
+    validator = FakeEngine("large", ["x", "y", "z"], fail=validator_fail)
+    pipeline = build_pipeline(scout, validator, TieringConfig(threshold=0.5))
+    return OpenAIService(pipeline, ApiConfig(max_tokens_limit=64, default_max_tokens=16), scout, validator)
 
 
 def chat(**kw) -> ChatCompletionRequest:
@@ -119,17 +127,18 @@ def test_completion_response_is_a_valid_openai_object():
     assert trace.tier == "validator"
 
 
-def collect(events) -> list[str]:
+def stream(svc: OpenAIService, req: ChatCompletionRequest):
+    """The SSE lines of a streamed chat, and its route as known when the headers were sent."""
     async def go():
-        return [e async for e in events]
+        events, trace = await svc.chat_stream(req)
+        return [e async for e in events], trace
     return asyncio.run(go())
 
 
 @pytest.mark.parametrize("scout_lp", [SURE, UNSURE])
 def test_stream_events_assemble_to_the_answer_and_end_with_route_and_done(scout_lp):
     svc = service(scout_lp)
-    events, trace = asyncio.run(svc.chat_stream(chat(stream=True, stream_options={"include_usage": True})))
-    lines = collect(events)
+    lines, trace = stream(svc, chat(stream=True, stream_options={"include_usage": True}))
     assert lines[-1] == "data: [DONE]\n\n"
     payloads = [json.loads(line[6:]) for line in lines[:-1]]
     chunks = [ChatCompletionChunk.model_validate(p) for p in payloads]
@@ -141,13 +150,35 @@ def test_stream_events_assemble_to_the_answer_and_end_with_route_and_done(scout_
     assert payloads[-1]["usage"]["completion_tokens"] == 3
 
 
+class DiesMidStream(FakeEngine):
+    """Sends its first token, then fails (an engine replica dying mid-answer)."""
+
+    async def stream(self, request):
+        self.requests.append(request)
+        yield GenerationChunk(text=self.tokens[0])
+        raise EngineUnavailableError(f"{self.model_id} is down")
+
+
 def test_stream_error_after_headers_is_sent_as_an_event():
-    svc = service(UNSURE, validator_fail=True)
-    events, _trace = asyncio.run(svc.chat_stream(chat(stream=True)))
-    lines = collect(events)
+    validator = DiesMidStream("large", ["x", "y", "z"])
+    scout = FakeEngine("small", ["A", "B", "C"], UNSURE)
+    svc = OpenAIService(build_pipeline(scout, validator, TieringConfig(threshold=0.5)), ApiConfig(), scout, validator)
+    lines, trace = stream(svc, chat(stream=True))
+    assert trace.tier == "validator"  # decided, headers sent, then the engine died
+    assert json.loads(lines[0][6:])["choices"][0]["delta"]["content"] == "x"
     err = json.loads(lines[-2][6:])
+    assert lines[-1] == "data: [DONE]\n\n"
     assert err["error"]["type"] == "service_unavailable"
     assert err["route"]["stages"][-1]["decision"] == "failed"
+
+
+def test_stream_error_before_the_first_chunk_is_an_http_error():
+    """Nothing was sent yet: the error gets its own status, not a 200 with an error event."""
+    svc = service(UNSURE, validator_fail=True)
+    with pytest.raises(EngineUnavailableError) as info:
+        stream(svc, chat(stream=True))
+    assert to_openai_error(info.value)[0] == 503
+    assert [(s.stage, s.decision) for s in info.value.route.stages] == [("scout", "escalate"), ("validator", "failed")]
 
 
 def test_list_models_names_tiers_and_engines():

@@ -17,7 +17,7 @@ import pytest
 from serving.config import TieringConfig
 from serving.config.app import default_cache_dir
 from serving.engines.base import GenerationRequest
-from serving.router import TieredRouter
+from serving.pipeline import build_pipeline
 from serving.verify import Verified, accept_length, can_verify
 from tests.unit.fakes import FakeEngine
 
@@ -100,7 +100,7 @@ def tok():
 
 
 def engine_and_handle(tok, max_tokens: int = 64):
-    from serving.engines.serve_llm import ServeLLMEngine
+    from serving.handles.engine import ServeLLMEngine
 
     request = GenerationRequest(messages=[{"role": "user", "content": "Capital of France?"}], temperature=0,
                                 max_tokens=max_tokens)
@@ -180,7 +180,7 @@ def test_router_verifies_the_draft_on_escalation_only_when_configured():
     for enabled in (True, False):
         scout = FakeEngine("small", ["Par", "is", ".", ""], unsure)
         validator = VerifyingFake("large", ["Paris", " is", " the", " capital"])
-        router = TieredRouter(scout, validator, TieringConfig(threshold=0.5, verified_escalation=enabled))
+        router = build_pipeline(scout, validator, TieringConfig(threshold=0.5, verified_escalation=enabled))
         out = run(router.complete(GenerationRequest(messages=[{"role": "user", "content": "q"}], temperature=0)))
         last = out.trace.stages[-1]
         assert out.generation.text == "Paris is the capital"
@@ -243,7 +243,7 @@ def test_saved_tokens_count_the_correction_from_the_scoring_pass(tok):
 
 
 def test_incremental_text_never_splits_a_character(tok):
-    from serving.engines.serve_llm import _IncrementalText
+    from serving.handles.engine import _IncrementalText
 
     text = "Café ☕ naïve 東京 🙂 done"
     ids = tok(text, add_special_tokens=False).input_ids

@@ -78,18 +78,26 @@ class ServeLLMEngine(LLMEngine):
 
     def __init__(self, handle: Any, model_id: str, tokenizer: str | None = None,
                  priority_scheduling: bool = False) -> None:
-        from ray.serve.llm import openai_api_models as oai
-
         self._handle = handle
-        self._oai = oai
         self.model_id = model_id
         # Where the model's tokenizer is (its folder or hub ID): needed by `verify` only.
         self._tokenizer_source = tokenizer
         self._tokenizer: Any = None
-        self._tokenizer_lock = asyncio.Lock()
+        self._tokenizer_lock: asyncio.Lock | None = None  # made on first use: the engine is pickled by `.bind()`
         self.can_verify = tokenizer is not None
         # vLLM rejects a non-zero priority unless the engine schedules by priority.
         self._priority = priority_scheduling
+
+    @property
+    def _oai(self) -> Any:
+        """vLLM's OpenAI protocol classes, as `ray.serve.llm` exports them (imported on first use, not at build)."""
+        from ray.serve.llm import openai_api_models
+
+        return openai_api_models
+
+    def __getstate__(self) -> dict[str, Any]:
+        # `.bind()` pickles the engine into the Ingress's arguments: send the recipe, not a loaded tokenizer.
+        return {**self.__dict__, "_tokenizer": None, "_tokenizer_lock": None}
 
     # -- verified escalation ----------------------------------------------------------------
 
@@ -113,6 +121,7 @@ class ServeLLMEngine(LLMEngine):
         """The tokenizer, loaded once in a worker thread: reading it from disk takes a while and
         must not stall the ingress's event loop (every other request in flight waits on it)."""
         if self._tokenizer is None:
+            self._tokenizer_lock = self._tokenizer_lock or asyncio.Lock()
             async with self._tokenizer_lock:
                 if self._tokenizer is None:
                     await asyncio.to_thread(self._tok)

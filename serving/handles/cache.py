@@ -12,7 +12,7 @@ from serving.cache.store import Selector
 class ServeResponseCache(ResponseCache):
     """Forwards every call to the `SemanticCache` deployment through its handle.
 
-    Failures and timeouts are the caller's business: the router turns them into a bypass.
+    Failures and timeouts are the caller's business: the cache stage turns them into a bypass.
     """
 
     def __init__(self, handle: Any) -> None:

@@ -1,0 +1,54 @@
+"""What every stage is, and how a finished answer becomes chunks and chunks an answer."""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+from typing import ClassVar
+
+from serving.engines.base import Generation, GenerationChunk, Usage
+from serving.pipeline._decisions import StageName
+from serving.pipeline._state import RequestState
+
+
+class Stage(ABC):
+    """One step of the request path: it reads the decisions before it from the state and writes its own.
+
+    A stage that answers the request sets `state.answer` (`RequestState.answered`); the
+    pipeline then runs no further deciding stage and streams that answer.
+    """
+
+    name: ClassVar[StageName]
+
+    @abstractmethod
+    async def run(self, state: RequestState) -> None:
+        """Decide, and record the decision (`state.record`)."""
+
+
+# Before every non-space that follows a space: word-sized pieces that join back to the text.
+_WORD_START = re.compile(r"(?<=\s)(?=\S)")
+
+
+async def replay(gen: Generation, with_logprobs: bool) -> AsyncIterator[GenerationChunk]:
+    """A finished answer as chunks: one per token when the tokens spell the text, else one per word."""
+    tokens = gen.tokens or []
+    if tokens and "".join(t.token for t in tokens) == gen.text:
+        for t in tokens:
+            yield GenerationChunk(text=t.token, tokens=[t] if with_logprobs else None)
+    elif with_logprobs and tokens:
+        yield GenerationChunk(text=gen.text, tokens=tokens)
+    else:
+        for piece in _WORD_START.split(gen.text):
+            if piece:
+                yield GenerationChunk(text=piece)
+    yield GenerationChunk(finish_reason=gen.finish_reason, usage=gen.usage)
+
+
+def assemble(chunks: list[GenerationChunk], model: str) -> Generation:
+    """The whole answer the chunks spell (a non-streamed response, or what admission stores)."""
+    tokens = [t for c in chunks for t in c.tokens or []]
+    finish = next((c.finish_reason for c in reversed(chunks) if c.finish_reason), None)
+    usage = next((c.usage for c in reversed(chunks) if c.usage is not None), Usage())
+    return Generation(text="".join(c.text for c in chunks), finish_reason=finish, usage=usage,
+                      tokens=tokens if any(c.tokens is not None for c in chunks) else None, model=model)

@@ -1,0 +1,130 @@
+"""One request's state as it travels the pipeline; the route trace is written from it.
+
+Each stage reads what earlier stages decided from typed fields here (`plan`, `draft`,
+`scout`, `threshold`…) and writes its own decision with `record`. Nothing reads the trace
+to decide: `trace()` is only the client's view of this state.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from serving.api import CacheControl, RouteTrace, StageRecord
+from serving.engines.base import Generation, GenerationChunk, GenerationRequest, Usage
+from serving.metrics import Metrics
+from serving.pipeline._decisions import Decision, Reason, Route, ScoutDecision, StageName, Tier
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from serving.analyzer import RoutePlan
+    from serving.cache.keys import CacheKey
+    from serving.priority import Priority
+    from serving.verify import Draft
+
+
+@dataclass
+class StageOutcome:
+    """What one stage decided, when, and its figures."""
+
+    stage: StageName
+    decision: Decision
+    latency_ms: float
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TierCost:
+    """What one tier's engine spent on a request."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    engine_s: float = 0.0  # wall time of the engine call(s), seen from the pipeline
+
+    def as_dict(self) -> dict[str, float]:
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
+                "engine_s": round(self.engine_s, 4)}
+
+
+@dataclass
+class Cost:
+    """Engine work per tier so far, including work thrown away (a Scout answer that escalated)."""
+
+    tiers: dict[Tier, TierCost] = field(default_factory=dict)
+
+    def add(self, tier: Tier, usage: Usage | None, seconds: float) -> None:
+        c = self.tiers.setdefault(tier, TierCost())
+        if usage is not None:
+            c.prompt_tokens += usage.prompt_tokens
+            c.completion_tokens += usage.completion_tokens
+        c.engine_s += seconds
+
+    def as_dict(self) -> dict[str, dict[str, float]]:
+        return {str(t): c.as_dict() for t, c in self.tiers.items()}
+
+
+@dataclass
+class Admission:
+    """What admitting a cache miss's answer needs: its key, the lookup's embedding, TTL and tags."""
+
+    key: CacheKey
+    vector: list[float] | None
+    ttl_s: float | None
+    tags: list[str]
+
+
+@dataclass
+class RequestState:
+    """Everything the stages decided about one request."""
+
+    request: GenerationRequest
+    route: Route
+    threshold: float
+    confidence_method: str
+    cache_control: CacheControl
+    priority: Priority | None = None
+    stream: bool = False  # the client reads the answer as it is generated
+    metrics: Metrics = field(default_factory=Metrics)
+    started: float = field(default_factory=time.perf_counter)
+    # Decided by the stages, in order.
+    plan: RoutePlan | None = None
+    key: CacheKey | None = None  # the request's cache key, when the cache stage computed one
+    admission: Admission | None = None  # set on a miss that may be admitted
+    draft: Draft | None = None  # a near miss or an escalated Scout answer, for the Validator to verify
+    scout: ScoutDecision | None = None
+    confidence: float | None = None
+    tier: Tier | None = None
+    reason: Reason | None = None
+    model: str = ""  # the engine model that produced the answer
+    # The answer, as chunks: set by the stage that answers (cache hit, Scout, Validator).
+    answer: AsyncIterator[GenerationChunk] | None = None
+    result: Generation | None = None  # the whole answer, once generated (what admission offers the cache)
+    outcomes: list[StageOutcome] = field(default_factory=list)
+    cost: Cost = field(default_factory=Cost)
+    total_ms: float | None = None
+
+    def record(self, stage: StageName, decision: Decision, started: float, **detail: Any) -> StageOutcome:
+        """One stage's decision, started at `started` (time.perf_counter()): into the state and the metrics."""
+        out = StageOutcome(stage, decision, round((time.perf_counter() - started) * 1000, 3), detail)
+        self.outcomes.append(out)
+        self.metrics.stage(stage, decision, out.latency_ms)
+        return out
+
+    def answered(self, tier: Tier, reason: Reason, model: str, chunks: AsyncIterator[GenerationChunk]) -> None:
+        """A stage answers the request: the rest of the path only streams `chunks` (and admits them)."""
+        self.tier, self.reason, self.model, self.answer = tier, reason, model, chunks
+
+    def finish(self) -> None:
+        self.total_ms = round((time.perf_counter() - self.started) * 1000, 3)
+
+    def trace(self) -> RouteTrace:
+        """The route trace the client sees (`route` field and `x-infopt-route` header)."""
+        return RouteTrace(
+            tier=self.tier, requested_model=self.route, reason=self.reason, confidence=self.confidence,
+            threshold=self.threshold, confidence_method=self.confidence_method,
+            stages=[StageRecord(stage=o.stage, decision=o.decision, latency_ms=o.latency_ms, detail=o.detail)
+                    for o in self.outcomes],
+            cost=self.cost.as_dict() or None, total_ms=self.total_ms,
+        )

@@ -1,0 +1,162 @@
+"""Cache policy: which requests may use the cache, what is compared, what is served, what is kept.
+
+Every rule of the semantic cache lives here; the cache stage (`serving.pipeline`) and the
+cache itself (`serving.cache.semantic`) ask.
+
+* **Deterministic** (`is_deterministic`): greedy (temperature 0) or seeded. Only such a
+  request has *the* answer, so only it is served from the cache or shares a computation
+  in flight — unless the request opts in (`cache.allow_sampled`) or the operator does
+  (`admit_sampled`): a sampled request asks for *a* sample, and a cached one is a fair
+  sample only if the user says so. Requests for logprobs are not cached (entries keep
+  text, not token probabilities).
+* **The compared question** (`compared_question`): the last user turn (or the prompt),
+  normalised (`normalize`: NFKC, whitespace collapsed; case kept, "US" is not "us"). It is
+  what is embedded — once, by the analyzer when it runs, and the cache reuses that vector —
+  and compared by similarity; everything around it (system prompt, earlier turns) must
+  match exactly (`serving.cache.keys`). A chat that does not end with a user turn has no
+  compared question: only exact hits.
+* **Skipping** (`skip_reason`): ``cache.mode`` bypass, logprobs, sampled requests.
+* **TTL limits** (`check_ttl`): a request may shorten or lengthen its entry's life up to
+  `max_ttl_s`.
+* **Serving a candidate** (`judge_candidate`): the vector search proposes the nearest
+  entries with the same context and parameters; one is served when its similarity reaches
+  `similarity_threshold` and the guards (`serving.cache.guards`: negations, numbers,
+  qualifiers, named things, swapped roles) find no difference in meaning. A candidate
+  above `draft_threshold` that is not served is a *near miss*: a draft the Validator may
+  verify (`serving.verify`).
+* **Admission** (`rejection_reason`): only answers that are *final* are kept — the
+  Validator's, or the Scout's with confidence at or above `admit_scout_min_confidence`
+  (stricter than the escalation threshold, so a borderline Scout answer is served once but
+  not repeated); never an error, never an empty answer, and not one cut by max_tokens
+  unless `admit_truncated`.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from enum import StrEnum
+from typing import TYPE_CHECKING
+
+from serving.engines.base import GenerationRequest
+from serving.errors import InvalidRequestError
+
+if TYPE_CHECKING:
+    from serving.api import CacheControl
+    from serving.cache.semantic import CachedAnswer
+    from serving.config.cache import CacheConfig
+
+_SPACE = re.compile(r"\s+")
+
+
+def normalize(text: str) -> str:
+    """NFKC, whitespace runs collapsed to one space, ends stripped."""
+    return _SPACE.sub(" ", unicodedata.normalize("NFKC", text)).strip()
+
+
+def is_deterministic(request: GenerationRequest) -> bool:
+    """Greedy or seeded: the same request gives the same answer, so a cached or shared one is faithful."""
+    return request.temperature == 0 or request.seed is not None
+
+
+def _text(content: object) -> str:
+    if isinstance(content, list):  # content parts
+        return "".join(str(p.get("text", "")) if isinstance(p, dict) else str(p) for p in content)
+    return str(content or "")
+
+
+def last_user_turn(request: GenerationRequest) -> str:
+    """The last user turn anywhere in a chat (or the prompt), as sent: what the analyzer reads."""
+    if request.kind == "completion":
+        return request.prompt or ""
+    for m in reversed(request.messages or []):
+        if m.get("role") == "user":
+            return _text(m.get("content"))
+    return ""
+
+
+def compared_question(request: GenerationRequest) -> str | None:
+    """The normalised question the cache compares by meaning (None: the chat does not end with a user turn)."""
+    if request.kind == "completion":
+        return normalize(request.prompt or "")
+    messages = request.messages or []
+    if messages and messages[-1].get("role") == "user":
+        return normalize(_text(messages[-1].get("content")))
+    return None
+
+
+def embedded_question(request: GenerationRequest) -> str:
+    """What the analyzer embeds: the compared question, or the last user turn when there is none.
+    Whenever the cache has a compared question it is this very text, so the cache reuses the vector."""
+    question = compared_question(request)
+    return question if question is not None else normalize(last_user_turn(request))
+
+
+def skip_reason(request: GenerationRequest, control: CacheControl, config: CacheConfig) -> str | None:
+    """Why `request` must not use the cache at all (None: it may)."""
+    if control.mode == "bypass":
+        return "bypass_requested"
+    if request.logprobs:
+        return "logprobs"
+    if not is_deterministic(request) and not (control.allow_sampled or config.admit_sampled):
+        return "sampled"
+    return None
+
+
+def may_share(request: GenerationRequest) -> bool:
+    """Whether identical requests in flight may share one computation (as they would share a cache entry)."""
+    return is_deterministic(request) and not request.logprobs
+
+
+def check_ttl(control: CacheControl, config: CacheConfig) -> None:
+    """A 400 when the request asks for an entry lifetime above the limit."""
+    if control.ttl_s is not None and control.ttl_s > config.max_ttl_s:
+        raise InvalidRequestError(f"cache.ttl_s is {control.ttl_s:g}, above the limit of {config.max_ttl_s:g} s",
+                                  param="cache.ttl_s")
+
+
+class Candidate(StrEnum):
+    """The verdict on one entry the vector search proposed."""
+
+    SERVE = "serve"
+    NEAR_MISS = "near_miss"  # not served, but close enough to be a draft
+    REJECTED = "rejected"  # neither
+
+
+def search_floor(config: CacheConfig) -> float:
+    """The lowest similarity worth fetching: the serving threshold, or the draft threshold when lower."""
+    if config.draft_threshold is None:
+        return config.similarity_threshold
+    return min(config.draft_threshold, config.similarity_threshold)
+
+
+def judge_candidate(config: CacheConfig, similarity: float, cached_question: str, question: str
+                    ) -> tuple[Candidate, str | None]:
+    """Serve the candidate, keep it as a near miss, or reject it; with the guard's reason when one vetoed it."""
+    from serving.cache import guards  # here: the cache package itself imports this module
+
+    vetoed: str | None = None
+    if similarity >= config.similarity_threshold:
+        verdict = guards.check(cached_question, question) if config.guards else guards.PASS
+        if verdict.ok:
+            return Candidate.SERVE, None
+        vetoed = verdict.reason or "guard"
+    if config.draft_threshold is not None and similarity >= config.draft_threshold:
+        return Candidate.NEAR_MISS, vetoed
+    return Candidate.REJECTED, vetoed
+
+
+def rejection_reason(answer: CachedAnswer, config: CacheConfig) -> str | None:
+    """Why `answer` must not be admitted (None: admit it)."""
+    if answer.tier not in ("scout", "validator"):
+        return "not_generated"
+    if not answer.text.strip():
+        return "empty"
+    if answer.finish_reason == "length":
+        if not config.admit_truncated:
+            return "truncated"
+    elif answer.finish_reason != "stop":
+        return "not_final"
+    if answer.tier == "scout" and (answer.confidence or 0.0) < config.admit_scout_min_confidence:
+        return "low_confidence"
+    return None
