@@ -1,4 +1,10 @@
-"""The application DAG: Ingress -> (RequestAnalyzer -> Embedder, SemanticCache -> Embedder, Scout, Validator).
+"""The composition root: the application DAG, Ingress -> (Embedder, SemanticCache -> Embedder, Scout, Validator).
+
+`build_app` builds every deployment and injects the Ingress's parts with `.bind()` — the
+engines, the cache and the embedder as the core's Ray-handle adapters (`serving.handles`)
+around bound deployments, which Ray Serve turns into handles in the replica (the way
+`ray.serve.llm` injects its engine). The request analyzer runs inside the Ingress and
+calls the Embedder itself: one Ray hop per request fewer than a deployment of its own.
 
 `serve run deployments.app:build_app` (with `key=value` args or a profile's YAML) and
 `serve run cluster/<profile>.yaml` both end here.
@@ -10,12 +16,12 @@ from typing import Any
 
 from ray.serve import Application
 
-from deployments.analyzer import build_analyzer
 from deployments.cache import Embedder, SemanticCacheDeployment
 from deployments.engines import build_engine
 from deployments.ingress import Ingress
+from serving.compose import Parts
 from serving.config import AppConfig, load_profile
-from serving.config.engine import replica_options
+from serving.handles import ServeEmbedder, ServeLLMEngine, ServeResponseCache
 
 
 def build_app(args: dict[str, Any]) -> Application:
@@ -25,17 +31,24 @@ def build_app(args: dict[str, Any]) -> Application:
     profile=tiny`), which loads `cluster/tiny.yaml`.
     """
     config = app_config(args)
-    scout = build_engine(config.scout, "Scout", config)
-    validator = build_engine(config.validator, "Validator", config)
     # One Embedder deployment serves both the cache and the analyzer.
     embedder = build_embedder(config)
-    return Ingress.options(
-        **ingress_replicas(config),
-        max_ongoing_requests=config.api.max_ongoing_requests,
-        max_queued_requests=config.api.max_queued_requests,
-        ray_actor_options=actor_options(config.api.num_cpus, resources=config.api.resources),
-    ).bind(scout, validator, config, build_cache(config, embedder),
-           build_analyzer(config, embedder) if embedder is not None else None)
+    cache = build_cache(config, embedder)
+    parts = Parts(
+        config=config,
+        scout=ServeLLMEngine(build_engine(config.scout, "Scout", config), config.scout.served_name(),
+                             priority_scheduling=config.scout.scheduling_policy == "priority"),
+        validator=ServeLLMEngine(
+            build_engine(config.validator, "Validator", config), config.validator.served_name(),
+            # Verification re-tokenises drafts with the Validator's tokenizer (resolved here: a missing
+            # model fails `serve run` at once).
+            tokenizer=config.resolve_model(config.validator.model) if config.tiering.verified_escalation else None,
+            priority_scheduling=config.validator.scheduling_policy == "priority"),
+        cache=ServeResponseCache(cache) if cache is not None else None,
+        embedder=ServeEmbedder(embedder, config.cache.embedder.dimension)
+        if embedder is not None and config.analyzer.enabled else None,
+    )
+    return Ingress.options(**config.api.deployment.serve_options(ingress_replicas(config))).bind(parts)
 
 
 def app_config(args: dict[str, Any] | None) -> AppConfig:
@@ -45,22 +58,24 @@ def app_config(args: dict[str, Any] | None) -> AppConfig:
 
 
 def ingress_replicas(config: AppConfig) -> dict[str, Any]:
-    """The Ingress's replica options (`replicas`). Under cascade autoscaling it always autoscales (a fixed
+    """The Ingress's replica options (`api.deployment`). Under cascade autoscaling it always autoscales (a fixed
     count becomes min = max): Ray Serve collects a deployment's custom autoscaling metrics
-    (`Ingress.record_autoscaling_stats`) and shows them to an application policy only when it autoscales."""
-    api = config.api
-    options = replica_options(api.num_replicas, api.autoscaling)
-    if not config.analyzer.load.autoscaling.enabled:
+    (`Ingress.record_autoscaling_stats`) and shows them to an application policy only when it autoscales.
+
+    The Ingress's whole `.options()`: `config.api.deployment.serve_options(ingress_replicas(config))`."""
+    deployment = config.api.deployment
+    options = deployment.replica_options()
+    if not config.load.autoscaling.enabled:
         return options
-    n = api.num_replicas
+    n = deployment.num_replicas
     scaling = options.get("autoscaling_config") or {"min_replicas": n, "initial_replicas": n, "max_replicas": n}
     # The figures are smoothed already (forecast, EWMAs): a short look-back keeps them fresh
     # (Ray wants it longer than its 10 s metrics interval).
-    return {"autoscaling_config": {**scaling, "look_back_period_s": max(2 * config.analyzer.load.interval_s, 20.0)}}
+    return {"autoscaling_config": {**scaling, "look_back_period_s": max(2 * config.load.interval_s, 20.0)}}
 
 
 def application_autoscaling_policy(config: AppConfig) -> dict[str, Any] | None:
-    """The Serve application's `autoscaling_policy` when `analyzer.load.autoscaling.enabled`, else None.
+    """The Serve application's `autoscaling_policy` when `load.autoscaling.enabled`, else None.
 
     The Validator is scaled by the cascade (`serving.load.autoscaling.CascadeApplicationPolicy`, from
     the Ingress's figures); every other autoscaling deployment keeps Ray's request-based policy.
@@ -68,7 +83,7 @@ def application_autoscaling_policy(config: AppConfig) -> dict[str, Any] | None:
     KubeRay's serveConfigV2; scripts/render_configs.py writes it into the profiles): `serve run
     deployments.app:build_app` cannot carry one, and the Validator then scales by its requests.
     """
-    cascade = config.analyzer.load.autoscaling
+    cascade = config.load.autoscaling
     if not cascade.enabled:
         return None
     return {
@@ -85,32 +100,11 @@ def build_embedder(config: AppConfig) -> Application | None:
     emb = config.cache.embedder
     # Resolved here, in the driver: an unprepared embedder fails `serve run` with the fix.
     model_path = config.resolve_model(emb.model)
-    return Embedder.options(
-        autoscaling_config=emb.autoscaling.model_dump(),
-        max_ongoing_requests=emb.max_ongoing_requests,
-        max_queued_requests=emb.max_queued_requests,
-        ray_actor_options=actor_options(emb.num_cpus, emb.num_gpus, emb.resources),
-    ).bind(model_path, emb, config.analyzer.batching)
+    return Embedder.options(**emb.deployment.serve_options()).bind(model_path, emb, config.load.batching)
 
 
 def build_cache(config: AppConfig, embedder: Application | None) -> Application | None:
     """The SemanticCache deployment over `embedder`, or None when the cache is off."""
     if not config.cache.enabled or embedder is None:
         return None
-    return SemanticCacheDeployment.options(
-        **replica_options(config.cache.num_replicas, config.cache.autoscaling),
-        max_ongoing_requests=config.cache.max_ongoing_requests,
-        max_queued_requests=config.cache.max_queued_requests,
-        ray_actor_options=actor_options(config.cache.num_cpus, resources=config.cache.resources),
-    ).bind(embedder, config)
-
-
-def actor_options(num_cpus: float, num_gpus: float | None = None, resources: dict[str, float] | None = None
-                  ) -> dict[str, Any]:
-    """A replica's `ray_actor_options`: its CPU (and GPU) share plus any custom resources pinning it to nodes."""
-    options: dict[str, Any] = {"num_cpus": num_cpus}
-    if num_gpus is not None:
-        options["num_gpus"] = num_gpus
-    if resources:
-        options["resources"] = dict(resources)
-    return options
+    return SemanticCacheDeployment.options(**config.cache.deployment.serve_options()).bind(embedder, config)

@@ -7,12 +7,13 @@ from typing import Any
 
 from ray import serve
 
-from serving.cache.embedder import SentenceTransformerEmbedder, ServeEmbedder
+from serving.cache.embedder import SentenceTransformerEmbedder
 from serving.cache.factory import open_store
 from serving.cache.keys import CacheKey
 from serving.cache.semantic import CachedAnswer, CacheLookup, SemanticCache
 from serving.cache.store import Selector
 from serving.config import AdaptiveBatchingConfig, AppConfig, EmbedderConfig
+from serving.handles import ServeEmbedder
 from serving.load.batching import AdaptiveBatching
 from serving.metrics import ServeMetrics
 
@@ -21,8 +22,8 @@ from serving.metrics import ServeMetrics
 class Embedder:
     """Sentence embeddings; concurrent single-text calls are embedded together (`@serve.batch`).
 
-    Batch size and wait adapt to the arrival rate (`serving.load.batching`); the configured
-    `max_batch_size` and `batch_wait_timeout_s` are their ceilings.
+    Batch size and wait adapt to the arrival rate (`serving.load.batching`, configured by
+    `load.batching`); `cache.embedder.max_batch_size` and `batch_wait_timeout_s` are their ceilings.
     """
 
     def __init__(self, model_path: str, config: EmbedderConfig, batching: AdaptiveBatchingConfig | None = None) -> None:

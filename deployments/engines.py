@@ -49,21 +49,13 @@ def llm_config_kwargs(engine: EngineConfig, model_source: str, draft_source: str
         # One bundle per GPU worker; STRICT_PACK keeps a tensor-parallel group on one node.
         bundles = [{"GPU": 1, "CPU": 1}] * (engine.tensor_parallel_size * engine.pipeline_parallel_size)
     engine_kwargs.update(engine.engine_kwargs)
-    a = engine.autoscaling
     kwargs: dict[str, Any] = {
         "model_loading_config": {"model_id": engine.served_name(), "model_source": model_source},
         "engine_kwargs": engine_kwargs,
         "placement_group_config": {"bundles": bundles, "strategy": engine.placement_strategy},
         "deployment_config": {
-            "autoscaling_config": {
-                "min_replicas": a.min_replicas,
-                "initial_replicas": max(a.min_replicas, 1),
-                "max_replicas": a.max_replicas,
-                "target_ongoing_requests": a.target_ongoing_requests,
-                "look_back_period_s": a.look_back_period_s,
-                "upscale_delay_s": a.upscale_delay_s,
-                "downscale_delay_s": a.downscale_delay_s,
-            },
+            # An LLM deployment always autoscales: a fixed count is a range with min = max.
+            "autoscaling_config": engine.autoscaling.serve_config(),
             "max_ongoing_requests": engine.max_ongoing_requests,
             "max_queued_requests": engine.max_queued_requests,
             # ray.serve.llm adds the replica actor's resources to the first bundle: custom

@@ -31,9 +31,11 @@ REPO = Path(__file__).resolve().parents[1]
 CHART = REPO / "k8s" / "helm" / "inference-optimizer"
 EXAMPLE = REPO / "k8s" / "examples" / "rayservice.yaml"
 RELEASE = "infopt"
+# Every deployment the app can build (deployments/app.py): the names `serve.deployments` may override.
+DEPLOYMENT_NAMES = ("Ingress", "Scout", "Validator", "SemanticCache", "Embedder")
 MARKER = "    # Generated from `args` by scripts/render_configs.py"
 HEADER = MARKER + """ (what `serve build` makes of them, and the
-    # application's autoscaling policy when `analyzer.load.autoscaling.enabled`): do not edit;
+    # application's autoscaling policy when `load.autoscaling.enabled`): do not edit;
     # change `args` and re-run it (a unit test fails on drift). Ray Serve applies these options over
     # the code's, so INFOPT_* environment overrides of replicas/resources do not apply to this file.
 """
@@ -183,8 +185,7 @@ def serve_deployment_options() -> tuple[dict[str, Any], dict[str, Any]]:
     defs = {f"ray_{name}": d for name, d in schema.pop("$defs", {}).items()}
     options = _closed(schema)
     options.pop("description", None)
-    options["properties"]["name"] = {
-        "enum": ["Ingress", "Scout", "Validator", "SemanticCache", "Embedder", "RequestAnalyzer"]}
+    options["properties"]["name"] = {"enum": list(DEPLOYMENT_NAMES)}
     options["required"] = ["name"]
     return options, _closed(defs, field_map=True)
 

@@ -41,7 +41,7 @@ def build_service(parts: Parts, metrics: Metrics | None = None) -> OpenAIService
 
         tokens = HFTokenCounter(config.resolve_model(config.analyzer.tokenizer or config.validator.model))
         _ = tokens.tokenizer  # load now, not on the first request
-        analyzer = RequestAnalyzer(config.analyzer, parts.embedder, tokens)
+        analyzer = RequestAnalyzer(config.analyzer, parts.embedder, tokens, priority=config.priority)
     pipeline: Pipeline = pipeline_from_config(config, parts.scout, parts.validator, cache=parts.cache,
                                               analyzer=analyzer, metrics=metrics)
     return OpenAIService(pipeline, config.api, parts.scout, parts.validator)

@@ -1,6 +1,6 @@
 """Metrics of the request path.
 
-`Metrics` is the interface the router reports to (its base methods do nothing, which is
+`Metrics` is the interface the pipeline reports to (its base methods do nothing, which is
 what unit tests and library use want); `ServeMetrics` exports them to Prometheus through
 Ray Serve's custom metrics (`ray.serve.metrics`), tagged with the deployment and replica
 automatically. Later stages (cache, analyzer, ...) add their metrics here the same way.
@@ -8,7 +8,10 @@ automatically. Later stages (cache, analyzer, ...) add their metrics here the sa
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from serving.pipeline import Decision, StageName
 
 # Milliseconds: from a cache hit (~1 ms) to a long CPU generation (minutes).
 LATENCY_BOUNDARIES_MS = [0.5, 1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 120000, 300000]
@@ -21,8 +24,9 @@ class Metrics:
     def request(self, route: str, status: int) -> None:
         """One finished request, by the tier that answered (or 'error') and HTTP status."""
 
-    def stage(self, stage: str, decision: str, latency_ms: float) -> None:
-        """One stage of the path finished with `decision` after `latency_ms`."""
+    def stage(self, stage: StageName, decision: Decision, latency_ms: float) -> None:
+        """One stage of the path finished with `decision` (a typed decision of `serving.pipeline`;
+        a `StrEnum`, so it is its plain value as a tag) after `latency_ms`."""
 
     def confidence(self, value: float) -> None:
         """One Scout confidence score."""
@@ -140,8 +144,9 @@ class ServeMetrics(Metrics):
     def request(self, route: str, status: int) -> None:
         self._requests.inc(tags={"route": route, "status": str(status)})
 
-    def stage(self, stage: str, decision: str, latency_ms: float) -> None:
-        self._stage_ms.observe(latency_ms, tags={"stage": stage, "decision": decision})
+    def stage(self, stage: StageName, decision: Decision, latency_ms: float) -> None:
+        # Plain str tags: Ray hands them to its C++ core.
+        self._stage_ms.observe(latency_ms, tags={"stage": str(stage), "decision": str(decision)})
 
     def confidence(self, value: float) -> None:
         self._confidence.observe(value)
@@ -149,9 +154,9 @@ class ServeMetrics(Metrics):
     def tokens(self, tier: str, prompt_tokens: int, completion_tokens: int) -> None:
         # Ray counters refuse an increment of 0 (an empty answer would fail the request).
         if prompt_tokens:
-            self._tokens.inc(prompt_tokens, tags={"tier": tier, "kind": "prompt"})
+            self._tokens.inc(prompt_tokens, tags={"tier": str(tier), "kind": "prompt"})
         if completion_tokens:
-            self._tokens.inc(completion_tokens, tags={"tier": tier, "kind": "completion"})
+            self._tokens.inc(completion_tokens, tags={"tier": str(tier), "kind": "completion"})
 
     def draft(self, proposed: int, accepted: int, source: str = "scout", saved: int = 0) -> None:
         self._drafts.inc(tags={"source": source})

@@ -1,9 +1,9 @@
 """Priority classes: which class a request belongs to, and a gate that serves classes in order.
 
 A request's class comes from, in order: its API key's tenant configuration
-(`analyzer.tenant_priorities`, keyed by the key's sha256 so configs hold no secrets —
+(`priority.tenants`, keyed by the key's sha256 so configs hold no secrets —
 it wins, so a batch tenant cannot promote itself), the priority header
-(`analyzer.priority_header`, e.g. ``x-infopt-priority: batch``), the default class.
+(`priority.priority_header`, e.g. ``x-infopt-priority: batch``), `priority.default_priority`.
 Each class maps to a vLLM priority (lower is scheduled first); vLLM honours it when the
 engine runs with ``scheduling_policy="priority"``.
 
@@ -22,12 +22,12 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
-from serving.config import AnalyzerConfig
+from serving.config import PriorityConfig
 from serving.errors import InvalidRequestError
 
 
 def key_id(api_key: str) -> str:
-    """The sha256 hex digest of an API key: how `analyzer.tenant_priorities` names tenants."""
+    """The sha256 hex digest of an API key: how `priority.tenants` names tenants."""
     return hashlib.sha256(api_key.encode()).hexdigest()
 
 
@@ -40,23 +40,24 @@ class Priority:
     source: str  # 'tenant', 'header' or 'default'
 
 
-def resolve_priority(config: AnalyzerConfig, header: str | None = None, api_key: str | None = None) -> Priority:
-    """The class of a request from its API key and priority header; an unknown class is a 400."""
+def resolve_priority(config: PriorityConfig, header: str | None = None, api_key: str | None = None) -> Priority:
+    """The class of a request from its API key and priority header (`config.priority_header`'s value);
+    an unknown class is a 400."""
     if api_key:
-        tenant = config.tenant_priorities.get(key_id(api_key))
+        tenant = config.tenants.get(key_id(api_key))
         if tenant is not None:
-            return Priority(tenant, config.priorities[tenant], "tenant")
+            return Priority(tenant, config.classes[tenant], "tenant")
     if header is not None and header.strip():
         name = header.strip().lower()
-        if name not in config.priorities:
+        if name not in config.classes:
             raise InvalidRequestError(
                 f"unknown priority class '{header.strip()}' in {config.priority_header}; "
-                f"use one of: {', '.join(sorted(config.priorities))}",
+                f"use one of: {', '.join(sorted(config.classes))}",
                 param=config.priority_header,
             )
-        return Priority(name, config.priorities[name], "header")
+        return Priority(name, config.classes[name], "header")
     name = config.default_priority
-    return Priority(name, config.priorities[name], "default")
+    return Priority(name, config.classes[name], "default")
 
 
 @dataclass

@@ -3,16 +3,14 @@
 `AppConfig` is the root; `load_profile("tiny")` reads `cluster/tiny.yaml`.
 """
 
-from serving.config.analyzer import (
-    AdaptiveBatchingConfig,
-    AnalyzerConfig,
-    CascadeAutoscalingConfig,
-    LoadConfig,
-)
+from serving.config.analyzer import AnalyzerConfig
 from serving.config.api import ApiConfig
 from serving.config.app import AppConfig, load_profile, profile_args, profile_names, profile_path, profiles_dir
 from serving.config.cache import CacheConfig, EmbedderConfig
-from serving.config.engine import AutoscalingConfig, EngineConfig
+from serving.config.deployment import AutoscalingConfig, DeploymentOptions, EmbedderDeployment, IngressDeployment
+from serving.config.engine import EngineConfig
+from serving.config.load import AdaptiveBatchingConfig, CascadeAutoscalingConfig, LoadConfig
+from serving.config.priority import PriorityConfig
 from serving.config.speculative import SpeculativeConfig
 from serving.config.tiering import ConfidenceConfig, TieringConfig
 
@@ -25,9 +23,13 @@ __all__ = [
     "CacheConfig",
     "CascadeAutoscalingConfig",
     "ConfidenceConfig",
+    "DeploymentOptions",
     "EmbedderConfig",
+    "EmbedderDeployment",
     "EngineConfig",
+    "IngressDeployment",
     "LoadConfig",
+    "PriorityConfig",
     "SpeculativeConfig",
     "TieringConfig",
     "load_profile",

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from typing import Any
 
-from serving.config.engine import (
-    QUEUED_DESCRIPTION,
-    RESOURCES_DESCRIPTION,
-    AutoscalingConfig,
-    check_custom_resources,
-    check_replicas,
-    replicas_description,
-)
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from serving.config.deployment import IngressDeployment
+from serving.config.moved import reject_moved, to_deployment
+
+_MOVED = to_deployment("api")
 
 
 class ApiConfig(BaseModel):
@@ -29,14 +27,6 @@ class ApiConfig(BaseModel):
     model_name: str = Field(
         "auto", description="Public name of the optimizer's own model in /v1/models and responses."
     )
-    num_cpus: float = Field(0.1, gt=0, description="Ray CPUs reserved by each ingress replica.")
-    num_replicas: int = Field(1, ge=1, description="Ingress replicas.")
-    autoscaling: AutoscalingConfig | None = Field(None, description=replicas_description("Ingress"))
-    max_ongoing_requests: int = Field(
-        256, ge=1, description="Requests one ingress replica handles at once."
-    )
-    max_queued_requests: int = Field(-1, ge=-1, description=QUEUED_DESCRIPTION)
-    resources: dict[str, float] = Field(default_factory=dict, description=RESOURCES_DESCRIPTION)
     coalesce: bool = Field(
         True, description="Identical deterministic requests in flight (same exact cache key) share one computation."
     )
@@ -49,15 +39,19 @@ class ApiConfig(BaseModel):
         "waited, so batch traffic is delayed, never starved (batch, 10, waiting 20 s competes as interactive, 0). "
         "0: strict priority.",
     )
+    deployment: IngressDeployment = Field(
+        default_factory=IngressDeployment,
+        description="Ray Serve options of the Ingress deployment (replicas, queues, CPUs, resources); the request "
+        "analyzer runs inside it.",
+    )
 
-    @field_validator("resources")
+    @model_validator(mode="before")
     @classmethod
-    def _resources(cls, v: dict[str, float]) -> dict[str, float]:
-        return check_custom_resources(v)
+    def _moved(cls, data: Any) -> Any:
+        return reject_moved(data, "api", _MOVED)
 
     @model_validator(mode="after")
     def _defaults_within_limit(self) -> ApiConfig:
-        check_replicas(self.num_replicas, self.autoscaling, "api")
         if self.default_max_tokens > self.max_tokens_limit:
             raise ValueError(
                 f"default_max_tokens ({self.default_max_tokens}) exceeds max_tokens_limit ({self.max_tokens_limit})"

@@ -14,6 +14,8 @@ from serving.config.analyzer import AnalyzerConfig
 from serving.config.api import ApiConfig
 from serving.config.cache import CacheConfig
 from serving.config.engine import EngineConfig
+from serving.config.load import LoadConfig
+from serving.config.priority import PriorityConfig
 from serving.config.tiering import TieringConfig
 
 ENV_PREFIX = "INFOPT_"
@@ -47,7 +49,14 @@ class AppConfig(BaseSettings):
     api: ApiConfig = Field(default_factory=ApiConfig, description="Limits of the OpenAI-compatible ingress.")
     cache: CacheConfig = Field(default_factory=CacheConfig, description="The semantic cache in front of the tiers.")
     analyzer: AnalyzerConfig = Field(
-        default_factory=AnalyzerConfig, description="Request analysis, adaptive batching and load planning."
+        default_factory=AnalyzerConfig, description="Request analysis: complexity and strategy of each request."
+    )
+    priority: PriorityConfig = Field(
+        default_factory=PriorityConfig, description="Priority classes and tenancy: which class a request belongs to."
+    )
+    load: LoadConfig = Field(
+        default_factory=LoadConfig,
+        description="Load prediction: arrival forecast, the Validator's cascade autoscaling, adaptive batching.",
     )
 
     @model_validator(mode="after")

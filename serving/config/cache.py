@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from serving.config.engine import (
-    QUEUED_DESCRIPTION,
-    RESOURCES_DESCRIPTION,
-    AutoscalingConfig,
-    check_custom_resources,
-    check_replicas,
-    replicas_description,
-)
+from serving.config.deployment import DeploymentOptions, EmbedderDeployment
+from serving.config.moved import reject_moved, to_deployment
+
+_CACHE_MOVED = to_deployment("cache")
+# The Embedder had no num_replicas before (it always autoscaled), and a GPU share of its own.
+_EMBEDDER_MOVED = to_deployment("cache.embedder", ("num_cpus", "num_gpus", "autoscaling", "max_ongoing_requests",
+                                                   "max_queued_requests", "resources"))
 
 
 class EmbedderConfig(BaseModel):
@@ -29,28 +28,28 @@ class EmbedderConfig(BaseModel):
     )
     dimension: int = Field(384, ge=1, description="Size of the model's embeddings (the store's vector size).")
     device: Literal["cpu", "cuda"] = Field("cpu", description="Where the embedder runs.")
-    num_cpus: float = Field(0.25, gt=0, description="Ray CPUs reserved by each embedder replica.")
-    num_gpus: float = Field(0.0, ge=0, description="Ray GPUs reserved by each embedder replica (device 'cuda').")
     torch_threads: int = Field(1, ge=1, description="CPU threads torch may use per replica.")
     max_batch_size: int = Field(32, ge=1, description="Most texts embedded in one `@serve.batch` call.")
     batch_wait_timeout_s: float = Field(
         0.005, ge=0, description="How long a batch waits to fill before it is embedded."
     )
-    max_ongoing_requests: int = Field(
-        64, ge=1, description="Texts one embedder replica accepts at once (at least max_batch_size, so a batch "
-        "can fill; Ray's default of 5 would cap it)."
-    )
-    max_queued_requests: int = Field(-1, ge=-1, description=QUEUED_DESCRIPTION)
-    resources: dict[str, float] = Field(default_factory=dict, description=RESOURCES_DESCRIPTION)
-    autoscaling: AutoscalingConfig = Field(
-        default_factory=lambda: AutoscalingConfig(min_replicas=1, max_replicas=2, target_ongoing_requests=16),
-        description="Replica bounds of the Embedder deployment.",
+    deployment: EmbedderDeployment = Field(
+        default_factory=EmbedderDeployment,
+        description="Ray Serve options of the Embedder deployment (replicas, queues, CPUs and GPU share, resources).",
     )
 
-    @field_validator("resources")
+    @model_validator(mode="before")
     @classmethod
-    def _resources(cls, v: dict[str, float]) -> dict[str, float]:
-        return check_custom_resources(v)
+    def _moved(cls, data: Any) -> Any:
+        return reject_moved(data, "cache.embedder", _EMBEDDER_MOVED)
+
+    @model_validator(mode="after")
+    def _batch_can_fill(self) -> EmbedderConfig:
+        # Ray hands a replica at most max_ongoing_requests texts at once: fewer and no batch ever fills.
+        if self.deployment.max_ongoing_requests < self.max_batch_size:
+            raise ValueError(f"cache.embedder.deployment.max_ongoing_requests ({self.deployment.max_ongoing_requests})"
+                             f" is below max_batch_size ({self.max_batch_size}): a batch could never fill")
+        return self
 
 
 class CacheConfig(BaseModel):
@@ -75,17 +74,6 @@ class CacheConfig(BaseModel):
     url: str | None = Field(None, description="Qdrant server URL for backend 'server', e.g. http://qdrant:6333.")
     api_key: str | None = Field(None, description="Qdrant server API key (env INFOPT_CACHE__API_KEY).")
     collection: str = Field("infopt_cache", description="Qdrant collection (server) or shard folder name (edge).")
-    num_replicas: int = Field(1, ge=1, description="SemanticCache replicas; backend 'edge' allows exactly one.")
-    autoscaling: AutoscalingConfig | None = Field(
-        None, description=replicas_description("SemanticCache") + " Backend 'edge': max_replicas 1."
-    )
-    num_cpus: float = Field(0.1, gt=0, description="Ray CPUs reserved by each SemanticCache replica.")
-    max_ongoing_requests: int = Field(
-        64, ge=1, description="Lookups and admissions one SemanticCache replica handles at once."
-    )
-    max_queued_requests: int = Field(-1, ge=-1, description=QUEUED_DESCRIPTION)
-    resources: dict[str, float] = Field(default_factory=dict, description=RESOURCES_DESCRIPTION)
-
     similarity_threshold: float = Field(
         0.95,
         ge=0,
@@ -136,21 +124,24 @@ class CacheConfig(BaseModel):
     )
     default_namespace: str = Field("default", description="Namespace of requests that do not name one.")
     embedder: EmbedderConfig = Field(default_factory=EmbedderConfig, description="The embedding deployment.")
+    deployment: DeploymentOptions = Field(
+        default_factory=DeploymentOptions,
+        description="Ray Serve options of the SemanticCache deployment (replicas, queues, CPUs, resources); backend "
+        "'edge' allows one replica.",
+    )
 
-    @field_validator("resources")
+    @model_validator(mode="before")
     @classmethod
-    def _resources(cls, v: dict[str, float]) -> dict[str, float]:
-        return check_custom_resources(v)
+    def _moved(cls, data: Any) -> Any:
+        return reject_moved(data, "cache", _CACHE_MOVED)
 
     @model_validator(mode="after")
     def _backend_rules(self) -> CacheConfig:
-        check_replicas(self.num_replicas, self.autoscaling, "cache")
-        most = self.autoscaling.max_replicas if self.autoscaling is not None else self.num_replicas
-        if self.backend == "edge" and most != 1:
+        if self.backend == "edge" and self.deployment.max_replicas != 1:
             raise ValueError(
                 "cache.backend 'edge' keeps the store inside one process (it locks its folder): "
-                "num_replicas (or autoscaling.max_replicas) must be 1; use backend 'server' with a Qdrant server "
-                "for more replicas"
+                "cache.deployment.num_replicas (or autoscaling.max_replicas) must be 1; use backend 'server' with a "
+                "Qdrant server for more replicas"
             )
         if self.backend == "server" and not self.url:
             raise ValueError("cache.backend 'server' needs cache.url (e.g. http://qdrant:6333)")

@@ -6,78 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from serving.config.deployment import AutoscalingConfig, check_custom_resources, option
 from serving.config.speculative import SpeculativeConfig
-
-
-class AutoscalingConfig(BaseModel):
-    """Replica bounds handed to Ray Serve's autoscaler for one deployment."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    min_replicas: int = Field(1, ge=0, description="Fewest replicas kept alive (0 allows scale to zero).")
-    max_replicas: int = Field(1, ge=1, description="Most replicas Ray Serve may start.")
-    target_ongoing_requests: float = Field(
-        8.0, gt=0, description="Ongoing requests per replica the autoscaler aims for."
-    )
-    look_back_period_s: float = Field(
-        30.0, gt=0, description="Window over which ongoing requests are averaged for a scaling decision."
-    )
-    upscale_delay_s: float = Field(
-        30.0, ge=0, description="How long the load must stay above target before replicas are added."
-    )
-    downscale_delay_s: float = Field(
-        600.0, ge=0, description="How long the load must stay below target before replicas are removed."
-    )
-
-    @model_validator(mode="after")
-    def _bounds(self) -> AutoscalingConfig:
-        if self.min_replicas > self.max_replicas:
-            raise ValueError(
-                f"min_replicas ({self.min_replicas}) must not exceed max_replicas ({self.max_replicas})"
-            )
-        return self
-
-
-# Ray's built-in resource names: set through num_cpus/num_gpus, never as custom resources.
-_BUILTIN_RESOURCES = {"CPU", "GPU", "memory", "object_store_memory"}
-
-
-def check_custom_resources(resources: dict[str, float]) -> dict[str, float]:
-    """Reject built-in names and negative amounts in a `resources` mapping (shared by every deployment's config)."""
-    for name, amount in resources.items():
-        if name in _BUILTIN_RESOURCES:
-            raise ValueError(f"resources: '{name}' is built in; set it with num_cpus/num_gpus instead")
-        if amount < 0:
-            raise ValueError(f"resources: '{name}' must not be negative (got {amount})")
-    return resources
-
-
-def check_replicas(num_replicas: int, autoscaling: AutoscalingConfig | None, section: str) -> None:
-    """A deployment has a fixed `num_replicas` or an `autoscaling` range, not both (which one would win?)."""
-    if autoscaling is not None and num_replicas != 1:
-        raise ValueError(f"{section}: set num_replicas (a fixed count) or autoscaling (a range), not both")
-
-
-def replica_options(num_replicas: int, autoscaling: AutoscalingConfig | None) -> dict[str, Any]:
-    """A deployment's Ray Serve replica options: request-based autoscaling over a range, or a fixed count."""
-    if autoscaling is None:
-        return {"num_replicas": num_replicas}
-    return {"autoscaling_config": {**autoscaling.model_dump(), "initial_replicas": max(autoscaling.min_replicas, 1)}}
-
-
-def replicas_description(deployment: str) -> str:
-    return (f"Request-based autoscaling of the {deployment} replicas (Ray Serve's own policy); None: a fixed "
-            "num_replicas.")
-
-
-RESOURCES_DESCRIPTION = (
-    "Custom Ray resources each replica needs, e.g. {'infopt_gpu_node': 1} to pin it to nodes started with "
-    "`ray start --resources '{\"infopt_gpu_node\": 4}'`."
-)
-QUEUED_DESCRIPTION = (
-    "Requests each caller (proxy or handle) queues for this deployment before it answers 503 "
-    "(back-pressure); -1 queues without limit."
-)
 
 
 class EngineConfig(BaseModel):
@@ -126,8 +56,11 @@ class EngineConfig(BaseModel):
         description="Cores this engine's OpenMP threads are pinned to (VLLM_CPU_OMP_THREADS_BIND), "
         "e.g. '0' or '2-5'; give each engine its own so two engines never share a core.",
     )
+    # Placement: a vLLM placement group per replica (ray.serve.llm), not the light deployments'
+    # DeploymentOptions; the fields that mean the same are shared with it through `option()`.
     num_cpus: float = Field(
-        0.3, gt=0, description="Ray CPUs reserved by each replica (fractional: Ray's default 1 hangs on 2 cores)."
+        0.3, gt=0, description="Ray CPUs of each replica's placement-group bundle on device 'cpu' (fractional: Ray's "
+        "default 1 hangs on 2 cores); on 'gpu' each bundle has 1 CPU per GPU."
     )
     accelerator_type: str | None = Field(
         None, description="Ray accelerator type the replica needs, e.g. 'A100' or 'H100' (GPU only)."
@@ -136,16 +69,13 @@ class EngineConfig(BaseModel):
         "STRICT_PACK", description="How a replica's tensor-parallel bundles are placed across nodes."
     )
     autoscaling: AutoscalingConfig = Field(
-        default_factory=AutoscalingConfig, description="Replica bounds for this engine's deployment."
+        default_factory=AutoscalingConfig,
+        description="Replica bounds for this engine's deployment (always a range; min = max for a fixed count).",
     )
-    max_ongoing_requests: int = Field(
-        32, ge=1, description="Requests one replica accepts at once before Ray Serve queues them."
-    )
-    max_queued_requests: int = Field(-1, ge=-1, description=QUEUED_DESCRIPTION)
-    resources: dict[str, float] = Field(
-        default_factory=dict,
-        description=RESOURCES_DESCRIPTION + " Added to the replica's first placement-group bundle "
-        "(the one its engine shares).",
+    max_ongoing_requests: int = option("max_ongoing_requests", 32)
+    max_queued_requests: int = option("max_queued_requests")
+    resources: dict[str, float] = option(
+        "resources", note=" Added to the replica's first placement-group bundle (the one its engine shares)."
     )
     request_timeout_s: float = Field(
         300.0, gt=0, description="Longest a single generation may take before the request gets a 504."
@@ -157,7 +87,7 @@ class EngineConfig(BaseModel):
     scheduling_policy: Literal["priority", "fcfs"] = Field(
         "priority",
         description="vLLM's scheduler: 'priority' serves requests by their class's priority (interactive before "
-        "batch, see analyzer.priorities), then arrival; 'fcfs' by arrival only (requests then carry no priority).",
+        "batch, see priority.classes), then arrival; 'fcfs' by arrival only (requests then carry no priority).",
     )
     request_router: Literal["prefix_aware", "power_of_two"] = Field(
         "prefix_aware",

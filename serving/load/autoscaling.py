@@ -31,7 +31,9 @@ Pieces:
   "serving.load.autoscaling:CascadeApplicationPolicy", "policy_kwargs": {...}}`` in the
   Serve config's application).
 
-Ray is imported only inside the adapters' calls, so this module is importable without it.
+Configured by the `load` section: the forecast (`LoadConfig`) and `load.autoscaling`
+(`CascadeAutoscalingConfig`). Ray is imported only inside the adapters' calls, so this module
+is importable without it.
 """
 
 from __future__ import annotations
@@ -45,14 +47,13 @@ from typing import Any
 from serving.config import CascadeAutoscalingConfig, LoadConfig
 from serving.load.forecast import ArrivalForecaster
 from serving.metrics import Metrics
+from serving.pipeline import CacheDecision, Decision, ScoutDecision, StageName, ValidatorDecision
 
 # Names of the custom autoscaling metrics the ingress reports (record_autoscaling_stats).
 ARRIVALS = "infopt_arrival_rate_forecast"
 HIT_RATE = "infopt_cache_hit_rate"
 ESCALATION = "infopt_escalation_rate"
 SERVICE_S = "infopt_validator_service_s"
-# Cache-stage decisions that answer the request (`serving.router`).
-CACHE_HITS = frozenset({"exact_hit", "semantic_hit"})
 
 
 @dataclass(frozen=True)
@@ -147,15 +148,15 @@ class CascadeStats(Metrics):
         self.service = self.config.autoscaling.default_service_time_s
         self._service_n = 0
 
-    def stage(self, stage: str, decision: str, latency_ms: float) -> None:
-        """A stage of the request path finished (the router's `Metrics` event)."""
-        if stage == "cache":
-            self.cache(decision in CACHE_HITS)
-        elif stage == "validator":
+    def stage(self, stage: StageName, decision: Decision, latency_ms: float) -> None:
+        """A stage of the request path finished (the pipeline's `Metrics` event): read from the typed decision."""
+        if isinstance(decision, CacheDecision):
+            self.cache(decision.is_hit)
+        elif isinstance(decision, ValidatorDecision):
             self.routed(True)
-            if decision in ("answered", "verified"):
+            if decision is not ValidatorDecision.FAILED:
                 self.validator_time(latency_ms / 1000)
-        elif stage == "scout" and decision in ("confident", "forced"):
+        elif isinstance(decision, ScoutDecision) and decision.kept:
             self.routed(False)
 
     def arrival(self, priority: str = "interactive", n: int = 1) -> None:

@@ -25,7 +25,8 @@ from the deployment's configuration:
 
 So at low load requests go through at once, and as load grows batches fill up to `B_max`
 while each request waits at most `W_max`. Changes are applied at most every
-`update_interval_s` and only when a value changes.
+`update_interval_s` and only when a value changes. Configured by `load.batching`
+(`AdaptiveBatchingConfig`); the ceilings are the batched deployment's own (`cache.embedder`).
 """
 
 from __future__ import annotations

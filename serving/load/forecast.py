@@ -14,7 +14,8 @@ out: the horizons that matter here (a replica's start-up, tens of seconds) are f
 shorter than daily cycles.
 
 `ArrivalForecaster` is pure (time is passed in); `export` writes the figures to
-`Metrics.load_forecast` (Prometheus gauges in `ServeMetrics`).
+`Metrics.load_forecast` (Prometheus gauges in `ServeMetrics`). Configured by the `load`
+section (`LoadConfig`: interval_s, level_alpha, trend_beta, damping).
 """
 
 from __future__ import annotations

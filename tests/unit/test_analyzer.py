@@ -19,8 +19,8 @@ from serving.analyzer import (
     profile_request,
 )
 from serving.analyzer.complexity import PROFILE_FEATURES
-from serving.api import RouteTrace
-from serving.config import AnalyzerConfig
+from serving.api import RouteTrace, StageRecord
+from serving.config import AnalyzerConfig, PriorityConfig
 from serving.config.analyzer import DEFAULT_OUTPUT_TOKENS
 from serving.engines.base import GenerationRequest
 from serving.errors import InvalidRequestError
@@ -133,15 +133,15 @@ def test_embedding_size_must_match_the_model():
 def test_plan_is_json_and_fits_the_route_trace():
     plan = asyncio.run(_analyzer().analyze(HARD_MATH, priority="batch"))
     assert RoutePlan.model_validate_json(plan.model_dump_json()) == plan
-    trace = RouteTrace()
-    trace.add("analyzer", plan.strategy, 0.0, **plan.trace_detail())
+    trace = RouteTrace(stages=[StageRecord(stage="analyzer", decision=plan.strategy, latency_ms=0.0,
+                                           detail=plan.trace_detail())])
     detail = json.loads(trace.model_dump_json())["stages"][0]["detail"]
     assert detail["priority"] == "batch" and detail["signals"] == ["math", "reasoning"]
     assert plan.vllm_priority == 10
 
 
 def test_priority_from_tenant_header_or_default():
-    cfg = AnalyzerConfig(tenant_priorities={key_id("sk-batch"): "batch"})
+    cfg = PriorityConfig(tenants={key_id("sk-batch"): "batch"})
     assert resolve_priority(cfg).name == "interactive"
     assert resolve_priority(cfg, header=" Batch ").name == "batch"
     # The tenant's class wins: a batch tenant cannot promote itself with the header.
@@ -155,9 +155,22 @@ def test_priority_from_tenant_header_or_default():
 
 def test_config_rejects_unknown_classes():
     with pytest.raises(ValueError, match="default_priority"):
-        AnalyzerConfig(default_priority="vip")
+        PriorityConfig(default_priority="vip")
     with pytest.raises(ValueError, match="unknown classes"):
-        AnalyzerConfig(tenant_priorities={"abc": "vip"})
+        PriorityConfig(tenants={"abc": "vip"})
+    # Priority is a section of its own: the analyzer config no longer takes it.
+    with pytest.raises(ValueError, match=r"analyzer\.priorities moved to priority\.classes"):
+        AnalyzerConfig(priorities={"interactive": 0})
+
+
+def test_the_plan_carries_the_configured_vllm_priority():
+    """The analyzer reads the classes' vLLM priorities from the `priority` section."""
+    priority = PriorityConfig(classes={"interactive": 1, "batch": 10, "bulk": 30}, default_priority="interactive")
+    analyzer = RequestAnalyzer(AnalyzerConfig(), FakeEmbedder(), WordCounter(), _toy_model(), priority=priority)
+    bulk, default = asyncio.run(analyzer.analyze_many([AnalysisInput(HARD_MATH, priority="bulk"),
+                                                      AnalysisInput(HARD_MATH)]))
+    assert (bulk.priority, bulk.vllm_priority) == ("bulk", 30)
+    assert (default.priority, default.vllm_priority) == ("interactive", 1)
 
 
 def test_shipped_artifact_is_complete_and_scores_with_numpy():
@@ -176,7 +189,7 @@ def test_shipped_artifact_is_complete_and_scores_with_numpy():
 
 
 def test_artifact_names_the_data_it_was_trained_on(shared_data):
-    from serving.analyzer.training import data_digest
+    from infopt.training import data_digest
 
     assert ComplexityModel.load().meta["training_data_sha256"] == data_digest(shared_data / "routellm")
 
@@ -187,14 +200,14 @@ def test_a_request_is_embedded_once_the_cache_reuses_the_analyzers_vector(tmp_pa
     from serving.cache.edge import EdgeStore
     from serving.cache.semantic import SemanticCache
     from serving.config import CacheConfig, TieringConfig
-    from serving.router import TieredRouter
+    from serving.pipeline import build_pipeline
     from tests.unit.fakes import FakeEngine
 
     embedder = FakeEmbedder()
     config = CacheConfig(enabled=True, similarity_threshold=0.95)
     cache = SemanticCache(EdgeStore(tmp_path / "s", FakeEmbedder.dimension), embedder, config)
     analyzer = RequestAnalyzer(AnalyzerConfig(), embedder, WordCounter(), _toy_model())
-    router = TieredRouter(FakeEngine("small", ["Paris."]), FakeEngine("large", ["Paris."]), TieringConfig(),
+    router = build_pipeline(FakeEngine("small", ["Paris."]), FakeEngine("large", ["Paris."]), TieringConfig(),
                           cache=cache, cache_config=config, analyzer=analyzer)
 
     def ask(question: str):

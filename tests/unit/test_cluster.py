@@ -133,10 +133,10 @@ def test_cascade_autoscaling_is_an_application_policy_over_a_measuring_ingress(n
     cfg = load_profile(name)
     app = yaml.safe_load(profile_path(name).read_text())["applications"][0]
     ingress = next(d for d in built[name] if d["name"] == "Ingress")
-    cascade = cfg.analyzer.load.autoscaling
+    cascade = cfg.load.autoscaling
     if not cascade.enabled:
         assert "autoscaling_policy" not in app
-        assert ingress["autoscaling_config"]["max_replicas"] == cfg.api.autoscaling.max_replicas
+        assert ingress["autoscaling_config"]["max_replicas"] == cfg.api.deployment.autoscaling.max_replicas
         return
     assert name.startswith("gpu-")  # the CPU profiles have one Validator: nothing to scale
     policy = AutoscalingPolicy(**app["autoscaling_policy"])
@@ -150,7 +150,7 @@ def test_cascade_autoscaling_is_an_application_policy_over_a_measuring_ingress(n
     validator = next(d for d in built[name] if d["name"] == "Validator")["autoscaling_config"]
     assert validator["downscale_delay_s"] <= cascade.downscale_delay_s and validator["upscale_delay_s"] <= 10
     scaling = ingress["autoscaling_config"]
-    a = cfg.api.autoscaling
+    a = cfg.api.deployment.autoscaling
     assert (scaling["min_replicas"], scaling["max_replicas"]) == (a.min_replicas, a.max_replicas)
     assert "num_replicas" not in ingress
     assert scaling["look_back_period_s"] > 10  # longer than Ray's metrics interval
@@ -158,23 +158,33 @@ def test_cascade_autoscaling_is_an_application_policy_over_a_measuring_ingress(n
 
 def test_replicas_are_a_fixed_count_or_a_range_never_both():
     from deployments.app import ingress_replicas
-    from serving.config.engine import replica_options
+    from serving.config.deployment import replica_options
 
     base = {"scout": {"model": "a"}, "validator": {"model": "b"}}
     assert replica_options(3, None) == {"num_replicas": 3}
     assert replica_options(1, AutoscalingConfig(min_replicas=0, max_replicas=4))["autoscaling_config"][
         "initial_replicas"] == 1
     # Under cascade autoscaling a fixed Ingress count still autoscales (min = max), so Ray collects its figures.
-    cascade = {"analyzer": {"enabled": True, "load": {"autoscaling": {"enabled": True}}}}
-    fixed = ingress_replicas(AppConfig(**base, **cascade, api={"num_replicas": 3}))["autoscaling_config"]
-    assert (fixed["min_replicas"], fixed["max_replicas"]) == (3, 3)
-    ranged = ingress_replicas(AppConfig(**base, **cascade, api={"autoscaling": {"min_replicas": 2, "max_replicas": 5}}))
+    cascade = {"analyzer": {"enabled": True}, "load": {"autoscaling": {"enabled": True}}}
+    fixed = ingress_replicas(AppConfig(**base, **cascade, api={"deployment": {"num_replicas": 3}}))
+    assert (fixed["autoscaling_config"]["min_replicas"], fixed["autoscaling_config"]["max_replicas"]) == (3, 3)
+    ranged = ingress_replicas(AppConfig(**base, **cascade,
+                                        api={"deployment": {"autoscaling": {"min_replicas": 2, "max_replicas": 5}}}))
     assert (ranged["autoscaling_config"]["min_replicas"], ranged["autoscaling_config"]["max_replicas"]) == (2, 5)
-    for section in ("api", "analyzer"):
+    assert ranged["autoscaling_config"]["look_back_period_s"] == 20.0  # 2 x load.interval_s, at least 20 s
+    # Without cascade autoscaling the Ingress's own options stand.
+    assert ingress_replicas(AppConfig(**base, api={"deployment": {"num_replicas": 3}})) == {"num_replicas": 3}
+    # The same rule in every deployment's options: they are one model.
+    both = {"deployment": {"num_replicas": 2, "autoscaling": {"max_replicas": 3}}}
+    for args in ({"api": both}, {"cache": both}, {"cache": {"embedder": both}}):
         with pytest.raises(ValueError, match="not both"):
-            AppConfig(**base, **{section: {"num_replicas": 2, "autoscaling": {"max_replicas": 3}}})
+            AppConfig(**base, **args)
+    # The Embedder autoscales by default: a fixed count says so by clearing the range.
+    embedder = AppConfig(**base, cache={"embedder": {"deployment": {"num_replicas": 2, "autoscaling": None}}})
+    assert embedder.cache.embedder.deployment.replica_options() == {"num_replicas": 2}
     with pytest.raises(ValueError, match="'edge'"):  # one process owns an edge store
-        AppConfig(**base, cache={"enabled": True, "backend": "edge", "autoscaling": {"max_replicas": 2}})
+        AppConfig(**base, cache={"enabled": True, "backend": "edge",
+                                 "deployment": {"autoscaling": {"max_replicas": 2}}})
 
 
 def test_drift_is_reported_with_the_fix(tmp_path):
@@ -184,7 +194,7 @@ def test_drift_is_reported_with_the_fix(tmp_path):
     path.write_text(yaml.safe_dump(doc))
     problem = drift(path)
     assert problem and "render_configs.py" in problem and "+    max_replicas: 3" in problem
-    doc["applications"][0]["args"]["analyzer"]["load"]["autoscaling"]["horizon_s"] = 30
+    doc["applications"][0]["args"]["load"]["autoscaling"]["horizon_s"] = 30
     path.write_text(yaml.safe_dump(doc))
     problem = drift(path)
     assert problem and "autoscaling_policy" in problem and "render_configs.py" in problem
@@ -193,7 +203,8 @@ def test_drift_is_reported_with_the_fix(tmp_path):
 @pytest.mark.parametrize("name", ["tiny", "laptop", "gpu-a100x4", "gpu-h100x8"])
 def test_every_deployment_has_scaling_queue_limits_and_resources(name, built):
     deps = {d["name"]: d for d in built[name]}
-    assert set(deps) == DEPLOYMENTS | ({"RequestAnalyzer"} if load_profile(name).analyzer.enabled else set())
+    # The analyzer runs inside the Ingress: no deployment of its own, even where it is on.
+    assert set(deps) == DEPLOYMENTS
     for d in deps.values():
         # Every deployment autoscales within a range (the edge cache's is 1..1: one process owns the store).
         assert "autoscaling_config" in d and "num_replicas" not in d, d["name"]
@@ -212,6 +223,25 @@ def test_every_deployment_has_scaling_queue_limits_and_resources(name, built):
         assert all(d["max_queued_requests"] > 0 for d in deps.values()), deps
     a = cfg.validator.autoscaling
     assert validator["autoscaling_config"]["max_replicas"] == a.max_replicas
+
+
+@pytest.mark.parametrize("name", ["tiny", "laptop", "gpu-a100x4", "gpu-h100x8"])
+def test_light_deployments_take_their_options_from_their_deployment_block(name, built):
+    """Ingress, SemanticCache and Embedder: what Serve gets is their `deployment:` block (one model,
+    `DeploymentOptions`), nothing else; the Ingress's replicas as `ingress_replicas` decides them."""
+    from deployments.app import ingress_replicas
+
+    cfg = load_profile(name)
+    deps = {d["name"]: d for d in built[name]}
+    sections = {"Ingress": (cfg.api.deployment, ingress_replicas(cfg)),
+                "SemanticCache": (cfg.cache.deployment, None), "Embedder": (cfg.cache.embedder.deployment, None)}
+    for deployment, (options, replicas) in sections.items():
+        want = options.serve_options(replicas)
+        have = deps[deployment]
+        assert have["max_ongoing_requests"] == want["max_ongoing_requests"], deployment
+        assert have["max_queued_requests"] == want["max_queued_requests"], deployment
+        assert have["ray_actor_options"] == want["ray_actor_options"], deployment
+        assert {k: have["autoscaling_config"][k] for k in want["autoscaling_config"]} == want["autoscaling_config"]
 
 
 @pytest.mark.parametrize("name", ["tiny", "laptop", "gpu-a100x4", "gpu-h100x8"])
@@ -241,8 +271,8 @@ def test_custom_resources_pin_replicas():
     puts the replica actor and its engine); the light deployments carry theirs as actor resources."""
     args = copy.deepcopy(load_profile("tiny").model_dump(mode="json"))
     args["validator"]["resources"] = {"infopt_gpu_node": 1}
-    args["api"]["resources"] = {"infopt_cpu_node": 0.5}
-    args["cache"]["embedder"]["resources"] = {"infopt_cpu_node": 0.5}
+    args["api"]["deployment"]["resources"] = {"infopt_cpu_node": 0.5}
+    args["cache"]["embedder"]["deployment"]["resources"] = {"infopt_cpu_node": 0.5}
     deps = {d["name"]: d for d in render_configs.serve_build(args)}
     assert deps["Validator"]["placement_group_bundles"][0]["infopt_gpu_node"] == 1
     assert "infopt_gpu_node" not in str(deps["Scout"])
@@ -254,8 +284,10 @@ def test_custom_resources_pin_replicas():
 def test_builtin_or_negative_resources_are_rejected(resources):
     with pytest.raises(ValidationError, match="resources"):
         AppConfig(scout={"model": "a"}, validator={"model": "b", "resources": resources})
-    with pytest.raises(ValidationError, match="resources"):
-        AppConfig(scout={"model": "a"}, validator={"model": "b"}, api={"resources": resources})
+    for section in ({"api": {"deployment": {"resources": resources}}},
+                    {"cache": {"embedder": {"deployment": {"resources": resources}}}}):
+        with pytest.raises(ValidationError, match="resources"):
+            AppConfig(scout={"model": "a"}, validator={"model": "b"}, **section)
 
 
 # --- the on-prem launcher config ----------------------------------------------------------------------

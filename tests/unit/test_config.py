@@ -1,7 +1,22 @@
-import pytest
-from pydantic import ValidationError
+import re
+import typing
 
-from serving.config import AppConfig, EngineConfig, load_profile, profile_args, profile_names
+import pytest
+from pydantic import BaseModel, ValidationError
+
+from serving.config import (
+    AnalyzerConfig,
+    AppConfig,
+    DeploymentOptions,
+    EmbedderDeployment,
+    EngineConfig,
+    IngressDeployment,
+    LoadConfig,
+    PriorityConfig,
+    load_profile,
+    profile_args,
+    profile_names,
+)
 
 BASE = {"scout": {"model": "a"}, "validator": {"model": "b"}}
 
@@ -14,9 +29,13 @@ def test_every_profile_validates():
         assert cfg.profile == name
 
 
-def test_every_field_has_a_description():
-    from pydantic import BaseModel
+def _models_in(annotation) -> list[type[BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in typing.get_args(annotation) for m in _models_in(arg)]
 
+
+def test_every_field_has_a_description():
     seen = set()
 
     def walk(model: type[BaseModel]) -> None:
@@ -25,12 +44,11 @@ def test_every_field_has_a_description():
         seen.add(model)
         for name, field in model.model_fields.items():
             assert field.description, f"{model.__name__}.{name} has no description"
-            ann = field.annotation
-            if isinstance(ann, type) and issubclass(ann, BaseModel):
-                walk(ann)
+            for sub in _models_in(field.annotation):  # optional models too (`autoscaling: ... | None`)
+                walk(sub)
 
     walk(AppConfig)
-    assert len(seen) >= 5
+    assert {DeploymentOptions, IngressDeployment, EmbedderDeployment, PriorityConfig, LoadConfig} <= seen
 
 
 def test_unknown_keys_are_rejected_at_every_level():
@@ -130,22 +148,98 @@ def test_llm_config_accepts_our_kwargs():
             assert uses_gpu == (engine.device == "gpu")
 
 
-def test_readme_documents_every_config_key():
-    from pydantic import BaseModel
+# --- the tree mirrors the design: priority and load are sections of their own -------------------------
 
-    from tests.conftest import REPO
+def test_priority_and_load_are_top_level_sections():
+    cfg = AppConfig(**BASE, priority={"classes": {"interactive": 0, "batch": 10, "bulk": 20},
+                                      "tenants": {"ab" * 32: "bulk"}},
+                    load={"interval_s": 2.0, "autoscaling": {"enabled": True}, "batching": {"min_wait_s": 0.001}})
+    assert cfg.priority.classes["bulk"] == 20 and cfg.priority.tenants == {"ab" * 32: "bulk"}
+    assert cfg.priority.priority_header == "x-infopt-priority" and cfg.priority.default_priority == "interactive"
+    assert (cfg.load.interval_s, cfg.load.autoscaling.enabled, cfg.load.batching.min_wait_s) == (2.0, True, 0.001)
+    # What the analyzer keeps: its own decisions only, no placement (it runs inside the Ingress).
+    assert set(AnalyzerConfig.model_fields) == {"enabled", "artifact", "direct_threshold", "tokenizer", "timeout_s",
+                                                "expected_output_tokens"}
+    assert cfg.load.autoscaling.enabled and load_profile("gpu-a100x4").load.autoscaling.horizon_s == 120
 
-    readme = (REPO / "README.md").read_text()
-    section = readme[readme.index("## Configuration reference"):readme.index("## Metrics")]
-    missing = []
 
-    def walk(model: type[BaseModel]) -> None:
-        for name, field in model.model_fields.items():
-            ann = field.annotation
-            if isinstance(ann, type) and issubclass(ann, BaseModel):
-                walk(ann)
-            elif f"{name}`" not in section:
-                missing.append(f"{model.__name__}.{name}")
+@pytest.mark.parametrize(("args", "message"), [
+    ({"analyzer": {"priorities": {"interactive": 0}}}, "analyzer.priorities moved to priority.classes"),
+    ({"analyzer": {"tenant_priorities": {}}}, "analyzer.tenant_priorities moved to priority.tenants"),
+    ({"analyzer": {"priority_header": "x-p"}}, "analyzer.priority_header moved to priority.priority_header"),
+    ({"analyzer": {"default_priority": "batch"}}, "analyzer.default_priority moved to priority.default_priority"),
+    ({"analyzer": {"load": {"interval_s": 1}}}, "analyzer.load moved to the top-level load section"),
+    ({"analyzer": {"batching": {"enabled": False}}}, "analyzer.batching moved to load.batching"),
+    ({"analyzer": {"num_replicas": 2}}, "analyzer.num_replicas is gone: the analyzer runs inside the Ingress"),
+    ({"analyzer": {"max_batch_size": 8}}, "analyzer.max_batch_size is gone"),
+    ({"api": {"num_cpus": 1}}, "api.num_cpus moved to api.deployment.num_cpus"),
+    ({"cache": {"autoscaling": {"max_replicas": 1}}}, "cache.autoscaling moved to cache.deployment.autoscaling"),
+    ({"cache": {"embedder": {"num_gpus": 0.1}}}, "cache.embedder.num_gpus moved to cache.embedder.deployment.num_gpus"),
+])
+def test_a_moved_key_is_rejected_with_where_it_went(args, message):
+    with pytest.raises(ValidationError, match=re.escape(message)):
+        AppConfig(**BASE, **args)
 
-    walk(AppConfig)
-    assert not missing, f"README configuration reference lacks: {missing}"
+
+def test_priority_classes_must_be_known():
+    with pytest.raises(ValidationError, match="default_priority 'vip' is not one of the classes"):
+        AppConfig(**BASE, priority={"default_priority": "vip"})
+    with pytest.raises(ValidationError, match=r"tenants name unknown classes \['vip'\]"):
+        PriorityConfig(tenants={"abc": "vip"})
+    # Renaming the classes is fine as long as the default is among them.
+    assert PriorityConfig(classes={"now": 0}, default_priority="now").classes == {"now": 0}
+
+
+# --- one model for every deployment's Ray Serve options ----------------------------------------------
+
+def test_every_light_deployment_uses_the_one_options_model():
+    cfg = AppConfig(**BASE)
+    sections = {"api": cfg.api, "cache": cfg.cache, "cache.embedder": cfg.cache.embedder}
+    base = DeploymentOptions.model_fields
+    for where, section in sections.items():
+        options = section.deployment
+        assert isinstance(options, DeploymentOptions), where
+        # No copies of the placement fields beside it.
+        assert not set(base) & set(type(section).model_fields), where
+        # Each field (bounds and description) is the shared definition; only defaults differ.
+        for name, field in type(options).model_fields.items():
+            if name in base:
+                assert field.description.startswith(base[name].description), (where, name)
+                assert field.metadata == base[name].metadata, (where, name)
+    assert (cfg.api.deployment.max_ongoing_requests, cfg.cache.deployment.max_ongoing_requests) == (256, 64)
+    emb = cfg.cache.embedder.deployment
+    assert (emb.num_cpus, emb.autoscaling.max_replicas, emb.num_gpus) == (0.25, 2, 0.0)
+    assert emb.ray_actor_options() == {"num_cpus": 0.25, "num_gpus": 0.0}
+    # The engines share the queue limits and resources (their placement is a vLLM placement group).
+    for name in ("max_ongoing_requests", "max_queued_requests", "resources"):
+        assert EngineConfig.model_fields[name].description.startswith(base[name].description), name
+    assert EngineConfig(model="a").max_ongoing_requests == 32
+
+
+@pytest.mark.parametrize("args", [
+    {"api": {"deployment": {"max_ongoing_requests": 0}}},  # a subclass's own default keeps the shared bounds
+    {"cache": {"embedder": {"deployment": {"num_cpus": 0}}}},
+    {"cache": {"deployment": {"max_queued_requests": -2}}},
+    {"scout": {"model": "a", "max_queued_requests": -2}},
+    {"cache": {"deployment": {"num_replicas": 2, "autoscaling": {"max_replicas": 3}}}},
+    {"cache": {"deployment": {"surprise": 1}}},
+    # Ray hands an Embedder replica at most max_ongoing_requests texts: a bigger batch could never fill.
+    {"cache": {"embedder": {"max_batch_size": 128}}},
+])
+def test_deployment_options_are_validated_wherever_they_are_used(args):
+    with pytest.raises(ValidationError):
+        AppConfig(**{**BASE, **args})
+
+
+def test_serve_options_are_what_deployment_options_takes():
+    options = DeploymentOptions(num_cpus=0.5, autoscaling={"min_replicas": 0, "max_replicas": 3},
+                                max_queued_requests=100, resources={"infopt_cpu_node": 1})
+    assert options.serve_options() == {
+        "autoscaling_config": {**options.autoscaling.model_dump(), "initial_replicas": 1},
+        "max_ongoing_requests": 64, "max_queued_requests": 100,
+        "ray_actor_options": {"num_cpus": 0.5, "resources": {"infopt_cpu_node": 1}},
+    }
+    assert DeploymentOptions(num_replicas=3).serve_options()["num_replicas"] == 3
+    # The replica part can be decided by the app (the Ingress under cascade autoscaling).
+    fixed = DeploymentOptions(num_replicas=3).serve_options({"autoscaling_config": {"min_replicas": 3}})
+    assert "num_replicas" not in fixed and fixed["autoscaling_config"] == {"min_replicas": 3}

@@ -150,6 +150,15 @@ def test_values_schema_is_generated_and_closed_everywhere():
      "/serve/deployments/0/ray_actor_options"),
     ({"serve": {"deployments": [{"name": "Scout", "max_ongoing_request": 8}]}}, "/serve/deployments/0"),
     ({"serve": {"deployments": [{"name": "Validatr"}]}}, "/serve/deployments/0/name"),
+    # The analyzer runs inside the Ingress: there is no RequestAnalyzer deployment to override.
+    ({"serve": {"deployments": [{"name": "RequestAnalyzer"}]}}, "/serve/deployments/0/name"),
+    # Keys that moved out of a section (priority classes, placement) fail `helm install` there.
+    ({"serve": {"args": {"scout": {"model": "a"}, "validator": {"model": "b"}, "analyzer": {"priorities": {}}}}},
+     "/serve/args/analyzer"),
+    ({"serve": {"args": {"scout": {"model": "a"}, "validator": {"model": "b"}, "api": {"num_cpus": 1}}}},
+     "/serve/args/api"),
+    ({"serve": {"args": {"scout": {"model": "a"}, "validator": {"model": "b"},
+                         "cache": {"deployment": {"num_cpu": 1}}}}}, "/serve/args/cache/deployment"),
     ({"cpuWorkers": {"affinity": {"nodeAffinity": {"required": {}}}}}, "/cpuWorkers/affinity/nodeAffinity"),
 ])
 def test_values_schema_rejects_broken_values(values, where):
@@ -214,7 +223,7 @@ def test_serve_config_v2_carries_the_cascade_autoscaling_policy(default_docs):
     assert (chart.validator, chart.source, chart.policy.config) == (ours.validator, ours.source, ours.policy.config)
     if helm is None:
         return  # "none when off" needs a render
-    off = render({"serve": {"args": {"analyzer": {"load": {"autoscaling": {"enabled": False}}}}}})
+    off = render({"serve": {"args": {"load": {"autoscaling": {"enabled": False}}}}})
     app = yaml.safe_load(by_kind(off, "RayService")[0]["spec"]["serveConfigV2"])["applications"][0]
     assert "autoscaling_policy" not in app and app["args"]["analyzer"]["enabled"] is True
 

@@ -204,6 +204,7 @@ def test_stats_listen_to_the_routers_stage_events():
     import math as m
 
     from serving.metrics import Metrics, MetricsTee
+    from serving.pipeline import CacheDecision, StageName
     from tests.unit.test_router import SURE, UNSURE, make, req
 
     stats = CascadeStats(LoadConfig())
@@ -231,7 +232,7 @@ def test_stats_listen_to_the_routers_stage_events():
     assert stats.service == pytest.approx(0.1 / 3, abs=0.01)
     assert stats.hit.value == 0.0  # no cache stage: nothing was a hit
     for decision in ("exact_hit", "semantic_hit", "miss", "miss"):
-        stats.stage("cache", decision, 1.0)
+        stats.stage(StageName.CACHE, CacheDecision(decision), 1.0)
     assert stats.hit.value == pytest.approx(0.5)
     assert not m.isnan(stats.signals().validator_concurrency())
 

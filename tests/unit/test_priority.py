@@ -1,4 +1,5 @@
-"""The priority gate: interactive requests go ahead of batch ones under a queue."""
+"""Priority classes: resolving a request's class from the `priority` section, and the gate that lets
+interactive requests go ahead of batch ones under a queue."""
 
 from __future__ import annotations
 
@@ -6,10 +7,27 @@ import asyncio
 
 import pytest
 
-from serving.priority import PriorityGate
+from serving.config import AppConfig, PriorityConfig
+from serving.errors import InvalidRequestError
+from serving.priority import PriorityGate, key_id, resolve_priority
 from tests.unit.fakes import FakeClock
 
 INTERACTIVE, BATCH = 0, 10
+
+
+def test_resolve_priority_reads_the_priority_section():
+    """Classes, tenants, header and default all come from `priority` (renamed classes and header here)."""
+    cfg = AppConfig(scout={"model": "a"}, validator={"model": "b"}, priority={
+        "priority_header": "x-tier", "default_priority": "standard",
+        "classes": {"premium": 0, "standard": 5, "bulk": 20}, "tenants": {key_id("sk-bulk"): "bulk"}}).priority
+    assert isinstance(cfg, PriorityConfig)
+    assert (resolve_priority(cfg).name, resolve_priority(cfg).value) == ("standard", 5)
+    assert resolve_priority(cfg, header="Premium").value == 0
+    assert resolve_priority(cfg, header="premium", api_key="sk-bulk").source == "tenant"
+    with pytest.raises(InvalidRequestError, match="unknown priority class 'batch' in x-tier; use one of: bulk, "
+                       "premium, standard") as e:
+        resolve_priority(cfg, header="batch")
+    assert e.value.param == "x-tier"
 
 
 async def _run(gate: PriorityGate, arrivals: list[tuple[str, int]], hold_s: float = 0.01) -> list[str]:

@@ -55,7 +55,7 @@ applications:
     args:
       {{- toYaml $args | nindent 6 }}
     {{- /* The Validator's cascade autoscaling is an application-level policy (deployments.app). */}}
-    {{- $cascade := dig "analyzer" "load" "autoscaling" dict $args }}
+    {{- $cascade := dig "load" "autoscaling" dict $args }}
     {{- if $cascade.enabled }}
     autoscaling_policy:
       policy_function: serving.load.autoscaling:CascadeApplicationPolicy
