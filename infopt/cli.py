@@ -39,7 +39,8 @@ def cmd_models_list(ns: argparse.Namespace) -> int:
 
 
 def cmd_models_prepare(ns: argparse.Namespace) -> int:
-    from serving.models import CATALOG, ModelPrepareError, prepare_model
+    from infopt.prepare import prepare_model
+    from serving.models import CATALOG, ModelPrepareError
 
     default_cache = _cache_dir(ns.cache_dir)
     # (model, cache dir) pairs: a profile prepares into the cache its own config names, the

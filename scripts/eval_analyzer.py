@@ -41,8 +41,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from infopt.training import EMBEDDER, auc, cache_dir, dataset, load_routellm  # noqa: E402
 from serving.analyzer import ComplexityModel, HFTokenCounter, RequestAnalyzer, profile_request  # noqa: E402
-from serving.analyzer.training import EMBEDDER, auc, cache_dir, dataset, load_routellm  # noqa: E402
 from serving.config import AnalyzerConfig  # noqa: E402
 from serving.config.analyzer import DEFAULT_OUTPUT_TOKENS  # noqa: E402
 
@@ -113,7 +113,7 @@ def output_lengths(data: Path, tokens: HFTokenCounter) -> dict:
     """GSM8K answer lengths (Validator tokens) of both models vs the 'math' budget."""
     import csv
 
-    from serving.analyzer.training import STRONG, WEAK
+    from infopt.training import STRONG, WEAK
 
     csv.field_size_limit(1 << 24)
     out: dict = {}

@@ -1,7 +1,7 @@
 """Train the request analyzer's complexity model and write its artifact.
 
 Label (from ../shared/data/routellm): 1 when only the strong model (GPT-4) answered
-correctly, 0 otherwise (see `serving/analyzer/training.py`). Features: the profile
+correctly, 0 otherwise (see `infopt/training.py`). Features: the profile
 features of `serving.analyzer.complexity` plus the all-MiniLM-L6-v2 embedding of the
 question (the Embedder's model, prepared by `infopt models prepare --embedder`).
 
@@ -28,8 +28,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from infopt.training import EMBEDDER, auc, data_digest, dataset, load_routellm  # noqa: E402
 from serving.analyzer.complexity import DEFAULT_ARTIFACT, ComplexityModel, feature_names  # noqa: E402
-from serving.analyzer.training import EMBEDDER, auc, data_digest, dataset, load_routellm  # noqa: E402
 
 DATA = REPO.parent / "shared" / "data"
 C_GRID = (0.03, 0.1, 0.3, 1.0, 3.0)

@@ -1,6 +1,6 @@
 import yaml
 
-from serving import cli
+from infopt import cli
 
 
 def write_profile(path, cache_dir):
@@ -12,7 +12,7 @@ def write_profile(path, cache_dir):
 
 def test_prepare_uses_the_cache_dir_the_profile_serves_from(tmp_path, monkeypatch, capsys):
     calls = []
-    monkeypatch.setattr("serving.models.prepare_model", lambda name, cache: calls.append((name, cache)))
+    monkeypatch.setattr("infopt.prepare.prepare_model", lambda name, cache: calls.append((name, cache)))
     monkeypatch.delenv("INFOPT_CACHE_DIR", raising=False)
     profile = write_profile(tmp_path / "p.yaml", tmp_path / "from-yaml")
     assert cli.main(["models", "prepare", "--profile", str(profile)]) == 0

@@ -4,8 +4,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from serving.handles.engine import _is_error, _logprobs_from_chat, _sse_payloads, error_from_engine
 from serving.errors import ContextLengthExceededError, EngineUnavailableError, InvalidRequestError
+from serving.handles.engine import _is_error, _logprobs_from_chat, _sse_payloads, error_from_engine
 
 
 def vllm_error(message: str, code: int):

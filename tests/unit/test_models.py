@@ -3,8 +3,8 @@ import json
 
 import pytest
 
+from infopt import prepare as prep
 from serving.models import CATALOG, ModelPrepareError, is_prepared, model_dir, resolve
-from serving.models import prepare as prep
 from serving.models.catalog import CatalogModel
 
 
