@@ -18,7 +18,7 @@ LOAD_OUT ?= reports/load
 BENCH_PROFILE ?= tiny
 BENCH_ARGS ?=
 
-.PHONY: install models run test test-unit lint render bench-tiers bench-turbo bench-cache eval-cache train-analyzer eval-analyzer replay-trace load bench clean
+.PHONY: install models run test test-unit lint render docs bench-tiers bench-turbo bench-cache eval-cache train-analyzer eval-analyzer replay-trace load bench clean
 
 $(STAMP): pyproject.toml constraints-cpu.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -54,6 +54,11 @@ lint: install
 # deployments blocks, the chart's values schema and the rendered example (tests fail on drift).
 render: install
 	$(BIN)/python scripts/render_configs.py
+
+# After changing a config field's description or a config model's docstring: regenerate
+# docs/configuration.md, the configuration reference (tests/unit/test_docs.py fails when it is stale).
+docs: install
+	$(BIN)/python scripts/config_reference.py
 
 bench-tiers: install
 	$(BIN)/infopt models prepare --profile tiny
