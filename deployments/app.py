@@ -45,8 +45,7 @@ def build_app(args: dict[str, Any]) -> Application:
             tokenizer=config.resolve_model(config.validator.model) if config.tiering.verified_escalation else None,
             priority_scheduling=config.validator.scheduling_policy == "priority"),
         cache=ServeResponseCache(cache) if cache is not None else None,
-        embedder=ServeEmbedder(embedder, config.cache.embedder.dimension)
-        if embedder is not None and config.analyzer.enabled else None,
+        embedder=ServeEmbedder(embedder, config.cache.embedder.dimension) if embedder is not None else None,
     )
     return Ingress.options(**config.api.deployment.serve_options(ingress_replicas(config))).bind(parts)
 

@@ -171,11 +171,7 @@ class Ingress:
         """The cache, once the caller has shown the admin key (when one is configured)."""
         if self.cache is None:
             raise InvalidRequestError("the semantic cache is not enabled in this deployment (cache.enabled)")
-        key = self.config.cache.admin_key
-        if key:
-            token = _bearer_token(request)
-            if token is None or not hmac.compare_digest(token.encode(), key.encode()):
-                raise AuthenticationError("cache administration needs 'Authorization: Bearer <admin key>'")
+        self._admin(request)
         return self.cache
 
     async def _invalidate(self, request: Request) -> Response:
@@ -197,6 +193,34 @@ class Ingress:
     async def cache_stats(self, request: Request) -> Response:
         return await self._answer(self._stats(request))
 
+    # -- quality and cost -------------------------------------------------------------------
+
+    def _admin(self, request: Request) -> None:
+        key = self.config.cache.admin_key
+        if key:
+            token = _bearer_token(request)
+            if token is None or not hmac.compare_digest(token.encode(), key.encode()):
+                raise AuthenticationError("this endpoint needs 'Authorization: Bearer <admin key>'")
+
+    async def _ledger(self, request: Request) -> Response:
+        self._admin(request)
+        return JSONResponse({"object": "ledger", **self.service.pipeline.ledger.totals()})
+
+    async def _quality(self, request: Request) -> Response:
+        self._admin(request)
+        auditor = self.service.pipeline.auditor
+        body = auditor.report() if auditor is not None else {"calibration": self.service.pipeline.escalation.version,
+                                                             "audit": "off"}
+        return JSONResponse({"object": "quality", **body})
+
+    @app.get("/v1/ledger")
+    async def ledger(self, request: Request) -> Response:
+        return await self._answer(self._ledger(request))
+
+    @app.get("/v1/quality")
+    async def quality(self, request: Request) -> Response:
+        return await self._answer(self._quality(request))
+
     @app.get("/v1/models")
     async def models(self) -> dict[str, Any]:
         return self.service.list_models()
@@ -208,6 +232,7 @@ class Ingress:
         except TimeoutError:
             raise EngineUnavailableError(f"engines did not answer a health check within {HEALTH_TIMEOUT_S:g} s") \
                 from None
+        health["calibration"] = self.service.pipeline.escalation.version
         if self.cache is not None:
             # Reported, never fatal: requests bypass a cache that is down.
             try:

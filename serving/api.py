@@ -224,7 +224,13 @@ class RouteTrace(BaseModel):
     requested_model: str = Field("auto", description="The `model` the client asked for.")
     reason: str | None = Field(None, description="Why that tier answered.")
     confidence: float | None = Field(None, description="Scout confidence score, when the Scout ran.")
-    threshold: float | None = Field(None, description="Threshold the confidence was compared with.")
+    agreement: float | None = Field(
+        None, description="Calibrated probability that the Scout's answer agrees with the Validator's, when the "
+        "profile is calibrated and the Scout ran.")
+    calibration: str | None = Field(None, description="The calibration's version, or 'uncalibrated'.")
+    threshold: float | None = Field(
+        None, description="The bound the Scout's score was held to: on `agreement` when calibrated, on "
+        "`confidence` otherwise (null: no Scout answer could be kept).")
     confidence_method: str | None = Field(None, description="How confidence was computed.")
     stages: list[StageRecord] = Field(default_factory=list, description="One record per stage, in order.")
     cost: dict[str, dict[str, float]] | None = Field(

@@ -28,7 +28,8 @@ class Parts:
     scout: LLMEngine
     validator: LLMEngine
     cache: ResponseCache | None = None
-    # What the request analyzer embeds with (it runs in the Ingress: only the embedding crosses a hop).
+    # What the request analyzer (it runs in the Ingress: only the embedding crosses a hop) and the audit's
+    # judge embed with.
     embedder: Embedder | None = None
 
 
@@ -43,5 +44,5 @@ def build_service(parts: Parts, metrics: Metrics | None = None) -> OpenAIService
         _ = tokens.tokenizer  # load now, not on the first request
         analyzer = RequestAnalyzer(config.analyzer, parts.embedder, tokens, priority=config.priority)
     pipeline: Pipeline = pipeline_from_config(config, parts.scout, parts.validator, cache=parts.cache,
-                                              analyzer=analyzer, metrics=metrics)
+                                              analyzer=analyzer, metrics=metrics, embedder=parts.embedder)
     return OpenAIService(pipeline, config.api, parts.scout, parts.validator)

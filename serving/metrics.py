@@ -56,6 +56,12 @@ class Metrics:
     def load_forecast(self, priority: str, horizon_s: float, rate: float) -> None:
         """Forecast arrival rate (1/s) of a priority class `horizon_s` ahead (0: the smoothed current rate)."""
 
+    def ledger(self, namespace: str, path: str, tier: str, engine_s: float, tokens: int) -> None:
+        """One request's cost booked: engine seconds and tokens of `tier` ('validator_only': the counterfactual)."""
+
+    def audit(self, path: str, namespace: str, audits: int, disagreements: int, upper: float) -> None:
+        """The audit's running estimate of one shortcut path in one namespace, with its upper confidence limit."""
+
 
 class MetricsTee(Metrics):
     """Reports every event to each of several `Metrics` (e.g. Prometheus and the load statistics)."""
@@ -140,6 +146,21 @@ class ServeMetrics(Metrics):
             f"{prefix}_arrival_rate_forecast", description="Forecast arrival rate (requests/s) per priority class "
             "and horizon (0 = smoothed current rate).", tag_keys=("priority", "horizon_s"),
         )
+        self._ledger_s = m.Counter(
+            f"{prefix}_ledger_engine_seconds", description="Engine seconds booked by the cost ledger, by namespace, "
+            "answering path and tier ('validator_only': what the Validator alone would have spent).",
+            tag_keys=("namespace", "path", "tier"),
+        )
+        self._ledger_tokens = m.Counter(
+            f"{prefix}_ledger_tokens", description="Tokens booked by the cost ledger, by namespace, path and tier.",
+            tag_keys=("namespace", "path", "tier"),
+        )
+        self._audits = m.Gauge(f"{prefix}_audit_count", description="Audited shortcut answers, by path and "
+                               "namespace.", tag_keys=("path", "namespace"))
+        self._audit_rate = m.Gauge(f"{prefix}_audit_disagreement", description="Audited disagreement rate with the "
+                                   "Validator, by path and namespace.", tag_keys=("path", "namespace"))
+        self._audit_upper = m.Gauge(f"{prefix}_audit_disagreement_upper", description="Clopper-Pearson upper "
+                                    "confidence limit of that rate.", tag_keys=("path", "namespace"))
 
     def request(self, route: str, status: int) -> None:
         self._requests.inc(tags={"route": route, "status": str(status)})
@@ -184,6 +205,19 @@ class ServeMetrics(Metrics):
         # Not tagged 'deployment': Ray Serve reserves that tag (and fills it) for every replica metric.
         self._batch_size.set(max_batch_size, tags={"batched": deployment})
         self._batch_wait.set(batch_wait_timeout_s, tags={"batched": deployment})
+
+    def ledger(self, namespace: str, path: str, tier: str, engine_s: float, tokens: int) -> None:
+        tags = {"namespace": namespace, "path": path, "tier": tier}
+        if engine_s > 0:  # Ray counters refuse an increment of 0.
+            self._ledger_s.inc(engine_s, tags=tags)
+        if tokens:
+            self._ledger_tokens.inc(tokens, tags=tags)
+
+    def audit(self, path: str, namespace: str, audits: int, disagreements: int, upper: float) -> None:
+        tags = {"path": path, "namespace": namespace}
+        self._audits.set(audits, tags=tags)
+        self._audit_rate.set(disagreements / audits if audits else 0.0, tags=tags)
+        self._audit_upper.set(upper, tags=tags)
 
     def load_forecast(self, priority: str, horizon_s: float, rate: float) -> None:
         self._forecast.set(rate, tags={"priority": priority, "horizon_s": f"{horizon_s:g}"})

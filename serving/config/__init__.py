@@ -11,6 +11,7 @@ from serving.config.deployment import AutoscalingConfig, DeploymentOptions, Embe
 from serving.config.engine import EngineConfig
 from serving.config.load import AdaptiveBatchingConfig, CascadeAutoscalingConfig, LoadConfig
 from serving.config.priority import PriorityConfig
+from serving.config.quality import AuditConfig, QualityConfig
 from serving.config.speculative import SpeculativeConfig
 from serving.config.tiering import ConfidenceConfig, TieringConfig
 
@@ -19,6 +20,7 @@ __all__ = [
     "AnalyzerConfig",
     "ApiConfig",
     "AppConfig",
+    "AuditConfig",
     "AutoscalingConfig",
     "CacheConfig",
     "CascadeAutoscalingConfig",
@@ -30,6 +32,7 @@ __all__ = [
     "IngressDeployment",
     "LoadConfig",
     "PriorityConfig",
+    "QualityConfig",
     "SpeculativeConfig",
     "TieringConfig",
     "load_profile",

@@ -16,6 +16,7 @@ from serving.config.cache import CacheConfig
 from serving.config.engine import EngineConfig
 from serving.config.load import LoadConfig
 from serving.config.priority import PriorityConfig
+from serving.config.quality import QualityConfig
 from serving.config.tiering import TieringConfig
 
 ENV_PREFIX = "INFOPT_"
@@ -46,6 +47,8 @@ class AppConfig(BaseSettings):
     scout: EngineConfig = Field(description="The small model that answers first.")
     validator: EngineConfig = Field(description="The large model that answers what the Scout is unsure of.")
     tiering: TieringConfig = Field(default_factory=TieringConfig, description="Scout -> Validator decision.")
+    quality: QualityConfig = Field(
+        default_factory=QualityConfig, description="The quality guarantee: calibration, allowed risk, live audit.")
     api: ApiConfig = Field(default_factory=ApiConfig, description="Limits of the OpenAI-compatible ingress.")
     cache: CacheConfig = Field(default_factory=CacheConfig, description="The semantic cache in front of the tiers.")
     analyzer: AnalyzerConfig = Field(
@@ -83,6 +86,13 @@ class AppConfig(BaseSettings):
     def cache_store_path(self) -> Path:
         """The folder of the embedded cache store: `cache.path`, or `<cache_dir>/semantic-cache/<profile>`."""
         return self.cache.path or self.cache_dir / "semantic-cache" / self.profile
+
+    def calibration_path(self) -> Path | None:
+        """`quality.calibration`, a relative path read from the profiles' folder (cluster/)."""
+        path = self.quality.calibration
+        if path is None or path.is_absolute():
+            return path
+        return profiles_dir() / path
 
     @property
     def needs_embedder(self) -> bool:

@@ -28,7 +28,7 @@ from serving.pipeline._decisions import (
 from serving.pipeline._executor import Pipeline, Routed, RoutedStream, engines_fingerprint
 from serving.pipeline._flights import Flight, Flights
 from serving.pipeline._scout import ScoutStage
-from serving.pipeline._stage import Stage, assemble, replay
+from serving.pipeline._stage import Observer, Stage, assemble, replay
 from serving.pipeline._state import Admission, Cost, RequestState, StageOutcome, TierCost
 from serving.pipeline._validator import ValidatorStage
 
@@ -45,6 +45,7 @@ __all__ = [
     "Decision",
     "Flight",
     "Flights",
+    "Observer",
     "Pipeline",
     "Reason",
     "RequestState",

@@ -12,15 +12,16 @@ from serving.pipeline._cache import AdmissionStage, CacheStage
 from serving.pipeline._executor import Pipeline, engines_fingerprint
 from serving.pipeline._flights import Flights
 from serving.pipeline._scout import ScoutStage
-from serving.pipeline._stage import Stage
+from serving.pipeline._stage import Observer, Stage
 from serving.pipeline._validator import ValidatorStage
-from serving.policy.escalation import EscalationPolicy
 from serving.priority import PriorityGate
 
 if TYPE_CHECKING:
     from serving.analyzer import Analyzer
+    from serving.cache.embedder import Embedder
     from serving.cache.semantic import ResponseCache
     from serving.config import AppConfig
+    from serving.policy.escalation import EscalationPolicy
 
 
 def build_pipeline(
@@ -37,17 +38,23 @@ def build_pipeline(
     coalesce: bool = False,
     gate: PriorityGate | None = None,
     metrics: Metrics | None = None,
+    escalation: EscalationPolicy | None = None,
+    observers: list[Observer] | None = None,
+    semantic_closed: set[str] | None = None,
 ) -> Pipeline:
-    """A pipeline over two engines; the cache, the analyzer, coalescing and our priority queue are optional."""
+    """A pipeline over two engines; the cache, the analyzer, coalescing, our priority queue, a calibrated
+    escalation policy and observers (ledger, audit) are optional."""
+    from serving.policy.escalation import EscalationPolicy  # here: the policy imports the pipeline's decisions
+
     tiering = tiering or TieringConfig()
     cache_config = cache_config or CacheConfig()
-    escalation = EscalationPolicy(tiering, can_verify_drafts=validator.can_verify)
+    escalation = escalation or EscalationPolicy(tiering, can_verify_drafts=validator.can_verify)
     fingerprint = engines_fingerprint(scout.model_id, validator.model_id)
     front: list[Stage] = []
     if analyzer is not None:
         front.append(AnalyzerStage(analyzer, analyzer_timeout_s))
     if cache is not None:
-        front.append(CacheStage(cache, cache_config, fingerprint))
+        front.append(CacheStage(cache, cache_config, fingerprint, semantic_closed))
     return Pipeline(
         front=front,
         generate=[ScoutStage(scout, escalation, tiering.confidence, scout_timeout_s),
@@ -59,19 +66,49 @@ def build_pipeline(
         metrics=metrics,
         cache_config=cache_config,
         fingerprint=fingerprint,
+        observers=observers,
     )
 
 
 def pipeline_from_config(
     config: AppConfig, scout: LLMEngine, validator: LLMEngine, *, cache: ResponseCache | None = None,
-    analyzer: Analyzer | None = None, metrics: Metrics | None = None,
+    analyzer: Analyzer | None = None, metrics: Metrics | None = None, embedder: Embedder | None = None,
 ) -> Pipeline:
-    """The application's pipeline: every setting from `config`, the parts given (the composition root's)."""
-    api = config.api
-    return build_pipeline(
+    """The application's pipeline: every setting from `config`, the parts given (the composition root's).
+
+    With `quality.calibration` the escalation policy is calibrated (a file for other models is refused);
+    the cost ledger always observes; with `quality.audit.enabled` the auditor does too (judging with
+    `embedder` when given). Both are reachable as `pipeline.ledger` and `pipeline.auditor`.
+    """
+    from serving.policy.escalation import EscalationPolicy
+    from serving.quality.audit import Auditor
+    from serving.quality.calibration import Calibration
+    from serving.quality.judge import default_panel
+    from serving.quality.ledger import CostLedger
+
+    api, quality = config.api, config.quality
+    calibration = None
+    path = config.calibration_path()
+    if path is not None:
+        calibration = Calibration.load(path)
+        calibration.check(scout.model_id, validator.model_id)
+    escalation = EscalationPolicy(config.tiering, can_verify_drafts=validator.can_verify, calibration=calibration)
+    ledger = CostLedger(metrics)
+    observers: list[Observer] = [ledger]
+    semantic_closed: set[str] = set()
+    auditor = None
+    if quality.audit.enabled:
+        state_path = quality.audit.state_path or config.cache_dir / "audit" / f"{config.profile}.json"
+        auditor = Auditor(quality.audit, validator, default_panel(embedder), escalation,
+                          epsilon=quality.max_disagreement, delta=quality.delta, cache=cache, metrics=metrics,
+                          state_path=state_path, ledger=ledger, semantic_closed=semantic_closed)
+        observers.append(auditor)
+    pipeline = build_pipeline(
         scout, validator, config.tiering, cache=cache, cache_config=config.cache, analyzer=analyzer,
         analyzer_timeout_s=config.analyzer.timeout_s, scout_timeout_s=config.scout.request_timeout_s,
         validator_timeout_s=config.validator.request_timeout_s, coalesce=api.coalesce,
         gate=PriorityGate(api.max_in_flight, aging_per_s=api.priority_aging_per_s) if api.max_in_flight else None,
-        metrics=metrics,
+        metrics=metrics, escalation=escalation, observers=observers, semantic_closed=semantic_closed,
     )
+    pipeline.ledger, pipeline.auditor = ledger, auditor
+    return pipeline

@@ -30,10 +30,13 @@ class CacheStage(Stage):
 
     name = StageName.CACHE
 
-    def __init__(self, cache: ResponseCache, config: CacheConfig, fingerprint: str) -> None:
+    def __init__(self, cache: ResponseCache, config: CacheConfig, fingerprint: str,
+                 semantic_closed: set[str] | None = None) -> None:
         self.cache = cache
         self.config = config
         self.fingerprint = fingerprint
+        # Namespaces where the audit found semantic hits disagreeing too often: exact hits only there.
+        self.semantic_closed = semantic_closed if semantic_closed is not None else set()
 
     async def run(self, state: RequestState) -> None:
         cfg, control = self.config, state.cache_control
@@ -68,6 +71,11 @@ class CacheStage(Stage):
         if found.rejected:
             detail["guard_rejected"] = found.rejected
         entry = found.entry
+        if decision is CacheDecision.SEMANTIC_HIT and key.namespace in self.semantic_closed and entry is not None:
+            # Not served; still the best draft there is for the Validator to verify.
+            detail["semantic_closed"] = True
+            decision = CacheDecision.MISS
+            found.draft, found.draft_similarity, entry = entry, found.similarity, None
         if entry is None:
             admission.vector = found.vector
             state.admission = admission

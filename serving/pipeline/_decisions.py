@@ -107,6 +107,9 @@ class SkipReason(StrEnum):
 
     PREDICTED_HARD = "predicted_hard"
     NEAR_MISS_DRAFT = "near_miss_draft"
+    # The calibrated pre-generation estimate says its answer would not be served.
+    PREDICTED_UNSERVABLE = "predicted_unservable"
+    AUDIT_CLOSED = "audit_closed"  # the audit closed the Scout: its answers disagree too often
 
 
 Decision = AnalyzerDecision | CacheDecision | CoalescedDecision | ScoutDecision | ValidatorDecision | AdmissionDecision

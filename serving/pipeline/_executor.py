@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from serving.api import CacheControl, RouteTrace
 from serving.cache.keys import cache_key, digest
@@ -28,11 +29,16 @@ from serving.errors import InferenceOptimizerError
 from serving.metrics import Metrics
 from serving.pipeline._decisions import CoalescedDecision, Reason, Route, StageName
 from serving.pipeline._flights import Flight, Flights
-from serving.pipeline._stage import Stage, assemble
+from serving.pipeline._stage import Observer, Stage, assemble
 from serving.pipeline._state import RequestState
 from serving.policy import cache as cache_policy
-from serving.policy.escalation import EscalationPolicy
 from serving.priority import Priority, PriorityGate
+
+if TYPE_CHECKING:
+    from serving.policy.escalation import EscalationPolicy
+
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -77,6 +83,7 @@ class Pipeline:
         metrics: Metrics | None = None,
         cache_config: CacheConfig | None = None,
         fingerprint: str = "",
+        observers: list[Observer] | None = None,
     ) -> None:
         self.front = front
         self.generate = generate
@@ -90,6 +97,10 @@ class Pipeline:
         self.metrics = metrics or Metrics()
         self.cache_config = cache_config or CacheConfig()
         self.fingerprint = fingerprint
+        # After the answer: the cost ledger, the audit (`pipeline_from_config` names them here too).
+        self.observers = observers or []
+        self.ledger: Any = None
+        self.auditor: Any = None
 
     # -- public ---------------------------------------------------------------------------
 
@@ -118,9 +129,9 @@ class Pipeline:
         state = RequestState(
             request=request, route=Route(model), threshold=self.escalation.threshold(threshold),
             confidence_method=describe(self.escalation.tiering.confidence), cache_control=cache or CacheControl(),
-            priority=priority, stream=stream, metrics=self.metrics,
+            priority=priority, stream=stream, metrics=self.metrics, calibration=self.escalation.version,
         )
-        chunks = self._traced(state, self._chunks(state))
+        chunks = self._traced(state, self._chunks(state), self.observers)
         try:
             first = await anext(chunks, None)
         except BaseException:
@@ -205,10 +216,14 @@ class Pipeline:
         return self.gate.slot(state.request.priority) if self.gate is not None else contextlib.nullcontext()
 
     @staticmethod
-    async def _traced(state: RequestState, chunks: AsyncIterator[GenerationChunk]) -> AsyncIterator[GenerationChunk]:
-        """`chunks`, with the route finished at the end and carried by any error (`exc.route`)."""
+    async def _traced(state: RequestState, chunks: AsyncIterator[GenerationChunk], observers: list[Observer]
+                      ) -> AsyncIterator[GenerationChunk]:
+        """`chunks`, with the route finished at the end and carried by any error (`exc.route`); a complete
+        answer is shown to the observers."""
+        sent: list[GenerationChunk] = []
         try:
             async for chunk in chunks:
+                sent.append(chunk)
                 yield chunk
         except InferenceOptimizerError as exc:
             state.finish()
@@ -217,6 +232,13 @@ class Pipeline:
         finally:
             await chunks.aclose()  # type: ignore[attr-defined]
         state.finish()
+        if state.result is None:  # a cache hit or a coalesced answer: assembled here
+            state.result = assemble(sent, state.model)
+        for observer in observers:
+            try:
+                observer.observe(state)
+            except Exception:  # an observer's bug must not fail an answered request
+                logger.exception("observer %s failed", type(observer).__name__)
 
 
 def engines_fingerprint(*model_ids: str) -> str:

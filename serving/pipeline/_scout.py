@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from serving.confidence import confidence
 from serving.config import ConfidenceConfig
-from serving.engines.base import LLMEngine
+from serving.engines.base import Generation, GenerationChunk, GenerationRequest, LLMEngine, Usage
 from serving.errors import EngineTimeoutError, RequestError, ServiceError
 from serving.pipeline._decisions import Reason, Route, ScoutDecision, SkipReason, StageName, Tier
-from serving.pipeline._stage import Stage, replay
+from serving.pipeline._stage import Stage, assemble, replay
 from serving.pipeline._state import RequestState
-from serving.policy.escalation import EscalationPolicy
+from serving.quality.calibration import q10_reachable
 from serving.verify import Draft
+
+if TYPE_CHECKING:
+    from serving.policy.escalation import EscalationPolicy
 
 
 class ScoutStage(Stage):
@@ -48,9 +53,15 @@ class ScoutStage(Stage):
             return
         state.draft = None  # the Scout's answer, not an earlier near miss, is what escalates
         t0 = time.perf_counter()
+        stopped_at: int | None = None
         try:
             # The Scout always returns token logprobs: they are what confidence is made of.
-            gen = await asyncio.wait_for(self.engine.generate(replace(state.request, logprobs=True)), self.timeout_s)
+            request = replace(state.request, logprobs=True)
+            floor = self.policy.early_stop_floor(state.route)
+            if floor is None:
+                gen = await asyncio.wait_for(self.engine.generate(request), self.timeout_s)
+            else:
+                gen, stopped_at = await asyncio.wait_for(self._until_hopeless(request, floor), self.timeout_s)
         except RequestError:
             raise
         except (ServiceError, TimeoutError) as exc:
@@ -63,16 +74,49 @@ class ScoutStage(Stage):
                 raise exc from None
             return
         state.cost.add(Tier.SCOUT, gen.usage, time.perf_counter() - t0)
-        score = confidence([t.logprob for t in gen.tokens or []], self.confidence_config)
-        state.confidence = round(score, 6)
-        state.metrics.confidence(score)
+        raw = confidence([t.logprob for t in gen.tokens or []], self.confidence_config)
+        state.confidence = round(raw, 6)
+        state.metrics.confidence(raw)
         state.metrics.tokens(Tier.SCOUT, gen.usage.prompt_tokens, gen.usage.completion_tokens)
+        # The score the bound applies to: the calibrated P(agree with the Validator), or the raw confidence.
+        score = self.policy.score(gen, state.plan)
+        detail: dict[str, object] = {"confidence": state.confidence}
+        if self.policy.calibration is not None:
+            state.agreement = round(score, 6)
+            detail["p_agree"] = state.agreement
+        detail["bound"] = state.threshold if math.isfinite(state.threshold) else None
         decision = self.policy.judge(state.route, score, state.threshold)
+        if stopped_at is not None:
+            # Stopped mid-answer: whatever it would have said next, it could not have been kept.
+            decision = ScoutDecision.ESCALATE
+            detail["early_stop_at"] = stopped_at
         state.scout = decision
-        state.record(self.name, decision, t0, confidence=state.confidence, tokens=gen.usage.completion_tokens,
-                     finish_reason=gen.finish_reason)
+        state.scout_answer = gen
+        state.record(self.name, decision, t0, tokens=gen.usage.completion_tokens, finish_reason=gen.finish_reason,
+                     **detail)
         if decision is ScoutDecision.ESCALATE:
             state.draft = Draft(gen.text, "scout")
             return
         reason = Reason.FORCED if decision is ScoutDecision.FORCED else Reason.CONFIDENT
         state.answered(Tier.SCOUT, reason, gen.model or self.engine.model_id, replay(gen, state.request.logprobs))
+
+    async def _until_hopeless(self, request: GenerationRequest, floor: float) -> tuple[Generation, int | None]:
+        """The Scout's answer, streamed and stopped as soon as its q10 token probability can no longer reach
+        `floor` (`serving.quality.calibration.q10_reachable`): (the answer so far, the token it stopped at)."""
+        chunks: list[GenerationChunk] = []
+        logprobs: list[float] = []
+        stopped: int | None = None
+        source = self.engine.stream(request)
+        try:
+            async for chunk in source:
+                chunks.append(chunk)
+                logprobs += [t.logprob for t in chunk.tokens or []]
+                stopped = q10_reachable(logprobs, request.max_tokens, floor)
+                if stopped is not None:
+                    break
+        finally:
+            await source.aclose()  # stops the engine's generation (the stream is abandoned)
+        gen = assemble(chunks, self.engine.model_id)
+        if stopped is not None:
+            gen.usage = Usage(gen.usage.prompt_tokens, len(logprobs))
+        return gen, stopped

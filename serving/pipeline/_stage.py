@@ -26,6 +26,15 @@ class Stage(ABC):
         """Decide, and record the decision (`state.record`)."""
 
 
+class Observer(ABC):
+    """Sees every request once its answer is complete (the ledger, the audit). It must never delay or alter
+    the response: `observe` returns at once, and any work of its own runs in a task of its own."""
+
+    @abstractmethod
+    def observe(self, state: RequestState) -> None:
+        """The request is answered (`state.result` holds the whole answer)."""
+
+
 # Before every non-space that follows a space: word-sized pieces that join back to the text.
 _WORD_START = re.compile(r"(?<=\s)(?=\S)")
 

@@ -7,6 +7,7 @@ to decide: `trace()` is only the client's view of this state.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -94,7 +95,10 @@ class RequestState:
     admission: Admission | None = None  # set on a miss that may be admitted
     draft: Draft | None = None  # a near miss or an escalated Scout answer, for the Validator to verify
     scout: ScoutDecision | None = None
+    scout_answer: Generation | None = None  # what the Scout said, kept or not (the audit judges it)
     confidence: float | None = None
+    agreement: float | None = None  # calibrated P(the Scout's answer agrees with the Validator's)
+    calibration: str = "uncalibrated"  # the calibration's version
     tier: Tier | None = None
     reason: Reason | None = None
     model: str = ""  # the engine model that produced the answer
@@ -103,6 +107,7 @@ class RequestState:
     result: Generation | None = None  # the whole answer, once generated (what admission offers the cache)
     outcomes: list[StageOutcome] = field(default_factory=list)
     cost: Cost = field(default_factory=Cost)
+    counterfactual_s: float | None = None  # what the Validator alone would have spent (the cost ledger's)
     total_ms: float | None = None
 
     def record(self, stage: StageName, decision: Decision, started: float, **detail: Any) -> StageOutcome:
@@ -123,7 +128,9 @@ class RequestState:
         """The route trace the client sees (`route` field and `x-infopt-route` header)."""
         return RouteTrace(
             tier=self.tier, requested_model=self.route, reason=self.reason, confidence=self.confidence,
-            threshold=self.threshold, confidence_method=self.confidence_method,
+            agreement=self.agreement, calibration=self.calibration,
+            threshold=self.threshold if math.isfinite(self.threshold) else None,
+            confidence_method=self.confidence_method,
             stages=[StageRecord(stage=o.stage, decision=o.decision, latency_ms=o.latency_ms, detail=o.detail)
                     for o in self.outcomes],
             cost=self.cost.as_dict() or None, total_ms=self.total_ms,

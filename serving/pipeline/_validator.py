@@ -12,14 +12,17 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 from serving.engines.base import GenerationChunk, LLMEngine, Usage
 from serving.errors import EngineTimeoutError, InferenceOptimizerError, RequestError
 from serving.pipeline._decisions import StageName, Tier, ValidatorDecision
 from serving.pipeline._stage import Stage
 from serving.pipeline._state import RequestState
-from serving.policy.escalation import EscalationPolicy
 from serving.verify import Draft, DraftOutcome
+
+if TYPE_CHECKING:
+    from serving.policy.escalation import EscalationPolicy
 
 
 class ValidatorStage(Stage):

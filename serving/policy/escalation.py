@@ -10,10 +10,19 @@ record what they were told.
   would only cost time), or when the cache handed over a *near miss* that the Validator
   will verify (reason ``near_miss_draft``: the cached answer to an almost identical
   question is a better draft than a fresh Scout answer).
-* **The threshold.** The Scout's confidence (`serving.confidence`) is compared with
-  `tiering.threshold`, or the request's ``confidence_threshold`` override:
-  at or above it the Scout's answer is kept (``confident``), below it the request
-  escalates (``escalate``) and the Scout's answer becomes the Validator's draft.
+* **The score and its bound.** Uncalibrated, the score is the Scout's confidence
+  (`serving.confidence`) and the bound `tiering.threshold`, or the request's
+  ``confidence_threshold`` override. Calibrated (`quality.calibration`, see
+  `serving.quality.calibration`), the score is the calibrated probability that the Scout's
+  answer agrees with the Validator's and the bound the risk-controlled one (a request's
+  override may only make it stricter). At or above the bound the Scout's answer is kept
+  (``confident``), below it the request escalates (``escalate``) and the Scout's answer
+  becomes the Validator's draft.
+* **Feedback from the audit** (`serving.quality.audit`): when the running disagreement of
+  kept Scout answers exceeds ε, the bound is raised (`tighten`), or the Scout is closed
+  altogether on clear evidence (`close`); it is lowered back only on fresh evidence
+  (`relax`). A closed Scout is still asked now and then (1 in `tiering.verify_explore_every`,
+  its answer escalated in any case) so the audit keeps learning whether it may reopen.
 * **Verification.** The Validator verifies a draft instead of generating from scratch
   when `tiering.verified_escalation` is on, the engine can, the request is one whose
   verified answer equals the Validator's own (`serving.verify.can_verify`: greedy, no
@@ -24,26 +33,75 @@ record what they were told.
 
 from __future__ import annotations
 
+import math
+
 from serving.analyzer.plan import RoutePlan
+from serving.confidence import confidence
 from serving.config import TieringConfig
-from serving.engines.base import GenerationRequest
+from serving.engines.base import Generation, GenerationRequest
 from serving.pipeline._decisions import Reason, Route, ScoutDecision, SkipReason
+from serving.quality.calibration import Calibration
 from serving.verify import AcceptanceTracker, Draft, can_verify
 
 
 class EscalationPolicy:
     """The Scout -> Validator decisions (see the module docstring)."""
 
-    def __init__(self, tiering: TieringConfig, *, can_verify_drafts: bool = False) -> None:
+    def __init__(self, tiering: TieringConfig, *, can_verify_drafts: bool = False,
+                 calibration: Calibration | None = None) -> None:
         self.tiering = tiering
         self.can_verify_drafts = can_verify_drafts and tiering.verified_escalation
+        self.calibration = calibration
         # Whether verifying drafts still pays, per draft source.
         self.acceptance = AcceptanceTracker(tiering.verify_min_acceptance,
                                             explore_every=tiering.verify_explore_every)
+        # The audit's feedback: added to the bound; `closed` keeps no Scout answer at all.
+        self.tightening = 0.0
+        self.closed = False
+        self._closed_skips = 0
+
+    @property
+    def version(self) -> str:
+        """The calibration's version, or 'uncalibrated'."""
+        return self.calibration.version if self.calibration is not None else "uncalibrated"
+
+    def base_bound(self, override: float | None = None) -> float:
+        """The bound before the audit's feedback: calibrated (None there: never serve) or configured."""
+        if self.calibration is None:
+            return self.tiering.threshold if override is None else override
+        bound = self.calibration.scout.bound
+        base = math.inf if bound is None else bound
+        return base if override is None else max(base, override)
 
     def threshold(self, override: float | None) -> float:
-        """The confidence a Scout answer needs: the request's override, else the configured one."""
-        return self.tiering.threshold if override is None else override
+        """The score a Scout answer needs now (see the module docstring)."""
+        return math.inf if self.closed else self.base_bound(override) + self.tightening
+
+    def score(self, gen: Generation, plan: RoutePlan | None) -> float:
+        """The Scout answer's score: the calibrated P(agree), or its raw confidence."""
+        if self.calibration is None:
+            return confidence([t.logprob for t in gen.tokens or []], self.tiering.confidence)
+        return self.calibration.p_agree(gen.tokens, gen.finish_reason, plan.complexity if plan else None)
+
+    def early_stop_floor(self, route: Route) -> float | None:
+        """The q10 token probability below which a running Scout answer can no longer be kept (None: let it
+        finish): from the calibration, on 'auto' requests only (a forced Scout answers whatever it says)."""
+        if route is not Route.AUTO or self.calibration is None or self.calibration.early_stop is None:
+            return None
+        return self.calibration.early_stop.min_passing_q10
+
+    def tighten(self, step: float) -> None:
+        self.tightening = min(self.tightening + step, 1.0)
+
+    def close(self) -> None:
+        self.closed = True
+
+    def relax(self, step: float) -> None:
+        """One step back towards the calibrated bound (the audit calls it on fresh evidence only)."""
+        if self.closed:
+            self.closed = False
+            return
+        self.tightening = max(self.tightening - step, 0.0)
 
     def uses_scout(self, route: Route) -> bool:
         """Whether `route` includes the Scout."""
@@ -60,8 +118,18 @@ class EscalationPolicy:
             return None
         if draft is not None and draft.source == "cache" and self.approve(draft, request):
             return SkipReason.NEAR_MISS_DRAFT
-        if route is Route.AUTO and self.uses_scout(route) and plan is not None and plan.strategy == "validator_direct":
+        if route is not Route.AUTO or not self.uses_scout(route):
+            return None
+        if plan is not None and plan.strategy == "validator_direct":
             return SkipReason.PREDICTED_HARD
+        if self.closed:
+            self._closed_skips += 1
+            if self._closed_skips % max(self.tiering.verify_explore_every, 1):
+                return SkipReason.AUDIT_CLOSED  # its answer could not be kept: asking it is waste
+        pre = self.calibration.pre_generation if self.calibration is not None else None
+        if pre is not None and pre.skip_below is not None and plan is not None and plan.complexity is not None \
+                and pre.model.predict([plan.complexity]) < pre.skip_below:
+            return SkipReason.PREDICTED_UNSERVABLE
         return None
 
     def judge(self, route: Route, confidence: float, threshold: float) -> ScoutDecision:
