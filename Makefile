@@ -18,7 +18,7 @@ LOAD_OUT ?= reports/load
 BENCH_PROFILE ?= tiny
 BENCH_ARGS ?=
 
-.PHONY: install models run test test-unit lint render docs bench-tiers bench-turbo bench-cache eval-cache train-analyzer eval-analyzer replay-trace load bench clean
+.PHONY: install models run test test-unit lint render docs calibrate bench-tiers bench-turbo bench-cache eval-cache train-analyzer eval-analyzer replay-trace load bench clean
 
 $(STAMP): pyproject.toml constraints-cpu.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -93,6 +93,16 @@ load: install
 	$(BIN)/locust -f scripts/locustfile.py --headless --host $(HOST) -u $(LOAD_USERS) -r $(LOAD_USERS) -t $(LOAD_TIME) \
 		--only-summary --csv $(LOAD_OUT)/load --html $(LOAD_OUT)/load.html --json-file $(LOAD_OUT)/load_stats $(LOAD_ARGS)
 	@echo "wrote $(LOAD_OUT)/load_stats.csv, load.html, load_stats.json, load_requests.json"
+
+# make calibrate: the quality guarantee's calibration for PROFILE (docs/quality.md): answer the calibration
+# and evaluation splits with the Scout and the Validator, then fit, choose the bound and report.
+CAL_N ?= 240
+CAL_EVAL_N ?= 120
+calibrate: install
+	$(BIN)/infopt models prepare --profile $(PROFILE)
+	$(BIN)/infopt calibrate collect --profile $(PROFILE) --n $(CAL_N) --split calibration
+	$(BIN)/infopt calibrate collect --profile $(PROFILE) --n $(CAL_EVAL_N) --split evaluation
+	$(BIN)/infopt calibrate fit --profile $(PROFILE)
 
 bench: install
 	$(BIN)/infopt models prepare --profile $(BENCH_PROFILE)

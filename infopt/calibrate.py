@@ -142,7 +142,7 @@ def fit(rows: list[dict[str, Any]], agrees: list[bool], *, profile: str, scout_m
         for j, i in enumerate(test_i):
             lps = rows[i]["scout"]["token_logprobs"]
             total += len(lps)
-            at = q10_reachable(lps, max_tokens, floor)
+            at = q10_reachable(lps, int(rows[i].get("max_tokens") or max_tokens), floor)  # as it was asked
             if at is not None:
                 saved_tokens += len(lps) - at
                 stopped_served += served_test[j]
@@ -202,7 +202,7 @@ def run_fit(calibration_file: Path, out: Path, *, profile: str, epsilon: float, 
     rows = load_rows(calibration_file)
     judge = make_judge(embedder_path)
     agrees = asyncio.run(label(rows, judge))
-    models = {(r.get("scout_model"), r.get("validator_model")) for r in rows}
+    models = {(r["models"]["scout"], r["models"]["validator"]) for r in rows}
     if len(models) != 1:
         raise ValueError(f"{calibration_file}: rows from several model pairs {sorted(map(str, models))}")
     ((scout_model, validator_model),) = models

@@ -5,6 +5,8 @@
     infopt models prepare --model qwen2.5-coder-1.5b-instruct
     infopt serve --profile laptop [--host 127.0.0.1] [--port 8000]
     infopt config --profile tiny                  # the validated config, env overrides applied
+    infopt calibrate collect --profile tiny --n 200 --split calibration   # Scout/Validator answer pairs
+    infopt calibrate fit --profile tiny           # label, fit, choose the bound, evaluate, write the file
 """
 
 from __future__ import annotations
@@ -102,6 +104,53 @@ def cmd_serve(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_calibrate_collect(ns: argparse.Namespace) -> int:
+    from infopt import calibration_data as cd
+
+    try:
+        records = cd.prompts(ns.data_dir or cd.DEFAULT_DATA_DIR, n=ns.n, split=ns.split, seed=ns.seed,
+                             calibration_share=ns.calibration_share)
+    except cd.DataMissingError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    out = Path(ns.out) if ns.out else cd.default_out(ns.profile, ns.split)
+    counts = cd.mix(records).get(ns.split, {})
+    print(f"{len(records)} prompts ({ns.split}, seed {ns.seed}): "
+          f"{', '.join(f'{k} {v}' for k, v in counts.items())} -> {out}", flush=True)
+    analyzer = {"on": True, "off": False, "profile": None}[ns.analyzer]
+    summary = cd.collect(ns.profile, records, out, max_tokens=ns.max_tokens, top_logprobs=ns.top_logprobs,
+                         concurrency=ns.concurrency, with_analyzer=analyzer, base_url=ns.base_url)
+    print(json.dumps({k: v for k, v in summary.items() if k != "errors"}), flush=True)
+    for err in summary.get("errors", [])[:10]:
+        print(f"  {err}", file=sys.stderr)
+    return 0 if not summary.get("failed") else 1
+
+
+def cmd_calibrate_fit(ns: argparse.Namespace) -> int:
+    from infopt import calibrate
+    from serving.config import profiles_dir
+
+    config = load_profile(ns.profile)
+    reports = Path("reports") / "calibration"
+    cal_file = Path(ns.calibration or reports / f"{ns.profile}-calibration.jsonl")
+    ev_file = Path(ns.evaluation) if ns.evaluation else reports / f"{ns.profile}-evaluation.jsonl"
+    if not cal_file.exists():
+        print(f"error: no collected calibration split at {cal_file}: run `infopt calibrate collect` first",
+              file=sys.stderr)
+        return 1
+    out = Path(ns.out) if ns.out else profiles_dir() / "calibration" / f"{ns.profile}.json"
+    embedder = config.resolve_model(config.cache.embedder.model)
+    cal, result = calibrate.run_fit(
+        cal_file, out, profile=ns.profile, epsilon=ns.epsilon or config.quality.max_disagreement,
+        delta=ns.delta or config.quality.delta, embedder_path=embedder, max_tokens=config.api.max_tokens_limit,
+        evaluation_file=ev_file if ev_file.exists() else None, report=reports / f"{ns.profile}.md")
+    print(f"wrote {out} ({cal.version}): bound {cal.scout.bound}, coverage {cal.scout.coverage} "
+          f"(calibration split, test half); report {reports / f'{ns.profile}.md'}")
+    if result is not None:
+        print(json.dumps(result, indent=1))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="infopt", description="Inference Optimizer: models and service.")
     parser.add_argument("--cache-dir", help="where models are prepared (env INFOPT_CACHE_DIR)")
@@ -125,6 +174,37 @@ def main(argv: list[str] | None = None) -> int:
     srv.add_argument("--host", default="127.0.0.1")
     srv.add_argument("--port", type=int, default=8000)
     srv.set_defaults(func=cmd_serve)
+
+    cal = sub.add_parser("calibrate", help="data for calibrating the Scout's confidence (issue 13)")
+    csub = cal.add_subparsers(dest="action", required=True)
+    col = csub.add_parser("collect", help="answer a prompt set with the Scout (logprobs) and the Validator")
+    col.add_argument("--profile", default="tiny")
+    col.add_argument("--n", type=int, default=200, help="prompts to draw from the split")
+    col.add_argument("--split", choices=("calibration", "evaluation"), default="calibration")
+    col.add_argument("--calibration-share", type=float, default=0.5,
+                     help="share of prompt ids (by hash) in the calibration split")
+    col.add_argument("--seed", type=int, default=0, help="which prompts of the split are drawn")
+    col.add_argument("--out", help="JSONL file (default reports/calibration/<profile>-<split>.jsonl); "
+                     "rows already there are skipped")
+    col.add_argument("--data-dir", help="the shared data folder (default ../shared/data)")
+    col.add_argument("--max-tokens", type=int, default=128)
+    col.add_argument("--top-logprobs", type=int, default=5)
+    col.add_argument("--concurrency", type=int, default=1, help="prompts in flight (the engines batch them)")
+    col.add_argument("--analyzer", choices=("profile", "on", "off"), default="profile",
+                     help="the request analyzer: as the profile has it, or forced on/off")
+    col.add_argument("--base-url", help="use a running service instead of deploying one (cache bypassed)")
+    col.set_defaults(func=cmd_calibrate_collect)
+    fit = csub.add_parser("fit", help="label, fit P(agree), choose the risk-controlled bound, evaluate, report")
+    fit.add_argument("--profile", default="tiny")
+    fit.add_argument("--calibration", help="collected calibration split (default reports/calibration/"
+                     "<profile>-calibration.jsonl)")
+    fit.add_argument("--evaluation", help="collected evaluation split (default reports/calibration/"
+                     "<profile>-evaluation.jsonl, when present)")
+    fit.add_argument("--out", help="calibration file (default cluster/calibration/<profile>.json, which a "
+                     "profile names as quality.calibration: calibration/<profile>.json)")
+    fit.add_argument("--epsilon", type=float, help="largest disagreement allowed (default quality.max_disagreement)")
+    fit.add_argument("--delta", type=float, help="1 - confidence (default quality.delta)")
+    fit.set_defaults(func=cmd_calibrate_fit)
 
     ns = parser.parse_args(argv)
     return ns.func(ns)

@@ -256,8 +256,25 @@ def measure(base_url: str, items: list[WorkItem], concurrency: int, probe: CpuPr
     out["validator_cpu_s"] = cpu
     out["validator_idle_cpu_per_s"] = idle_rate
     out["validator_net_cpu_s"] = net_cpu(out)
+    out["ledger"] = ledger(base_url)
     out["records"] = [r.to_dict() for r in records]
     return out
+
+
+def ledger(base_url: str) -> dict[str, Any] | None:
+    """The service's own cost ledger after the run (`GET /v1/ledger`): what it says it saved."""
+    import httpx
+
+    try:
+        r = httpx.get(f"{base_url}/v1/ledger", timeout=30, headers=_admin_headers())
+        return r.json() if r.status_code == 200 else None
+    except httpx.HTTPError:
+        return None
+
+
+def _admin_headers() -> dict[str, str]:
+    key = os.environ.get("INFOPT_CACHE__ADMIN_KEY")
+    return {"authorization": f"Bearer {key}"} if key else {}
 
 
 # -- comparison ---------------------------------------------------------------------------
@@ -384,6 +401,8 @@ def compare(results: dict[str, dict[str, Any]], baseline: str = BASELINE,
             "validator_tokens": res["validator_tokens"], "p50_s": res["p50_s"], "p99_s": res["p99_s"],
             "ttft_p50_s": res["ttft_p50_s"], "throughput_rps": res["throughput_rps"],
             "validator_gpu_s": gpu_seconds(res),
+            # The ledger's own figure: Validator seconds spent / what the Validator alone would have spent.
+            "ledger_validator_ratio": (res.get("ledger") or {}).get("validator_ratio"),
             "fidelity": fid["share"], "equivalent": fid["equivalent_share"], "fidelity_detail": fid,
             "x": {
                 "validator_cpu_s": ratio(res.get("validator_cpu_s"), base.get("validator_cpu_s")),
@@ -542,6 +561,7 @@ def highlights(rows: list[dict[str, Any]]) -> list[str]:
         out.append(f"- `{r['mode']}`: Validator CPU above idle {_x(x.get('validator_net_cpu_s'))}, "
                    f"p50 {_x(x['p50_s'])}, p99 {_x(x['p99_s'])}, TTFT {_x(x['ttft_p50_s'])}, "
                    f"throughput {_x(x['throughput_rps'])}; "
+                   f"the ledger's Validator ratio {_s(r.get('ledger_validator_ratio'))}; "
                    f"{_pct(r['fidelity'])} of answers identical, {_pct(r.get('equivalent'))} judged equivalent; "
                    f"route mix {mix_text(r['route_mix'])}.")
     return out

@@ -12,6 +12,20 @@
    called in-process (vllm.LLM). (a)-(b) is the proxy + ingress hop; (b)-(c) the
    LLMServer hop.
 
+4. Request paths: the Ray handle calls each path of the deployed app makes (cache hit, Scout
+   answer, escalation, validator-direct, ...), counted from the code for the deployments the
+   app really has (`serve.status()`) and its config (`hop_paths`). Every call is awaited before
+   the next starts, so they add up in series.
+5. The analyzer hop (when the analyzer is on): `RequestAnalyzer.analyze` through its handle
+   (which calls the Embedder's) vs the Embedder's handle called directly for the same question,
+   vs the analyzer plan "Ingress-side": an in-process `RequestAnalyzer` (serving.analyzer) over
+   the Embedder's handle, as the Ingress runs it when there is no RequestAnalyzer deployment.
+   An app without that deployment gets the last two rows and a note.
+
+The cache is off unless `--with-cache` (tier rows would otherwise be cache hits); with it on,
+tier and hop requests bypass it (`cache.mode: bypass`) and the path table includes it. The
+analyzer follows the profile (or `INFOPT_ANALYZER__ENABLED=true`).
+
 Prints the tables with ratios and writes reports/bench_tiers.{json,md} (+ a PNG plot when
 matplotlib is installed). Absolute times on a shared 2-core machine are noise; the ratios,
 measured side by side, are the result.
@@ -71,7 +85,11 @@ def summarize(lat_s: list[float], tokens: list[int]) -> dict:
     }
 
 
-def bench_tiers(base: str, ps: list[str], max_tokens: int) -> tuple[dict, dict]:
+# With the cache on, tier and hop requests skip it: they measure the engines, never a cache hit.
+BYPASS = {"cache": {"mode": "bypass"}}
+
+
+def bench_tiers(base: str, ps: list[str], max_tokens: int, extra: dict | None = None) -> tuple[dict, dict]:
     import httpx
 
     out, mix = {}, {}
@@ -82,7 +100,7 @@ def bench_tiers(base: str, ps: list[str], max_tokens: int) -> tuple[dict, dict]:
                 t = time.perf_counter()
                 r = c.post("/v1/chat/completions", json={
                     "model": model, "messages": [{"role": "user", "content": p}],
-                    "temperature": 0, "max_tokens": max_tokens})
+                    "temperature": 0, "max_tokens": max_tokens, **(extra or {})})
                 lat.append(time.perf_counter() - t)
                 r.raise_for_status()
                 body = r.json()
@@ -94,7 +112,7 @@ def bench_tiers(base: str, ps: list[str], max_tokens: int) -> tuple[dict, dict]:
     return out, mix
 
 
-def bench_http(base: str, model: str, n: int) -> list[float]:
+def bench_http(base: str, model: str, n: int, extra: dict | None = None) -> list[float]:
     import httpx
 
     lat = []
@@ -102,7 +120,7 @@ def bench_http(base: str, model: str, n: int) -> list[float]:
         for _ in range(n):
             t = time.perf_counter()
             r = c.post("/v1/completions", json={"model": model, "prompt": HOP_PROMPT, "temperature": 0,
-                                                "max_tokens": 1})
+                                                "max_tokens": 1, **(extra or {})})
             lat.append(time.perf_counter() - t)
             r.raise_for_status()
     return lat
@@ -145,6 +163,125 @@ def bench_direct(model_path: str, engine_cfg, n: int) -> list[float]:
     return lat
 
 
+ANALYZER_PROMPT = "How do I reverse a list in Python?"
+
+
+def hop_paths(deployments: set[str], analyzer: bool, cache: bool, verified: bool, near_miss: bool
+              ) -> dict[str, list[tuple[str, bool]]]:
+    """The Ray handle calls of each request path, counted from the code; `(call, optional)` in call order.
+
+    Every call is awaited before the next is made (TieredRouter: analyzer, cache lookup, Scout,
+    Validator, admission), so a path's calls add up in series; a call made from inside another
+    deployment (RequestAnalyzer -> Embedder) is part of its caller's time. HTTP requests make one
+    more, proxy -> Ingress, before all of these. `deployments` are the app's (serve.status()):
+    without a RequestAnalyzer deployment the analyzer runs in the Ingress and calls the Embedder.
+    """
+    if not analyzer:
+        plan: list[tuple[str, bool]] = []
+    elif "RequestAnalyzer" in deployments:
+        plan = [("Ingress -> RequestAnalyzer.analyze", False), ("RequestAnalyzer -> Embedder.embed", False)]
+    else:
+        plan = [("Ingress -> Embedder.embed (analyzer in the Ingress)", False)]
+    # The lookup reuses the analyzer's vector (same normalised question); without an analyzer the
+    # SemanticCache embeds the question itself, unless the exact key hits first.
+    exact = [("Ingress -> SemanticCache.lookup", False)] if cache else []
+    lookup = exact + ([("SemanticCache -> Embedder.embed", False)] if cache and not analyzer else [])
+    admit = [("Ingress -> SemanticCache.admit (the lookup's vector)", False)] if cache else []
+    scout = [("Ingress -> Scout.chat", False)]
+    plain = [("Ingress -> Validator.chat", False)]
+    # Verified escalation: one prefill scores the draft; a second call continues after the accepted
+    # prefix unless the draft already ends the answer. A plain call instead when verification is paused.
+    verify = ([("Ingress -> Validator.completions (score the draft)", False),
+               ("Ingress -> Validator.completions (continue after the accepted prefix)", True)]
+              if verified else plain)
+    paths = {}
+    if cache:
+        paths["cache hit (exact)"] = plan + exact
+        paths["cache hit (semantic)"] = plan + lookup
+    paths["Scout answer"] = plan + lookup + scout + admit
+    paths["escalation (Scout, then Validator)"] = plan + lookup + scout + verify + admit
+    if analyzer:
+        paths["validator-direct (predicted hard)"] = plan + lookup + plain + admit
+    if cache and near_miss and verified:
+        paths["near miss (cached draft verified)"] = plan + lookup + verify + admit
+    return paths
+
+
+def hop_count(calls: list[tuple[str, bool]]) -> str:
+    """'n' handle calls, or 'min-max' when some are optional."""
+    low, high = sum(not optional for _, optional in calls), len(calls)
+    return str(high) if low == high else f"{low}-{high}"
+
+
+def serve_embedder(handle, dimension: int):
+    """`ServeEmbedder` over an Embedder handle, wherever this checkout keeps it."""
+    try:
+        from serving.handles import ServeEmbedder
+    except ImportError:  # before the handles got a package of their own
+        from serving.cache.embedder import ServeEmbedder
+    return ServeEmbedder(handle, dimension)
+
+
+def bench_analyzer(config, deployments: set[str], n: int) -> dict:
+    """The analyzer's hop: plan latency through the RequestAnalyzer's handle, the Embedder's handle alone
+    (the same question), and an in-process `RequestAnalyzer` over the Embedder's handle (the plan as the
+    Ingress makes it without a RequestAnalyzer deployment). Interleaved, so drift hits all alike.
+
+    Timed from this driver, which stands in for the Ingress's process: both call the handles from
+    outside the callee's replica.
+    """
+    from ray import serve
+
+    from serving.analyzer import HFTokenCounter, RequestAnalyzer
+    from serving.analyzer.profile import embedded_question
+    from serving.engines.base import GenerationRequest
+
+    out: dict = {"n": n, "notes": []}
+    if not config.analyzer.enabled:
+        out["notes"].append("analyzer off in this config: nothing to measure (INFOPT_ANALYZER__ENABLED=true)")
+        return out
+    if "Embedder" not in deployments:
+        out["notes"].append("no Embedder deployment: nothing to measure")
+        return out
+    request = GenerationRequest(messages=[{"role": "user", "content": ANALYZER_PROMPT}], max_tokens=64,
+                                temperature=0)
+    text = embedded_question(request)
+    embedder = serve.get_deployment_handle("Embedder", app_name="infopt")
+    cfg = config.analyzer
+    tokens = HFTokenCounter(config.resolve_model(cfg.tokenizer or config.validator.model))
+    _ = tokens.tokenizer  # loaded now, not in the first timed call
+    local = RequestAnalyzer(cfg, serve_embedder(embedder, config.cache.embedder.dimension), tokens)
+    calls = {"embedder": lambda: embedder.embed.remote(text),
+             "ingress_side": lambda: local.analyze(request, model="auto")}
+    if "RequestAnalyzer" in deployments:
+        handle = serve.get_deployment_handle("RequestAnalyzer", app_name="infopt")
+        calls["handle"] = lambda: handle.analyze.remote(request, "auto", None)
+    else:
+        out["notes"].append("no RequestAnalyzer deployment (the analyzer runs in the Ingress): "
+                            "its handle row is not measured")
+
+    async def run() -> dict[str, list[float]]:
+        for _ in range(3):  # warm-up: batching queues, tokenizer, gRPC channels
+            for call in calls.values():
+                await call()
+        plan = await local.analyze(request, model="auto")
+        if plan.error:  # an analysis that failed (timeout, embedder error) would time the fallback path
+            raise RuntimeError(f"the in-process analyzer failed: {plan.error}")
+        lat: dict[str, list[float]] = {k: [] for k in calls}
+        for _ in range(n):
+            for key, call in calls.items():
+                t = time.perf_counter()
+                await call()
+                lat[key].append(time.perf_counter() - t)
+        return lat
+
+    try:
+        out.update(asyncio.run(run()))
+    except Exception as exc:  # reported in the table; the rest of the run (and its report) still counts
+        out["notes"].append(f"not measured: {type(exc).__name__}: {exc}"[:300])
+    return out
+
+
 def render(result: dict) -> str:
     t = result["tiers"]
     v = t["validator"]
@@ -166,9 +303,22 @@ def render(result: dict) -> str:
               f"Ray Serve hops, max_tokens=1, {result['hops']['n']} requests each ({result['scout']} engine):", "",
               "| path | p50 ms | p99 ms | added p50 ms | added p99 ms |", "|---|---:|---:|---:|---:|"]
     h = result["hops"]
+    # With the analyzer on, the Ingress plans every request (also model=scout) before the engine call.
+    ingress = "Ingress -> analyzer -> LLMServer" if result.get("analyzer_on") else "Ingress -> LLMServer"
     order = [("engine in-process (vllm.LLM)", "direct", None),
              ("DeploymentHandle -> LLMServer", "handle", "direct"),
-             ("HTTP -> proxy -> Ingress -> LLMServer", "http", "handle")]
+             (f"HTTP -> proxy -> {ingress}", "http", "handle")]
+    lines += latency_rows(h, order)
+    if "paths" in result:
+        lines += ["", render_paths(result)]
+    if "analyzer_hop" in result:
+        lines += ["", render_analyzer(result["analyzer_hop"])]
+    return "\n".join(lines)
+
+
+def latency_rows(h: dict, order: list[tuple[str, str, str | None]]) -> list[str]:
+    """Rows of `| label | p50 | p99 | added p50 | added p99 |`, each added over the row it names."""
+    lines = []
     for label, key, prev in order:
         if key not in h:
             lines.append(f"| {label} | not measured | | | |")
@@ -179,7 +329,37 @@ def render(result: dict) -> str:
             lines.append(f"| {label} | {p50:.1f} | {p99:.1f} | {add50:+.1f} | {add99:+.1f} |")
         else:
             lines.append(f"| {label} | {p50:.1f} | {p99:.1f} | | |")
+    return lines
+
+
+def render_paths(result: dict) -> str:
+    deps = ", ".join(result["deployments"])
+    lines = [f"Ray handle calls per request path (counted from the code for this app: {deps}; analyzer "
+             f"{'on' if result['analyzer_on'] else 'off'}, cache {'on' if result['cache_on'] else 'off'}). "
+             "All in series; an HTTP request adds proxy -> Ingress first; (opt.) = not always made; "
+             "engine calls named for chat requests (a text completion calls .completions).", "",
+             "| path | handle calls | with the HTTP hop | calls, in order |", "|---|---:|---:|---|"]
+    for name, calls in result["paths"].items():
+        n = hop_count([(c, o) for c, o in calls])
+        with_http = "-".join(str(int(x) + 1) for x in n.split("-"))
+        order = "; ".join(c + (" (opt.)" if o else "") for c, o in calls)
+        lines.append(f"| {name} | {n} | {with_http} | {order} |")
     return "\n".join(lines)
+
+
+def render_analyzer(a: dict) -> str:
+    lines = [f"The analyzer hop: planning one request ({a['n']} each, interleaved, from the driver):", "",
+             "| path | p50 ms | p99 ms | added p50 ms | added p99 ms |", "|---|---:|---:|---:|---:|"]
+    lines += latency_rows(a, [
+        ("Embedder handle (embed the question)", "embedder", None),
+        ("analyzer plan: Ingress-side (in-process RequestAnalyzer -> Embedder handle)", "ingress_side", "embedder"),
+        ("RequestAnalyzer handle (-> Embedder handle)", "handle", "ingress_side"),
+    ])
+    after = [f"Note: {note}." for note in a.get("notes", [])]
+    if "handle" in a and "ingress_side" in a:
+        saved = (pct(a["handle"], 50) - pct(a["ingress_side"], 50)) * 1000
+        after.append(f"The RequestAnalyzer hop costs {saved:+.1f} ms at p50 over planning in the Ingress.")
+    return "\n".join(lines + (["", *after] if after else []))
 
 
 def pyplot():
@@ -223,6 +403,8 @@ def main() -> int:
     ap.add_argument("--hops", type=int, default=30, help="requests per hop row")
     ap.add_argument("--port", type=int, default=8017)
     ap.add_argument("--out", default=str(REPO / "reports"))
+    ap.add_argument("--with-cache", action="store_true",
+                    help="keep the profile's semantic cache on (tier and hop requests bypass it)")
     args = ap.parse_args()
 
     import ray
@@ -232,13 +414,18 @@ def main() -> int:
     from serving.config import load_profile
 
     config = load_profile(args.profile)
-    # Tiers and hops are measured without the cache (repeated prompts would be cache hits);
-    # scripts/bench_cache.py measures the cache.
-    config.cache.enabled = False
+    if not args.with_cache:
+        # Tiers and hops are measured without the cache by default (repeated prompts would be
+        # cache hits); scripts/bench_cache.py measures the cache.
+        config.cache.enabled = False
+    bypass = BYPASS if config.cache.enabled else None
     ps, source = prompts(args.requests)
     result: dict = {"profile": config.profile, "scout": config.scout.served_name(),
                     "validator": config.validator.served_name(), "prompts": source, "max_tokens": args.max_tokens,
-                    "hops": {"n": args.hops}}
+                    "hops": {"n": args.hops}, "analyzer_on": config.analyzer.enabled,
+                    "cache_on": config.cache.enabled}
+    print(f"analyzer {'on' if config.analyzer.enabled else 'off'}, cache {'on' if config.cache.enabled else 'off'}",
+          flush=True)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     ray.init(address="local", include_dashboard=False, log_to_driver=False)
     try:
@@ -247,12 +434,19 @@ def main() -> int:
         serve.run(build_app(config.model_dump(mode="json")), name="infopt", route_prefix="/")
         print(f"deployed in {time.perf_counter() - t0:.0f} s", flush=True)
         base = f"http://127.0.0.1:{args.port}"
-        bench_tiers(base, ps[:2], 8)  # warm-up both engines
-        result["tiers"], result["auto_route_mix"] = bench_tiers(base, ps, args.max_tokens)
+        deployments = set(serve.status().applications["infopt"].deployments)
+        result["deployments"] = sorted(deployments)
+        result["paths"] = hop_paths(deployments, config.analyzer.enabled, config.cache.enabled,
+                                    config.tiering.verified_escalation, config.cache.draft_threshold is not None)
+        print(render_paths(result), flush=True)
+        bench_tiers(base, ps[:2], 8, bypass)  # warm-up both engines
+        result["tiers"], result["auto_route_mix"] = bench_tiers(base, ps, args.max_tokens, bypass)
         print("tiers done", flush=True)
-        bench_http(base, "scout", 3)
-        result["hops"]["http"] = bench_http(base, "scout", args.hops)
+        bench_http(base, "scout", 3, bypass)
+        result["hops"]["http"] = bench_http(base, "scout", args.hops, bypass)
         result["hops"]["handle"] = bench_handle("Scout", config.scout.served_name(), args.hops)
+        result["analyzer_hop"] = bench_analyzer(config, deployments, args.hops)
+        print(render_analyzer(result["analyzer_hop"]), flush=True)
     finally:
         serve.shutdown()
         ray.shutdown()

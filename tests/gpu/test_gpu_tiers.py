@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.serve.conftest import deploy, free_port, require_models, start_ray
+from tests.serve.conftest import deploy, free_port, require_models, start_ray, stop_ray
 
 torch = pytest.importorskip("torch", reason="PyTorch is not installed")
 if not torch.cuda.is_available():
@@ -20,13 +20,11 @@ if "cpu" in getattr(vllm, "__version__", "") or not hasattr(torch.version, "cuda
 pytestmark = pytest.mark.gpu
 
 
-def test_tiny_pair_on_gpu_routes_and_answers():
-    import ray
-    from ray import serve
-
+def test_tiny_pair_on_gpu_routes_and_answers(tmp_path):
     from serving.config import load_profile
 
     config = load_profile("tiny")
+    config.cache.path = tmp_path / "semantic-cache"  # empty: the request below is a miss, never a hit
     for engine in (config.scout, config.validator):
         engine.device, engine.cpu_threads_bind, engine.gpu_memory_utilization = "gpu", None, 0.3
         engine.num_cpus = 1
@@ -40,8 +38,11 @@ def test_tiny_pair_on_gpu_routes_and_answers():
                 "temperature": 0, "max_tokens": 16})
             assert r.status_code == 200, r.text
             route = r.json()["route"]
-            assert route["tier"] in ("scout", "validator")
-            assert (route["tier"] == "scout") == (route["confidence"] >= route["threshold"])
+            # A cache miss, so the Scout's confidence against the threshold decides the tier.
+            confident = route["confidence"] >= route["threshold"]
+            assert route["tier"] == ("scout" if confident else "validator"), route
+            assert route["reason"] == ("confident" if confident else "escalated"), route
+            assert [s["decision"] for s in route["stages"] if s["stage"] == "scout"] == [
+                "confident" if confident else "escalate"], route
     finally:
-        serve.shutdown()
-        ray.shutdown()
+        stop_ray()

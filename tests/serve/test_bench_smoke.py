@@ -7,6 +7,7 @@ Validator's processes were found), never a timing threshold.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +17,7 @@ import pytest
 from serving.config import load_profile
 from serving.models import is_prepared
 from tests.conftest import REPO
-from tests.serve.conftest import free_port, require_models
+from tests.serve.conftest import GCS_WAIT_ENV, START_WAIT_S, free_port, require_models
 
 pytestmark = pytest.mark.serve
 
@@ -31,7 +32,10 @@ def test_bench_runs_two_modes_on_the_real_service_and_reports(tmp_path: Path, sh
            "--max-tokens", "6", "--concurrency", "2", "--modes", "tiered+cache", "--port", str(free_port()),
            "--data-dir", str(shared_data), "--out", str(tmp_path / "reports"), "--docs", str(docs),
            "--img", str(tmp_path / "docs" / "img")]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=840, cwd=REPO)
+    # bench.py starts its own Ray, without this suite's patient start and retry (conftest.patient_start):
+    # its GCS gets the longer start-up wait at least, the one part that is an environment setting.
+    env = {**os.environ, GCS_WAIT_ENV: os.environ.get(GCS_WAIT_ENV, str(START_WAIT_S))}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=840, cwd=REPO, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
     saved = json.loads((tmp_path / "reports" / "bench_tiny.json").read_text())

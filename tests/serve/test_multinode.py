@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 
-from tests.serve.conftest import free_port, require_models
+from tests.serve.conftest import free_port, require_models, start_cluster, stop_ray
 
 pytestmark = pytest.mark.serve
 
@@ -63,7 +63,7 @@ def profile_config(tmp_path: Any) -> dict[str, Any]:
         pytest.skip("embedder not prepared: run `infopt models prepare --profile tiny`")
     config.validator.resources = {PIN: 1}
     config.cache.path = tmp_path / "semantic-cache"
-    a = config.cache.embedder.autoscaling
+    a = config.cache.embedder.deployment.autoscaling
     a.min_replicas, a.max_replicas, a.target_ongoing_requests = EMBEDDER_MIN, EMBEDDER_MAX, 2
     a.look_back_period_s, a.upscale_delay_s, a.downscale_delay_s = 1.0, 1.0, 2.0
     # A batch may wait up to 50 ms: the adaptive wait moves between 0 (below 20 arrivals/s) and that.
@@ -74,7 +74,7 @@ def profile_config(tmp_path: Any) -> dict[str, Any]:
     v = config.validator.autoscaling
     v.min_replicas, v.max_replicas, v.target_ongoing_requests = 1, VALIDATOR_MAX, 1000
     v.look_back_period_s, v.upscale_delay_s, v.downscale_delay_s = 1.0, 1.0, 1.0
-    load = config.analyzer.load
+    load = config.load
     load.interval_s = 1.0
     load.autoscaling = CascadeAutoscalingConfig(
         enabled=True, target_ongoing_requests=0.5, horizon_s=2.0, downscale_delay_s=1.0, headroom_sigmas=0.0)
@@ -94,9 +94,6 @@ def profile_config(tmp_path: Any) -> dict[str, Any]:
 def cluster(tmp_path_factory) -> Iterator[dict[str, Any]]:
     import sys
 
-    import ray
-    from ray import serve
-    from ray.cluster_utils import Cluster
     from ray.serve._private.api import serve_start
     from ray.serve.schema import ServeDeploySchema
 
@@ -106,12 +103,13 @@ def cluster(tmp_path_factory) -> Iterator[dict[str, Any]]:
     doc = profile_config(tmp_path_factory.mktemp("multinode"))
     saved = {k: os.environ.get(k) for k in FAST_METRICS}
     os.environ.update(FAST_METRICS)
-    cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 2, "include_dashboard": False, "object_store_memory": 200 * 1024**2})
+    cluster = None
     try:
-        # The stand-in GPU node: one CPU and the custom resource, nothing else fits the Validator.
-        worker = cluster.add_node(num_cpus=1, resources={PIN: 1}, object_store_memory=200 * 1024**2)
-        ray.init(address=cluster.address, log_to_driver=False, configure_logging=False)
+        # The head, and the stand-in GPU node: one CPU and the custom resource, nothing else fits the
+        # Validator. Started patiently and retried once, like every Ray start of the suite (conftest).
+        cluster, (worker,) = start_cluster(
+            {"num_cpus": 2, "include_dashboard": False, "object_store_memory": 200 * 1024**2},
+            {"num_cpus": 1, "resources": {PIN: 1}, "object_store_memory": 200 * 1024**2})
         config = ServeDeploySchema.model_validate(doc)
         client = serve_start(http_options=config.http_options.model_dump(), proxy_location=config.proxy_location)
         client.deploy_apps(config)  # what `serve run cluster/<profile>.yaml` does with a config
@@ -127,11 +125,9 @@ def cluster(tmp_path_factory) -> Iterator[dict[str, Any]]:
 
         auto_init_hook.enable_auto_connect = False  # left off: later modules call ray.init themselves
         try:
-            serve.shutdown()
+            # Serve, the driver, both nodes and their processes: gone before the next module starts Ray.
+            stop_ray(cluster)
         finally:
-            ray.shutdown()
-            cluster.shutdown()
-            ray.shutdown()  # idempotent; leave no driver connection to the next module
             for k, v in saved.items():
                 os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
 

@@ -27,7 +27,7 @@ def rows(n: int, seed: int, split: str) -> list[dict]:
                               "token_logprobs": lps, "top_logprobs": None},
                     "validator": {"text": "Paris is the capital.", "finish_reason": "stop", "completion_tokens": 30},
                     "analyzer": {"complexity": 0.2 if sure else 0.8},
-                    "scout_model": "small", "validator_model": "large"})
+                    "models": {"scout": "small", "validator": "large"}})
     return out
 
 

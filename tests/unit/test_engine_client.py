@@ -19,8 +19,9 @@ def test_context_length_errors_are_recognised():
 
 def test_other_4xx_and_5xx():
     assert type(error_from_engine(vllm_error("bad stop", 400))) is InvalidRequestError
-    assert isinstance(error_from_engine(vllm_error("boom", 500)), EngineUnavailableError)
-    assert isinstance(error_from_engine({"error": {"message": "x", "code": 503}}), EngineUnavailableError)
+    # Exactly "unavailable" (503, retry later), not merely some subclass of it.
+    assert type(error_from_engine(vllm_error("boom", 500))) is EngineUnavailableError
+    assert type(error_from_engine({"error": {"message": "x", "code": 503}})) is EngineUnavailableError
 
 
 def test_is_error():
@@ -66,30 +67,35 @@ def test_the_verification_tokenizer_loads_once_off_the_event_loop():
 
     engine = ServeLLMEngine(None, "m", tokenizer="some/folder")
     loads: list[str] = []
+    ticks = [0]  # the event loop's heartbeat
+    loop_moved: list[bool] = []
 
     def slow_load():
         loads.append(threading.current_thread().name)
-        time.sleep(0.3)
+        # The load finishes only after the loop has ticked 3 more times, which it can only do if the
+        # load is not blocking it (no timing assumed: a busy machine just makes it slower; the 30 s
+        # are there so that a blocking load fails the test instead of hanging it).
+        start, deadline = ticks[0], time.monotonic() + 30
+        while ticks[0] < start + 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        loop_moved.append(ticks[0] >= start + 3)
         engine._tokenizer = "tokenizer"
         return engine._tokenizer
 
     engine._tok = slow_load
 
     async def main():
-        ticks = 0
-
         async def ticker():
-            nonlocal ticks
             while True:
                 await asyncio.sleep(0.01)
-                ticks += 1
+                ticks[0] += 1
 
         task = asyncio.create_task(ticker())
         got = await asyncio.gather(engine._loaded_tokenizer(), engine._loaded_tokenizer())
         task.cancel()
-        return got, ticks
+        return got
 
-    got, ticks = asyncio.run(main())
+    got = asyncio.run(main())
     assert got == ["tokenizer", "tokenizer"]
     assert len(loads) == 1 and loads[0] != threading.main_thread().name  # once, in a worker thread
-    assert ticks >= 10  # the loop ran during the 0.3 s load
+    assert loop_moved == [True]  # the loop ran while the tokenizer loaded

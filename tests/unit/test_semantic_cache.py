@@ -63,10 +63,15 @@ def test_exact_hit_needs_no_embedding(make):
 
 def test_semantic_hit_on_a_paraphrase(make):
     cache, _, _ = make()
-    run(cache.admit(key(chat("What is the capital of France?")), ANSWER))
-    found = run(cache.lookup(key(chat("what is the capital city of france"))))
+    cached, asked = key(chat("What is the capital of France?")), key(chat("what is the capital city of france"))
+    run(cache.admit(cached, ANSWER))
+    found = run(cache.lookup(asked))
     assert found.decision == "semantic_hit"
-    assert found.similarity >= 0.8 and found.entry.question == "What is the capital of France?"
+    # The store's score is the cosine of the two questions' (unit) vectors: their dot product.
+    expected = sum(a * b for a, b in zip(FakeEmbedder.vector(cached.question), FakeEmbedder.vector(asked.question),
+                                         strict=True))
+    assert found.similarity == pytest.approx(expected, rel=1e-5) and 0.8 <= expected < 1.0
+    assert found.entry.question == "What is the capital of France?"
 
 
 def test_lookup_keeps_the_embedding_of_a_miss_for_admission(make):
