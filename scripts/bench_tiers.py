@@ -233,8 +233,12 @@ def bench_analyzer(config, deployments: set[str], n: int) -> dict:
     from ray import serve
 
     from serving.analyzer import HFTokenCounter, RequestAnalyzer
-    from serving.analyzer.profile import embedded_question
     from serving.engines.base import GenerationRequest
+
+    try:
+        from serving.policy.cache import embedded_question
+    except ImportError:  # where it was before the cache policy got a module of its own
+        from serving.analyzer.profile import embedded_question
 
     out: dict = {"n": n, "notes": []}
     if not config.analyzer.enabled:
@@ -250,7 +254,9 @@ def bench_analyzer(config, deployments: set[str], n: int) -> dict:
     cfg = config.analyzer
     tokens = HFTokenCounter(config.resolve_model(cfg.tokenizer or config.validator.model))
     _ = tokens.tokenizer  # loaded now, not in the first timed call
-    local = RequestAnalyzer(cfg, serve_embedder(embedder, config.cache.embedder.dimension), tokens)
+    # Built as the Ingress builds it (serving.compose.build_service), priority classes included.
+    extra = {"priority": config.priority} if hasattr(config, "priority") else {}
+    local = RequestAnalyzer(cfg, serve_embedder(embedder, config.cache.embedder.dimension), tokens, **extra)
     calls = {"embedder": lambda: embedder.embed.remote(text),
              "ingress_side": lambda: local.analyze(request, model="auto")}
     if "RequestAnalyzer" in deployments:

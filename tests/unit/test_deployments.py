@@ -55,19 +55,10 @@ def test_injected_engines_pickle_without_their_loaded_state():
     assert copy._tokenizer is None and copy._tokenizer_source == "some/folder" and copy.can_verify
 
 
-def test_embedder_entry_point_measures_arrivals_before_batching():
-    pytest.importorskip("ray.serve")
-    from deployments.cache import Embedder
-
-    cls = Embedder.func_or_class
-    # One text per call on the handle's entry point; the batched method is separate so each
-    # arrival is counted before it joins a batch.
-    assert {"embed", "_embed_batch", "batching_state"} <= set(dir(cls))
-
-
 def test_the_embedder_batches_and_its_batch_follows_the_arrival_rate(monkeypatch):
     """The Embedder deployment's own `@serve.batch` (Ray's, run without a cluster): concurrent texts share
-    one model call, and the batch wait Ray applies follows the measured arrival rate."""
+    one model call, and the batch wait Ray applies follows the arrival rate its entry point (`embed`)
+    measures before a text joins a batch."""
     pytest.importorskip("ray.serve")
     import asyncio
     from types import SimpleNamespace
