@@ -110,7 +110,8 @@ class Pipeline:
     ) -> Routed:
         """The whole answer to `request`, routed by `model` ('auto', 'scout', 'validator')."""
         stream = await self._open(request, model, threshold, cache, priority, stream=False)
-        chunks = [chunk async for chunk in stream.chunks]
+        async with contextlib.aclosing(stream.chunks) as source:  # a caller that goes away stops the work now
+            chunks = [chunk async for chunk in source]
         return Routed(assemble(chunks, stream.model), stream.trace)
 
     async def open_stream(
