@@ -22,7 +22,9 @@ ROUTING_MODELS = ("auto", "scout", "validator")
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Strict types, as OpenAI checks them: `"max_tokens": true` or `"temperature": "0.5"` is a 400,
+    # not a silent 1 or 0.5 (an int is still a valid float).
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class TextPart(_Strict):

@@ -38,6 +38,7 @@ def parse_request(model: type[BaseModel], body: Any) -> Any:
     """Validate a decoded JSON body; every failure becomes an `InvalidRequestError` naming the field."""
     if not isinstance(body, dict):
         raise InvalidRequestError("the request body must be a JSON object")
+    _check_text(body, "")
     try:
         return model.model_validate(body)
     except ValidationError as exc:
@@ -70,6 +71,24 @@ def selector_from_query(query: dict[str, str]) -> Selector:
     if selector.is_all() and query.get("all", "").lower() != "true":
         raise InvalidRequestError("say which entries to delete (namespace, model, older_than_s, tag) or all=true")
     return selector
+
+
+def _check_text(value: Any, where: str) -> None:
+    """A 400 for a string that is not valid Unicode: JSON's escapes can spell a lone surrogate
+    (`"\\ud800"`), which no encoder, tokenizer or store will take later on."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidRequestError(f"'{where or 'body'}' is not valid Unicode (a lone surrogate)",
+                                      param=where or None) from None
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _check_text(k, where)
+            _check_text(v, f"{where}.{k}" if where else str(k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _check_text(v, f"{where}.{i}")
 
 
 def _finish_reason(reason: str | None) -> str:

@@ -196,3 +196,23 @@ def test_serve_metrics_can_be_built():
     assert all(reserved.isdisjoint(v._tag_keys) for v in vars(m).values() if hasattr(v, "_tag_keys"))
     m.batch_params("Embedder", 8, 0.01)
     m.draft(4, 2, source="cache", saved=3)
+
+
+@pytest.mark.parametrize(("field", "value"), [("max_tokens", True), ("temperature", "0.5"), ("stream", "yes"),
+                                              ("top_p", [1]), ("seed", 1.5)])
+def test_types_are_strict_no_coercion(field, value):
+    """As OpenAI checks them: a boolean is not an integer, a string not a number (an int is still a float)."""
+    with pytest.raises(InvalidRequestError) as info:
+        chat(**{field: value})
+    assert info.value.param == field and to_openai_error(info.value)[0] == 400
+    assert chat(temperature=1).temperature == 1.0
+
+
+def test_a_lone_surrogate_is_a_400_naming_the_field_not_a_500():
+    body = json.loads('{"messages": [{"role": "user", "content": "hi \\ud800"}]}')
+    with pytest.raises(InvalidRequestError) as info:
+        parse_request(ChatCompletionRequest, body)
+    assert info.value.param == "messages.0.content" and to_openai_error(info.value)[0] == 400
+    # Any other Unicode, control characters included, is text like any other.
+    ok = parse_request(ChatCompletionRequest, {"messages": [{"role": "user", "content": "hé \x00\x07 😀 \u202e"}]})
+    assert ok.messages[0].content == "hé \x00\x07 😀 \u202e"
