@@ -17,6 +17,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ray import serve
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serving.api import ChatCompletionRequest, CompletionRequest, RouteTrace
 from serving.compose import Parts, build_service
@@ -25,6 +26,7 @@ from serving.errors import (
     EngineUnavailableError,
     InferenceOptimizerError,
     InvalidRequestError,
+    from_http_status,
     to_openai_error,
 )
 from serving.load import CascadeStats
@@ -52,6 +54,12 @@ def error_response(exc: BaseException) -> JSONResponse:
 @app.exception_handler(InferenceOptimizerError)
 async def _known_error(request: Request, exc: InferenceOptimizerError) -> JSONResponse:
     return error_response(exc)
+
+
+@app.exception_handler(StarletteHTTPException)
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """FastAPI's own 404/405 (an unknown path or method) in OpenAI's error shape."""
+    return error_response(from_http_status(exc.status_code, str(exc.detail)))
 
 
 @app.exception_handler(Exception)

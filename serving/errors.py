@@ -8,7 +8,9 @@ Exception tree::
     │   │   ├── UnsupportedParameterError   400, code unsupported_parameter
     │   │   └── ContextLengthExceededError  400, code context_length_exceeded
     │   ├── AuthenticationError        401 authentication_error
-    │   └── ModelNotFoundError         404, code model_not_found
+    │   ├── ModelNotFoundError         404, code model_not_found
+    │   ├── NotFoundError              404, code not_found (no such endpoint)
+    │   └── MethodNotAllowedError      405, code method_not_allowed
     └── ServiceError                   retry later; nothing the caller sent was wrong (5xx)
         ├── EngineUnavailableError     503 service_unavailable
         └── EngineTimeoutError         504 timeout
@@ -93,6 +95,33 @@ class EngineTimeoutError(ServiceError):
 
     status_code = 504
     type = "timeout"
+
+
+class NotFoundError(RequestError):
+    """No such endpoint."""
+
+    status_code = 404
+    code = "not_found"
+
+
+class MethodNotAllowedError(RequestError):
+    """The endpoint exists, not with this method."""
+
+    status_code = 405
+    code = "method_not_allowed"
+
+
+def from_http_status(status: int, detail: str) -> InferenceOptimizerError:
+    """The error of ours that an HTTP framework's own status (404, 405, 413, 422...) stands for."""
+    if status == 404:
+        return NotFoundError(detail or "not found")
+    if status == 405:
+        return MethodNotAllowedError(detail or "method not allowed")
+    if 400 <= status < 500:
+        err = InvalidRequestError(detail or "bad request")
+        err.status_code = status
+        return err
+    return EngineUnavailableError(detail or "service unavailable")
 
 
 def to_openai_error(exc: BaseException) -> tuple[int, dict[str, Any]]:

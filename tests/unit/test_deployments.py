@@ -130,3 +130,18 @@ def test_the_embedder_batches_and_its_batch_follows_the_arrival_rate(monkeypatch
     assert applied == metrics.params[-1]
     assert dep.batching.controller.params.batch_wait_timeout_s == applied[1] > 0
     assert calls <= 2  # 16 concurrent texts, one or two model calls
+
+
+def test_fastapis_own_404_and_405_come_in_openais_error_shape():
+    pytest.importorskip("ray.serve")
+    from fastapi.testclient import TestClient
+
+    import deployments.ingress as ingress
+
+    client = TestClient(ingress.app)
+    r = client.get("/v1/no-such-endpoint")
+    assert r.status_code == 404
+    assert r.json() == {"error": {"message": "Not Found", "type": "invalid_request_error", "param": None,
+                                  "code": "not_found"}}
+    r = client.get("/v1/chat/completions")
+    assert r.status_code == 405 and r.json()["error"]["code"] == "method_not_allowed"
