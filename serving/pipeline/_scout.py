@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from serving.confidence import confidence
 from serving.config import ConfidenceConfig
 from serving.engines.base import Generation, GenerationChunk, GenerationRequest, LLMEngine, Usage
-from serving.errors import EngineTimeoutError, RequestError, ServiceError
+from serving.errors import ContextLengthExceededError, EngineTimeoutError, RequestError, ServiceError
 from serving.pipeline._decisions import Reason, Route, ScoutDecision, SkipReason, StageName, Tier
 from serving.pipeline._stage import Stage, assemble, replay
 from serving.pipeline._state import RequestState
@@ -62,6 +62,13 @@ class ScoutStage(Stage):
                 gen = await asyncio.wait_for(self.engine.generate(request), self.timeout_s)
             else:
                 gen, stopped_at = await asyncio.wait_for(self._until_hopeless(request, floor), self.timeout_s)
+        except ContextLengthExceededError as exc:
+            if state.route is Route.SCOUT:
+                raise
+            # The prompt fits the Validator's window, perhaps, not the Scout's: the Validator answers.
+            state.scout = ScoutDecision.FAILED
+            state.record(self.name, ScoutDecision.FAILED, t0, error=exc.message, reason="context_length")
+            return
         except RequestError:
             raise
         except (ServiceError, TimeoutError) as exc:

@@ -402,3 +402,17 @@ def test_streamed_and_non_streamed_answers_and_traces_agree():
     tokens = {t: (c["prompt_tokens"], c["completion_tokens"]) for t, c in whole.trace.cost.items()}
     assert tokens == {t: (c["prompt_tokens"], c["completion_tokens"]) for t, c in trace.cost.items()}
     assert set(whole.trace.cost) == {"scout", "validator"}  # the escalated Scout answer is costed too
+
+
+def test_a_prompt_too_long_for_the_scout_goes_to_the_validator():
+    class Small(FakeEngine):
+        async def generate(self, request):
+            self.requests.append(request)
+            raise ContextLengthExceededError("prompt is longer than the maximum context length (2048)")
+
+    pipeline = build_pipeline(Small("small", ["x"]), FakeEngine("large", ["Paris", "."]), TieringConfig())
+    out = run(pipeline.complete(req()))
+    assert (out.trace.tier, out.trace.reason) == ("validator", "scout_failed")
+    assert out.trace.stages[0].detail["reason"] == "context_length" and out.generation.text == "Paris."
+    with pytest.raises(ContextLengthExceededError):  # a forced Scout answers or fails, as asked
+        run(pipeline.complete(req(), model="scout"))
