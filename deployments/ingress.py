@@ -26,6 +26,7 @@ from serving.errors import (
     EngineUnavailableError,
     InferenceOptimizerError,
     InvalidRequestError,
+    RequestTooLargeError,
     from_http_status,
     to_openai_error,
 )
@@ -74,8 +75,16 @@ def _bearer_token(request: Request) -> str | None:
     return token.strip() if scheme.lower() == "bearer" else None
 
 
-async def _json_body(request: Request) -> Any:
-    raw = await request.body()
+async def _json_body(request: Request, limit: int) -> Any:
+    """The decoded JSON body; a body over `limit` bytes is refused before it is read whole."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise RequestTooLargeError(f"the request body is {declared} bytes, above this service's limit of {limit}")
+    raw = b""
+    async for part in request.stream():
+        raw += part
+        if len(raw) > limit:
+            raise RequestTooLargeError(f"the request body is above this service's limit of {limit} bytes")
     if not raw:
         raise InvalidRequestError("the request body is empty; send a JSON object")
     try:
@@ -153,14 +162,14 @@ class Ingress:
 
     async def _chat(self, request: Request) -> Response:
         priority = self._priority(request)
-        req = parse_request(ChatCompletionRequest, await _json_body(request))
+        req = parse_request(ChatCompletionRequest, await _json_body(request, self.config.api.max_body_bytes))
         if req.stream:
             return self._stream(*await self.service.chat_stream(req, priority))
         return self._respond(*await self.service.chat(req, priority))
 
     async def _completion(self, request: Request) -> Response:
         priority = self._priority(request)
-        req = parse_request(CompletionRequest, await _json_body(request))
+        req = parse_request(CompletionRequest, await _json_body(request, self.config.api.max_body_bytes))
         if req.stream:
             return self._stream(*await self.service.completion_stream(req, priority))
         return self._respond(*await self.service.completion(req, priority))

@@ -9,6 +9,7 @@ Exception tree::
     │   │   └── ContextLengthExceededError  400, code context_length_exceeded
     │   ├── AuthenticationError        401 authentication_error
     │   ├── ModelNotFoundError         404, code model_not_found
+    │   ├── RequestTooLargeError       413, code request_too_large
     │   ├── NotFoundError              404, code not_found (no such endpoint)
     │   └── MethodNotAllowedError      405, code method_not_allowed
     └── ServiceError                   retry later; nothing the caller sent was wrong (5xx)
@@ -95,6 +96,13 @@ class EngineTimeoutError(ServiceError):
 
     status_code = 504
     type = "timeout"
+
+
+class RequestTooLargeError(RequestError):
+    """The request body is larger than the service accepts."""
+
+    status_code = 413
+    code = "request_too_large"
 
 
 class NotFoundError(RequestError):

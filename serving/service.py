@@ -192,15 +192,22 @@ class OpenAIService:
             frequency_penalty=req.frequency_penalty,
         )
 
+    def _bounded(self, chars: int, param: str) -> None:
+        if chars > self.api.max_prompt_chars:
+            raise InvalidRequestError(f"the prompt is {chars} characters, above this service's limit of "
+                                      f"{self.api.max_prompt_chars}", param=param, code="context_length_exceeded")
+
     def chat_request(self, req: ChatCompletionRequest) -> GenerationRequest:
         """The engine request for a chat completion."""
         messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
                     for m in req.messages]
+        self._bounded(sum(len(m["content"]) for m in messages), "messages")
         return GenerationRequest(messages=messages, logprobs=req.logprobs, top_logprobs=req.top_logprobs or 0,
                                  **self._common(req))
 
     def completion_request(self, req: CompletionRequest) -> GenerationRequest:
         """The engine request for a text completion."""
+        self._bounded(len(req.prompt_text()), "prompt")
         return GenerationRequest(prompt=req.prompt_text(), logprobs=req.logprobs is not None,
                                  top_logprobs=req.logprobs or 0, **self._common(req))
 

@@ -24,6 +24,11 @@ class ApiConfig(BaseModel):
         256, ge=1, description="max_tokens used when a request does not set it."
     )
     max_stop_sequences: int = Field(4, ge=0, description="Most stop sequences a request may give.")
+    max_body_bytes: int = Field(
+        4 << 20, ge=1024, description="Largest request body accepted; a larger one is a 413 before it is parsed.")
+    max_prompt_chars: int = Field(
+        400_000, ge=1, description="Most characters of prompt (all messages together) a request may send; more is "
+        "a 400 before any model or tokenizer reads it (no window here holds that much).")
     model_name: str = Field(
         "auto", description="Public name of the optimizer's own model in /v1/models and responses."
     )

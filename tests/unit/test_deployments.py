@@ -145,3 +145,31 @@ def test_fastapis_own_404_and_405_come_in_openais_error_shape():
                                   "code": "not_found"}}
     r = client.get("/v1/chat/completions")
     assert r.status_code == 405 and r.json()["error"]["code"] == "method_not_allowed"
+
+
+def _request(body: bytes, declared: int | None = None):
+    from starlette.requests import Request
+
+    chunks = [body[i:i + 1000] for i in range(0, len(body), 1000)] or [b""]
+
+    async def receive():
+        part = chunks.pop(0) if chunks else b""
+        return {"type": "http.request", "body": part, "more_body": bool(chunks)}
+
+    headers = [(b"content-length", str(len(body) if declared is None else declared).encode())]
+    return Request({"type": "http", "method": "POST", "path": "/", "headers": headers}, receive)
+
+
+def test_a_body_over_the_limit_is_refused_before_it_is_read():
+    pytest.importorskip("ray.serve")
+    import asyncio
+
+    from deployments.ingress import _json_body
+    from serving.errors import RequestTooLargeError, to_openai_error
+
+    assert asyncio.run(_json_body(_request(b'{"a": 1}'), 4096)) == {"a": 1}
+    with pytest.raises(RequestTooLargeError) as info:
+        asyncio.run(_json_body(_request(b"x" * 5000), 4096))  # declared too large: not read at all
+    assert to_openai_error(info.value)[0] == 413
+    with pytest.raises(RequestTooLargeError):  # a body that lies about its length is cut off while read
+        asyncio.run(_json_body(_request(b"x" * 5000, declared=10), 4096))

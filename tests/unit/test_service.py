@@ -216,3 +216,15 @@ def test_a_lone_surrogate_is_a_400_naming_the_field_not_a_500():
     # Any other Unicode, control characters included, is text like any other.
     ok = parse_request(ChatCompletionRequest, {"messages": [{"role": "user", "content": "hé \x00\x07 😀 \u202e"}]})
     assert ok.messages[0].content == "hé \x00\x07 😀 \u202e"
+
+
+def test_a_prompt_over_the_limit_is_a_400_before_any_model_reads_it():
+    svc = OpenAIService(build_pipeline(FakeEngine("small", ["a"]), FakeEngine("large", ["b"])),
+                        ApiConfig(max_prompt_chars=1000), FakeEngine("small", ["a"]), FakeEngine("large", ["b"]))
+    with pytest.raises(InvalidRequestError) as info:
+        svc.chat_request(chat(messages=[{"role": "system", "content": "s" * 600},
+                                        {"role": "user", "content": "u" * 600}]))
+    assert info.value.param == "messages" and info.value.code == "context_length_exceeded"
+    with pytest.raises(InvalidRequestError):
+        svc.completion_request(parse_request(CompletionRequest, {"prompt": "p" * 1001}))
+    assert svc.chat_request(chat(messages=[{"role": "user", "content": "u" * 1000}])).messages
