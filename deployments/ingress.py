@@ -15,11 +15,13 @@ from collections.abc import Awaitable
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from serving.api import ChatCompletionRequest, CompletionRequest, RouteTrace
+from serving.api import ERROR_RESPONSES, ChatCompletionRequest, CompletionRequest, RouteTrace
 from serving.compose import Parts, build_service
 from serving.errors import (
     AuthenticationError,
@@ -41,6 +43,31 @@ HEALTH_TIMEOUT_S = 10.0
 ADMIN_TIMEOUT_S = 30.0
 
 app = FastAPI(title="Inference Optimizer", description="OpenAI-compatible tiered LLM serving on Ray Serve.")
+# Request models whose JSON schemas the OpenAPI document carries (the endpoints read the raw body themselves,
+# so that every parse error becomes an OpenAI error; FastAPI would not see the models otherwise).
+_BODY_MODELS: list[type[BaseModel]] = []
+
+
+def request_body(model: type[BaseModel]) -> dict[str, Any]:
+    """`openapi_extra` declaring `model` as the endpoint's JSON request body."""
+    _BODY_MODELS.append(model)
+    ref = {"$ref": f"#/components/schemas/{model.__name__}"}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": ref}}}}
+
+
+def _openapi() -> dict[str, Any]:
+    if app.openapi_schema is None:
+        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        for model in _BODY_MODELS:
+            body = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            components.update(body.pop("$defs", {}))
+            components[model.__name__] = body
+        app.openapi_schema = schema
+    return app.openapi_schema
+
+
+app.openapi = _openapi  # type: ignore[method-assign]
 
 
 def error_response(exc: BaseException) -> JSONResponse:
@@ -174,11 +201,11 @@ class Ingress:
             return self._stream(*await self.service.completion_stream(req, priority))
         return self._respond(*await self.service.completion(req, priority))
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", responses=ERROR_RESPONSES, openapi_extra=request_body(ChatCompletionRequest))
     async def chat_completions(self, request: Request) -> Response:
         return await self._answer(self._chat(request))
 
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", responses=ERROR_RESPONSES, openapi_extra=request_body(CompletionRequest))
     async def completions(self, request: Request) -> Response:
         return await self._answer(self._completion(request))
 
@@ -202,11 +229,11 @@ class Ingress:
         stats = await asyncio.wait_for(cache.stats(), ADMIN_TIMEOUT_S)
         return JSONResponse({"object": "cache.stats", **stats})
 
-    @app.delete("/v1/cache")
+    @app.delete("/v1/cache", responses=ERROR_RESPONSES)
     async def cache_invalidate(self, request: Request) -> Response:
         return await self._answer(self._invalidate(request))
 
-    @app.get("/v1/cache/stats")
+    @app.get("/v1/cache/stats", responses=ERROR_RESPONSES)
     async def cache_stats(self, request: Request) -> Response:
         return await self._answer(self._stats(request))
 
@@ -230,11 +257,11 @@ class Ingress:
                                                              "audit": "off"}
         return JSONResponse({"object": "quality", **body})
 
-    @app.get("/v1/ledger")
+    @app.get("/v1/ledger", responses=ERROR_RESPONSES)
     async def ledger(self, request: Request) -> Response:
         return await self._answer(self._ledger(request))
 
-    @app.get("/v1/quality")
+    @app.get("/v1/quality", responses=ERROR_RESPONSES)
     async def quality(self, request: Request) -> Response:
         return await self._answer(self._quality(request))
 

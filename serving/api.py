@@ -244,3 +244,32 @@ class RouteTrace(BaseModel):
 def new_id(prefix: str) -> str:
     """An OpenAI-style object id, e.g. ``chatcmpl-...``."""
     return f"{prefix}-{uuid.uuid4().hex[:24]}"
+
+
+# ---------------------------------------------------------------------------------------
+# Errors, as the OpenAPI schema declares them.
+
+
+class ErrorDetail(BaseModel):
+    """What went wrong."""
+
+    message: str = Field(description="A sentence for a person.")
+    type: str = Field(description="invalid_request_error, authentication_error, service_unavailable, timeout, ...")
+    param: str | None = Field(None, description="The request field at fault, when one is.")
+    code: str | None = Field(None, description="A machine-readable code, e.g. context_length_exceeded.")
+
+
+class ErrorResponse(BaseModel):
+    """OpenAI's error shape; the route trace so far rides along when the request got that far."""
+
+    error: ErrorDetail
+    route: RouteTrace | None = Field(None, description="The stages the request passed before the error.")
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse, "description": text}
+    for status, text in ((400, "Invalid request (a field is missing, malformed, unsupported or out of bounds)"),
+                         (401, "Missing or wrong key"), (404, "Unknown model or endpoint"),
+                         (413, "Request body too large"), (503, "A backend is unavailable"),
+                         (504, "A backend did not answer in time"))
+}

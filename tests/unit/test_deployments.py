@@ -173,3 +173,34 @@ def test_a_body_over_the_limit_is_refused_before_it_is_read():
     assert to_openai_error(info.value)[0] == 413
     with pytest.raises(RequestTooLargeError):  # a body that lies about its length is cut off while read
         asyncio.run(_json_body(_request(b"x" * 5000, declared=10), 4096))
+
+
+def test_the_openapi_schema_declares_request_bodies_and_error_responses():
+    """Client generators and fuzzers see what each POST accepts and which errors come back."""
+    pytest.importorskip("ray.serve")
+    from fastapi.testclient import TestClient
+
+    import deployments.ingress as ingress
+
+    schema = TestClient(ingress.app).get("/openapi.json").json()
+    components = schema["components"]["schemas"]
+    for path, model in (("/v1/chat/completions", "ChatCompletionRequest"), ("/v1/completions", "CompletionRequest")):
+        post = schema["paths"][path]["post"]
+        assert post["requestBody"]["content"]["application/json"]["schema"] == {"$ref": f"#/components/schemas/{model}"}
+        assert {"400", "404", "413", "503", "504"} <= set(post["responses"])
+        assert post["responses"]["400"]["content"]["application/json"]["schema"]["$ref"].endswith("ErrorResponse")
+    assert "messages" in components["ChatCompletionRequest"]["required"]
+    refs = {v for v in _refs(schema)}
+    assert refs and all(r.removeprefix("#/components/schemas/") in components for r in refs)  # every $ref resolves
+
+
+def _refs(node):
+    if isinstance(node, dict):
+        for k, v in node.items():
+            if k == "$ref":
+                yield v
+            else:
+                yield from _refs(v)
+    elif isinstance(node, list):
+        for v in node:
+            yield from _refs(v)
