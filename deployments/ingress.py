@@ -74,8 +74,11 @@ def error_response(exc: BaseException) -> JSONResponse:
     """The OpenAI-style error response for `exc` (mapping in `serving.errors`)."""
     status, body = to_openai_error(exc)
     route = getattr(exc, "route", None)
-    headers = {ROUTE_HEADER: route.tier or "none"} if isinstance(route, RouteTrace) else None
-    return JSONResponse(body, status_code=status, headers=headers)
+    headers = {ROUTE_HEADER: route.tier or "none"} if isinstance(route, RouteTrace) else {}
+    retry_after = getattr(exc, "retry_after_s", None)
+    if retry_after is not None:
+        headers["retry-after"] = str(max(1, round(retry_after)))
+    return JSONResponse(body, status_code=status, headers=headers or None)
 
 
 # Safety nets for anything raised outside the endpoints below (they handle their own errors).

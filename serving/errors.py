@@ -12,7 +12,8 @@ Exception tree::
     │   ├── RequestTooLargeError       413, code request_too_large
     │   ├── NotFoundError              404, code not_found (no such endpoint)
     │   └── MethodNotAllowedError      405, code method_not_allowed
-    └── ServiceError                   retry later; nothing the caller sent was wrong (5xx)
+    └── ServiceError                   retry later; nothing the caller sent was wrong (5xx, 429)
+        ├── OverloadedError            429 (queue full) or 503 (waited too long), with Retry-After
         ├── EngineUnavailableError     503 service_unavailable
         └── EngineTimeoutError         504 timeout
 
@@ -85,6 +86,20 @@ class ServiceError(InferenceOptimizerError):
 
     status_code = 503
     type = "service_unavailable"
+
+
+class OverloadedError(ServiceError):
+    """More work is waiting than the service takes on: come back after `retry_after_s`."""
+
+    status_code = 429
+    type = "rate_limit_error"
+    code = "overloaded"
+
+    def __init__(self, message: str, *, retry_after_s: float = 1.0, status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+        if status_code is not None:
+            self.status_code = status_code
 
 
 class EngineUnavailableError(ServiceError):

@@ -23,7 +23,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from serving.config import PriorityConfig
-from serving.errors import InvalidRequestError
+from serving.errors import InvalidRequestError, OverloadedError
 
 
 def key_id(api_key: str) -> str:
@@ -77,10 +77,14 @@ class PriorityGate:
     waiter cancelled at that moment is passed on.
     """
 
-    def __init__(self, limit: int, *, aging_per_s: float = 0.0, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, limit: int, *, aging_per_s: float = 0.0, max_waiting: int | None = None,
+                 max_wait_s: float | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         if limit < 1:
             raise ValueError("limit must be at least 1")
         self.limit = limit
+        # Bounds of the queue: beyond `max_waiting` a request is refused at once, after `max_wait_s` it gives up.
+        self.max_waiting = max_waiting
+        self.max_wait_s = max_wait_s
         self.aging_per_s = aging_per_s
         self._clock = clock
         self._active = 0
@@ -105,10 +109,20 @@ class PriorityGate:
         if self._active < self.limit and not self._waiters:
             self._active += 1
             return
+        if self.max_waiting is not None and self.waiting >= self.max_waiting:
+            raise OverloadedError(f"{self.waiting} requests are already waiting for one of {self.limit} slots",
+                                  retry_after_s=self._retry_after())
         w = _Waiter(priority, next(self._seq), self._clock(), asyncio.get_running_loop().create_future())
         self._waiters.append(w)
         try:
-            await w.future
+            await asyncio.wait_for(asyncio.shield(w.future), self.max_wait_s)
+        except TimeoutError:
+            if w in self._waiters:
+                self._waiters.remove(w)
+            elif w.future.done() and not w.future.cancelled():
+                self.release()  # the slot came as the deadline passed: hand it on
+            raise OverloadedError(f"no slot came free within {self.max_wait_s:g} s", status_code=503,
+                                  retry_after_s=self._retry_after()) from None
         except asyncio.CancelledError:
             if w in self._waiters:
                 self._waiters.remove(w)
@@ -116,6 +130,10 @@ class PriorityGate:
                 # The slot was handed to us as we were cancelled: hand it on.
                 self.release()
             raise
+
+    def _retry_after(self) -> float:
+        """When to try again: about the time the queue ahead needs, at least a second."""
+        return max(1.0, min(60.0, (self.waiting + 1) / self.limit))
 
     def release(self) -> None:
         """Give a slot back: the best waiter gets it, or it becomes free."""

@@ -39,6 +39,12 @@ class ApiConfig(BaseModel):
         32, ge=1, description="Generations one ingress replica runs at once; more wait in our priority queue "
         "(interactive before batch). None: no queue of our own (Ray Serve's and vLLM's only).",
     )
+    max_waiting: int | None = Field(
+        256, ge=0, description="Most requests waiting in that queue; one more gets a 429 with Retry-After at once "
+        "(None: unbounded).")
+    max_wait_s: float | None = Field(
+        60.0, gt=0, description="Longest a request waits in that queue for a slot; then a 503 with Retry-After "
+        "(None: no deadline).")
     priority_aging_per_s: float = Field(
         0.5, ge=0, description="In that queue, a waiting request's priority value drops by this much per second "
         "waited, so batch traffic is delayed, never starved (batch, 10, waiting 20 s competes as interactive, 0). "

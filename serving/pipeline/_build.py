@@ -107,7 +107,8 @@ def pipeline_from_config(
         scout, validator, config.tiering, cache=cache, cache_config=config.cache, analyzer=analyzer,
         analyzer_timeout_s=config.analyzer.timeout_s, scout_timeout_s=config.scout.request_timeout_s,
         validator_timeout_s=config.validator.request_timeout_s, coalesce=api.coalesce,
-        gate=PriorityGate(api.max_in_flight, aging_per_s=api.priority_aging_per_s) if api.max_in_flight else None,
+        gate=PriorityGate(api.max_in_flight, aging_per_s=api.priority_aging_per_s, max_waiting=api.max_waiting,
+                          max_wait_s=api.max_wait_s) if api.max_in_flight else None,
         metrics=metrics, escalation=escalation, observers=observers, semantic_closed=semantic_closed,
     )
     pipeline.ledger, pipeline.auditor = ledger, auditor

@@ -108,3 +108,46 @@ def test_a_cancelled_waiter_leaves_the_queue_and_its_slot_is_not_lost():
 def test_limit_must_be_positive():
     with pytest.raises(ValueError):
         PriorityGate(0)
+
+
+def test_a_full_queue_refuses_at_once_and_a_long_wait_gives_up_with_retry_after():
+    import asyncio
+
+    import pytest
+
+    from serving.errors import OverloadedError, to_openai_error
+    from serving.priority import PriorityGate
+
+    async def go():
+        gate = PriorityGate(1, max_waiting=2, max_wait_s=0.2)
+        await gate.acquire()  # the only slot, held
+        waiting = [asyncio.create_task(gate.acquire()) for _ in range(2)]
+        await asyncio.sleep(0)
+        with pytest.raises(OverloadedError) as full:
+            await gate.acquire()  # a third waiter: refused at once
+        timed_out = await asyncio.gather(*waiting, return_exceptions=True)
+        return full.value, timed_out, gate
+
+    full, timed_out, gate = asyncio.run(go())
+    assert to_openai_error(full)[0] == 429 and full.retry_after_s >= 1
+    assert all(isinstance(e, OverloadedError) and to_openai_error(e)[0] == 503 for e in timed_out)
+    assert gate.waiting == 0 and gate.active == 1  # the holder still holds; nobody is left queued
+
+
+def test_a_slot_granted_as_the_deadline_passes_is_handed_on():
+    import asyncio
+
+    from serving.priority import PriorityGate
+
+    async def go():
+        gate = PriorityGate(1, max_wait_s=0.05)
+        await gate.acquire()
+        late = asyncio.create_task(gate.acquire())
+        await asyncio.sleep(0.05)
+        gate.release()  # right at the deadline
+        (outcome,) = await asyncio.gather(late, return_exceptions=True)
+        return outcome, gate.active, gate.waiting
+
+    outcome, active, waiting = asyncio.run(go())
+    # Whatever won the race, the slot is held by the waiter that got it, or free: never lost.
+    assert waiting == 0 and active == (0 if isinstance(outcome, Exception) else 1)

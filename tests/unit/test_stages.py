@@ -416,3 +416,30 @@ def test_a_prompt_too_long_for_the_scout_goes_to_the_validator():
     assert out.trace.stages[0].detail["reason"] == "context_length" and out.generation.text == "Paris."
     with pytest.raises(ContextLengthExceededError):  # a forced Scout answers or fails, as asked
         run(pipeline.complete(req(), model="scout"))
+
+
+def test_overload_is_a_clean_429_before_any_engine_work_streamed_or_not():
+    from serving.errors import OverloadedError
+    from serving.priority import PriorityGate
+
+    validator = FakeEngine("large", ["Paris", "."], delay_s=0.2)
+    gate = PriorityGate(1, max_waiting=0)
+    pipeline = build_pipeline(FakeEngine("small", ["x"]), validator, TieringConfig(), gate=gate)
+
+    async def go():
+        busy = asyncio.create_task(pipeline.complete(req("first"), model="validator"))
+        await asyncio.sleep(0.01)
+        errors = []
+        for stream in (False, True):
+            try:
+                if stream:
+                    await pipeline.open_stream(req("second"), model="validator")
+                else:
+                    await pipeline.complete(req("second"), model="validator")
+            except OverloadedError as exc:
+                errors.append(exc)
+        return errors, await busy
+
+    errors, first = run(go())
+    assert len(errors) == 2 and all(e.status_code == 429 and e.route is not None for e in errors)
+    assert first.generation.text == "Paris." and len(validator.requests) == 1
