@@ -45,6 +45,12 @@ class ApiConfig(BaseModel):
     max_wait_s: float | None = Field(
         60.0, gt=0, description="Longest a request waits in that queue for a slot; then a 503 with Retry-After "
         "(None: no deadline).")
+    breaker_failures: int | None = Field(
+        3, ge=1, description="Consecutive failures (errors or timeouts) of the analyzer, the cache or the Scout "
+        "after which it is skipped for breaker_reset_s (the request takes its fallback at once); None: no "
+        "circuit breakers.")
+    breaker_reset_s: float = Field(30.0, gt=0, description="How long an open circuit skips its dependency before "
+                                   "one request probes it again.")
     priority_aging_per_s: float = Field(
         0.5, ge=0, description="In that queue, a waiting request's priority value drops by this much per second "
         "waited, so batch traffic is delayed, never starved (batch, 10, waiting 20 s competes as interactive, 0). "

@@ -7,6 +7,7 @@ import time
 from dataclasses import replace
 
 from serving.analyzer import Analyzer
+from serving.breaker import CircuitBreaker
 from serving.pipeline._decisions import AnalyzerDecision, StageName
 from serving.pipeline._stage import Stage
 from serving.pipeline._state import RequestState
@@ -18,20 +19,28 @@ class AnalyzerStage(Stage):
 
     name = StageName.ANALYZER
 
-    def __init__(self, analyzer: Analyzer, timeout_s: float = 1.0) -> None:
+    def __init__(self, analyzer: Analyzer, timeout_s: float = 1.0, breaker: CircuitBreaker | None = None) -> None:
         self.analyzer = analyzer
         self.timeout_s = timeout_s
+        self.breaker = breaker
 
     async def run(self, state: RequestState) -> None:
         t0 = time.perf_counter()
+        if self.breaker is not None and not self.breaker.allow():
+            state.record(self.name, AnalyzerDecision.FAILED, t0, error=self.breaker.describe())
+            return
         priority = state.priority.name if state.priority else None
         try:
             plan = await asyncio.wait_for(self.analyzer.analyze(state.request, model=state.route, priority=priority),
                                           self.timeout_s)
         except Exception as exc:  # the plan is advice: without it the request takes the default path
             error = "timeout" if isinstance(exc, TimeoutError) else f"{type(exc).__name__}: {exc}"[:300]
+            if self.breaker is not None:
+                self.breaker.failure()
             state.record(self.name, AnalyzerDecision.FAILED, t0, error=error)
             return
+        if self.breaker is not None:
+            self.breaker.success()
         state.plan = plan
         state.request = replace(state.request, priority=plan.vllm_priority)
         state.metrics.plan(plan.strategy, plan.priority, plan.complexity)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from serving.breaker import CircuitBreaker
 from serving.config import CacheConfig, TieringConfig
 from serving.engines.base import LLMEngine
 from serving.metrics import Metrics
@@ -41,26 +42,33 @@ def build_pipeline(
     escalation: EscalationPolicy | None = None,
     observers: list[Observer] | None = None,
     semantic_closed: set[str] | None = None,
+    breakers: tuple[int, float] | None = None,
 ) -> Pipeline:
     """A pipeline over two engines; the cache, the analyzer, coalescing, our priority queue, a calibrated
-    escalation policy and observers (ledger, audit) are optional."""
+    escalation policy, observers (ledger, audit) and circuit breakers ((failures, reset_s) for the analyzer,
+    the cache and the Scout) are optional."""
     from serving.policy.escalation import EscalationPolicy  # here: the policy imports the pipeline's decisions
 
     tiering = tiering or TieringConfig()
     cache_config = cache_config or CacheConfig()
     escalation = escalation or EscalationPolicy(tiering, can_verify_drafts=validator.can_verify)
     fingerprint = engines_fingerprint(scout.model_id, validator.model_id)
+
+    def breaker(name: str) -> CircuitBreaker | None:
+        return CircuitBreaker(name, *breakers) if breakers is not None else None
+
+    cache_breaker = breaker("cache")
     front: list[Stage] = []
     if analyzer is not None:
-        front.append(AnalyzerStage(analyzer, analyzer_timeout_s))
+        front.append(AnalyzerStage(analyzer, analyzer_timeout_s, breaker("analyzer")))
     if cache is not None:
-        front.append(CacheStage(cache, cache_config, fingerprint, semantic_closed))
+        front.append(CacheStage(cache, cache_config, fingerprint, semantic_closed, cache_breaker))
     return Pipeline(
         front=front,
-        generate=[ScoutStage(scout, escalation, tiering.confidence, scout_timeout_s),
+        generate=[ScoutStage(scout, escalation, tiering.confidence, scout_timeout_s, breaker("scout")),
                   ValidatorStage(validator, escalation, validator_timeout_s)],
         escalation=escalation,
-        admission=AdmissionStage(cache, cache_config) if cache is not None else None,
+        admission=AdmissionStage(cache, cache_config, cache_breaker) if cache is not None else None,
         flights=Flights() if coalesce else None,
         gate=gate,
         metrics=metrics,
@@ -110,6 +118,7 @@ def pipeline_from_config(
         gate=PriorityGate(api.max_in_flight, aging_per_s=api.priority_aging_per_s, max_waiting=api.max_waiting,
                           max_wait_s=api.max_wait_s) if api.max_in_flight else None,
         metrics=metrics, escalation=escalation, observers=observers, semantic_closed=semantic_closed,
+        breakers=(api.breaker_failures, api.breaker_reset_s) if api.breaker_failures else None,
     )
     pipeline.ledger, pipeline.auditor = ledger, auditor
     return pipeline

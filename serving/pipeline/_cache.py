@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+from serving.breaker import CircuitBreaker
 from serving.cache.keys import cache_key
 from serving.cache.semantic import CachedAnswer, ResponseCache
 from serving.config import CacheConfig
@@ -31,8 +32,9 @@ class CacheStage(Stage):
     name = StageName.CACHE
 
     def __init__(self, cache: ResponseCache, config: CacheConfig, fingerprint: str,
-                 semantic_closed: set[str] | None = None) -> None:
+                 semantic_closed: set[str] | None = None, breaker: CircuitBreaker | None = None) -> None:
         self.cache = cache
+        self.breaker = breaker
         self.config = config
         self.fingerprint = fingerprint
         # Namespaces where the audit found semantic hits disagreeing too often: exact hits only there.
@@ -56,14 +58,20 @@ class CacheStage(Stage):
             return
         # The analyzer embedded this very question (`policy.embedded_question`): reuse its vector.
         vector = state.plan.embedding if state.plan is not None and key.question is not None else None
+        if self.breaker is not None and not self.breaker.allow():
+            state.record(self.name, CacheDecision.BYPASS, t0, error=self.breaker.describe())
+            return
         try:
             found = await asyncio.wait_for(self.cache.lookup(key, vector=vector), cfg.timeout_s)
-        except TimeoutError:
-            state.record(self.name, CacheDecision.BYPASS, t0, error=f"lookup took longer than {cfg.timeout_s:g} s")
-            return
         except Exception as exc:  # whatever the cache's failure, the request goes on without it
-            state.record(self.name, CacheDecision.BYPASS, t0, error=f"{type(exc).__name__}: {exc}"[:300])
+            if self.breaker is not None:
+                self.breaker.failure()
+            error = f"lookup took longer than {cfg.timeout_s:g} s" if isinstance(exc, TimeoutError) \
+                else f"{type(exc).__name__}: {exc}"[:300]
+            state.record(self.name, CacheDecision.BYPASS, t0, error=error)
             return
+        if self.breaker is not None:
+            self.breaker.success()
         decision = CacheDecision(found.decision)
         detail: dict[str, object] = {"namespace": key.namespace}
         if vector is not None and decision is not CacheDecision.EXACT_HIT:
@@ -97,9 +105,10 @@ class AdmissionStage(Stage):
 
     name = StageName.ADMISSION
 
-    def __init__(self, cache: ResponseCache, config: CacheConfig) -> None:
+    def __init__(self, cache: ResponseCache, config: CacheConfig, breaker: CircuitBreaker | None = None) -> None:
         self.cache = cache
         self.config = config
+        self.breaker = breaker  # the cache's, shared with the lookup
 
     async def run(self, state: RequestState) -> None:
         gen, admission = state.result, state.admission
@@ -116,6 +125,9 @@ class AdmissionStage(Stage):
         if reason is not None:
             state.record(self.name, AdmissionDecision.REJECTED, t0, reason=reason)
             return
+        if self.breaker is not None and not self.breaker.allow():
+            state.record(self.name, AdmissionDecision.FAILED, t0, error=self.breaker.describe())
+            return
         try:
             entry = await asyncio.wait_for(
                 self.cache.admit(admission.key, answer, vector=admission.vector, ttl_s=admission.ttl_s,
@@ -123,7 +135,11 @@ class AdmissionStage(Stage):
                 self.config.timeout_s,
             )
         except Exception as exc:
+            if self.breaker is not None:
+                self.breaker.failure()
             error = "timeout" if isinstance(exc, TimeoutError) else f"{type(exc).__name__}: {exc}"[:300]
             state.record(self.name, AdmissionDecision.FAILED, t0, error=error)
             return
+        if self.breaker is not None:
+            self.breaker.success()
         state.record(self.name, AdmissionDecision.ADMITTED, t0, entry_id=entry)

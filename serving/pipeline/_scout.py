@@ -8,10 +8,17 @@ import time
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
+from serving.breaker import CircuitBreaker
 from serving.confidence import confidence
 from serving.config import ConfidenceConfig
 from serving.engines.base import Generation, GenerationChunk, GenerationRequest, LLMEngine, Usage
-from serving.errors import ContextLengthExceededError, EngineTimeoutError, RequestError, ServiceError
+from serving.errors import (
+    ContextLengthExceededError,
+    EngineTimeoutError,
+    EngineUnavailableError,
+    RequestError,
+    ServiceError,
+)
 from serving.pipeline._decisions import Reason, Route, ScoutDecision, SkipReason, StageName, Tier
 from serving.pipeline._stage import Stage, assemble, replay
 from serving.pipeline._state import RequestState
@@ -34,8 +41,9 @@ class ScoutStage(Stage):
     name = StageName.SCOUT
 
     def __init__(self, engine: LLMEngine, policy: EscalationPolicy, confidence_config: ConfidenceConfig,
-                 timeout_s: float = 300.0) -> None:
+                 timeout_s: float = 300.0, breaker: CircuitBreaker | None = None) -> None:
         self.engine = engine
+        self.breaker = breaker
         self.policy = policy
         self.confidence_config = confidence_config
         self.timeout_s = timeout_s
@@ -53,6 +61,13 @@ class ScoutStage(Stage):
             return
         state.draft = None  # the Scout's answer, not an earlier near miss, is what escalates
         t0 = time.perf_counter()
+        if self.breaker is not None and not self.breaker.allow():
+            # A Scout that keeps failing costs its timeout once, not on every request.
+            if state.route is Route.SCOUT:
+                raise EngineUnavailableError(self.breaker.describe())
+            state.scout = ScoutDecision.FAILED
+            state.record(self.name, ScoutDecision.FAILED, t0, error=self.breaker.describe())
+            return
         stopped_at: int | None = None
         try:
             # The Scout always returns token logprobs: they are what confidence is made of.
@@ -74,12 +89,16 @@ class ScoutStage(Stage):
         except (ServiceError, TimeoutError) as exc:
             if isinstance(exc, TimeoutError):
                 exc = EngineTimeoutError(f"{self.engine.model_id} did not answer within {self.timeout_s:g} s")
+            if self.breaker is not None:
+                self.breaker.failure()
             state.scout = ScoutDecision.FAILED
             state.cost.add(Tier.SCOUT, None, time.perf_counter() - t0)
             state.record(self.name, ScoutDecision.FAILED, t0, error=exc.message)
             if state.route is Route.SCOUT:
                 raise exc from None
             return
+        if self.breaker is not None:
+            self.breaker.success()
         state.cost.add(Tier.SCOUT, gen.usage, time.perf_counter() - t0)
         raw = confidence([t.logprob for t in gen.tokens or []], self.confidence_config)
         state.confidence = round(raw, 6)
