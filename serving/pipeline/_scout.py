@@ -63,10 +63,10 @@ class ScoutStage(Stage):
         t0 = time.perf_counter()
         if self.breaker is not None and not self.breaker.allow():
             # A Scout that keeps failing costs its timeout once, not on every request.
-            if state.route is Route.SCOUT:
-                raise EngineUnavailableError(self.breaker.describe())
             state.scout = ScoutDecision.FAILED
             state.record(self.name, ScoutDecision.FAILED, t0, error=self.breaker.describe())
+            if state.route is Route.SCOUT:
+                raise EngineUnavailableError(self.breaker.describe())
             return
         stopped_at: int | None = None
         try:

@@ -72,3 +72,18 @@ def test_a_failing_scout_is_skipped_straight_to_the_validator():
     assert len(scout.requests) == 1
     assert [(o.trace.tier, o.trace.reason) for o in outs] == [("validator", "scout_failed")] * 3
     assert "circuit open" in outs[2].trace.stages[0].detail["error"]
+
+
+def test_a_forced_scout_behind_an_open_circuit_is_a_503_with_its_trace():
+    import pytest
+
+    from serving.errors import EngineUnavailableError
+
+    pipeline = build_pipeline(FakeEngine("small", ["x"], fail=True), FakeEngine("large", ["Paris"]), TieringConfig(),
+                              breakers=(1, 60.0))
+    req = GenerationRequest(messages=[{"role": "user", "content": "q"}], temperature=0)
+    with pytest.raises(EngineUnavailableError):
+        asyncio.run(pipeline.complete(req, model="scout"))  # a real failure opens the circuit
+    with pytest.raises(EngineUnavailableError, match="circuit open") as info:
+        asyncio.run(pipeline.complete(req, model="scout"))
+    assert [(s.stage, s.decision) for s in info.value.route.stages] == [("scout", "failed")]
