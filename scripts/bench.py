@@ -73,6 +73,8 @@ from workload import (  # noqa: E402
     summarize,
 )
 
+from serving.quality.judge import final_number  # noqa: E402
+
 START, END = "<!-- bench.py:start -->", "<!-- bench.py:end -->"
 RESULTS_RE = re.compile(r"<!-- bench\.py:results (.*?) -->", re.S)
 BASELINE = "validator-only"
@@ -281,18 +283,6 @@ def _admin_headers() -> dict[str, str]:
 
 
 JUDGE_THRESHOLD = 0.9
-_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
-
-
-def final_number(text: str) -> str | None:
-    """The last number in an answer (GSM8K's check: the final figure), normalised ("1,200." -> "1200")."""
-    found = _NUMBER.findall(text)
-    if not found:
-        return None
-    n = found[-1].replace(",", "")
-    return n[:-2] if n.endswith(".0") else n
-
-
 class Judge:
     """Whether an answer says what the validator-only answer to the same request says.
 
