@@ -105,7 +105,7 @@ class ScoutStage(Stage):
         state.metrics.confidence(raw)
         state.metrics.tokens(Tier.SCOUT, gen.usage.prompt_tokens, gen.usage.completion_tokens)
         # The score the bound applies to: the calibrated P(agree with the Validator), or the raw confidence.
-        score = self.policy.score(gen, state.plan)
+        score = self.policy.score(gen, state.plan, raw)
         detail: dict[str, object] = {"confidence": state.confidence}
         if self.policy.calibration is not None:
             state.agreement = round(score, 6)

@@ -36,7 +36,6 @@ from __future__ import annotations
 import math
 
 from serving.analyzer.plan import RoutePlan
-from serving.confidence import confidence
 from serving.config import TieringConfig
 from serving.engines.base import Generation, GenerationRequest
 from serving.pipeline._decisions import Reason, Route, ScoutDecision, SkipReason
@@ -77,10 +76,10 @@ class EscalationPolicy:
         """The score a Scout answer needs now (see the module docstring)."""
         return math.inf if self.closed else self.base_bound(override) + self.tightening
 
-    def score(self, gen: Generation, plan: RoutePlan | None) -> float:
-        """The Scout answer's score: the calibrated P(agree), or its raw confidence."""
+    def score(self, gen: Generation, plan: RoutePlan | None, raw_confidence: float) -> float:
+        """The Scout answer's score: the calibrated P(agree), or its raw confidence (computed once, by the stage)."""
         if self.calibration is None:
-            return confidence([t.logprob for t in gen.tokens or []], self.tiering.confidence)
+            return raw_confidence
         return self.calibration.p_agree(gen.tokens, gen.finish_reason, plan.complexity if plan else None)
 
     def early_stop_floor(self, route: Route) -> float | None:

@@ -42,6 +42,7 @@ from serving.config import AuditConfig
 from serving.engines.base import LLMEngine
 from serving.metrics import Metrics
 from serving.pipeline import Cost, Observer, Reason, RequestState, ScoutDecision, Tier
+from serving.policy.cache import last_user_turn
 from serving.policy.escalation import EscalationPolicy
 from serving.quality.judge import Judge, Verdict
 from serving.quality.ledger import CostLedger
@@ -81,8 +82,7 @@ def _path(state: RequestState) -> str | None:
 
 
 def _question(state: RequestState) -> str:
-    r = state.request
-    return r.prompt or "" if r.kind == "completion" else str((r.messages or [{}])[-1].get("content") or "")
+    return last_user_turn(state.request)
 
 
 class Auditor(Observer):
