@@ -8,7 +8,6 @@ place), counts requests, and hands Ray Serve the load figures its autoscaling po
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import logging
 from collections.abc import Awaitable
@@ -24,7 +23,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from serving.api import ERROR_RESPONSES, ChatCompletionRequest, CompletionRequest, RouteTrace
 from serving.compose import Parts, build_service
 from serving.errors import (
-    AuthenticationError,
     EngineUnavailableError,
     InferenceOptimizerError,
     InvalidRequestError,
@@ -34,8 +32,9 @@ from serving.errors import (
 )
 from serving.load import CascadeStats
 from serving.metrics import MetricsTee, ServeMetrics
-from serving.priority import Priority, resolve_priority
+from serving.priority import Priority
 from serving.service import parse_request, selector_from_query
+from serving.tenancy import Caller
 
 logger = logging.getLogger("ray.serve")
 ROUTE_HEADER = "x-infopt-route"
@@ -138,6 +137,8 @@ class Ingress:
         self.cache = parts.cache
         self.config = config
         self.service = build_service(parts, metrics=MetricsTee(self.metrics, self.load))
+        # Open (no keys) or not, said once at start: an open service should be a choice, not an accident.
+        logger.warning(self.service.tenancy.describe())
 
     def _respond(self, body: dict[str, Any], trace: RouteTrace) -> JSONResponse:
         self.metrics.request(trace.tier or "none", 200)
@@ -162,15 +163,15 @@ class Ingress:
         self.metrics.request("error", response.status_code)
         return response
 
-    def _priority(self, request: Request) -> Priority:
-        """The request's priority class (its API key's tenant, else the priority header, else the default),
-        counted as one arrival of that class."""
-        cfg = self.config.priority
-        priority = resolve_priority(cfg, request.headers.get(cfg.priority_header), _bearer_token(request))
+    async def _caller(self, request: Request) -> tuple[Caller, Priority]:
+        """Who is calling and at which priority (a 401 or a 429 before the body is read), counted as one arrival
+        of its class."""
+        caller, priority = await self.service.admit(_bearer_token(request),
+                                                    request.headers.get(self.config.priority.priority_header))
         self.load.arrival(priority.name)
         if self._exporter is None:
             self._exporter = asyncio.get_running_loop().create_task(self._export_forecasts())
-        return priority
+        return caller, priority
 
     async def _export_forecasts(self) -> None:
         """Refresh the forecast gauges once per forecast step, also while no request arrives (rates decay)."""
@@ -191,18 +192,18 @@ class Ingress:
         return self.load.autoscaling_stats()
 
     async def _chat(self, request: Request) -> Response:
-        priority = self._priority(request)
+        caller, priority = await self._caller(request)
         req = parse_request(ChatCompletionRequest, await _json_body(request, self.config.api.max_body_bytes))
         if req.stream:
-            return self._stream(*await self.service.chat_stream(req, priority))
-        return self._respond(*await self.service.chat(req, priority))
+            return self._stream(*await self.service.chat_stream(req, priority, caller))
+        return self._respond(*await self.service.chat(req, priority, caller))
 
     async def _completion(self, request: Request) -> Response:
-        priority = self._priority(request)
+        caller, priority = await self._caller(request)
         req = parse_request(CompletionRequest, await _json_body(request, self.config.api.max_body_bytes))
         if req.stream:
-            return self._stream(*await self.service.completion_stream(req, priority))
-        return self._respond(*await self.service.completion(req, priority))
+            return self._stream(*await self.service.completion_stream(req, priority, caller))
+        return self._respond(*await self.service.completion(req, priority, caller))
 
     @app.post("/v1/chat/completions", responses=ERROR_RESPONSES, openapi_extra=request_body(ChatCompletionRequest))
     async def chat_completions(self, request: Request) -> Response:
@@ -214,21 +215,23 @@ class Ingress:
 
     # -- cache administration ---------------------------------------------------------------
 
-    def _cache_admin(self, request: Request) -> Any:
-        """The cache, once the caller has shown the admin key (when one is configured)."""
+    def _cache_admin(self, request: Request) -> tuple[Any, Caller]:
+        """The cache, once the caller has shown an admin key (on a service with keys)."""
+        caller = self._admin(request)
         if self.cache is None:
             raise InvalidRequestError("the semantic cache is not enabled in this deployment (cache.enabled)")
-        self._admin(request)
-        return self.cache
+        return self.cache, caller
 
     async def _invalidate(self, request: Request) -> Response:
-        cache = self._cache_admin(request)
-        deleted = await asyncio.wait_for(cache.invalidate(selector_from_query(dict(request.query_params))),
-                                         ADMIN_TIMEOUT_S)
+        cache, caller = self._cache_admin(request)
+        selector = selector_from_query(dict(request.query_params))
+        deleted = await asyncio.wait_for(cache.invalidate(selector), ADMIN_TIMEOUT_S)
+        # Who deleted what stays on record (the Ingress's log: Ray Serve keeps it per replica).
+        logger.warning("cache invalidation by %s: %s -> %d entries deleted", caller.label, selector, deleted)
         return JSONResponse({"object": "cache.invalidation", "deleted": deleted})
 
     async def _stats(self, request: Request) -> Response:
-        cache = self._cache_admin(request)
+        cache, _ = self._cache_admin(request)
         stats = await asyncio.wait_for(cache.stats(), ADMIN_TIMEOUT_S)
         return JSONResponse({"object": "cache.stats", **stats})
 
@@ -242,12 +245,11 @@ class Ingress:
 
     # -- quality and cost -------------------------------------------------------------------
 
-    def _admin(self, request: Request) -> None:
-        key = self.config.cache.admin_key
-        if key:
-            token = _bearer_token(request)
-            if token is None or not hmac.compare_digest(token.encode(), key.encode()):
-                raise AuthenticationError("this endpoint needs 'Authorization: Bearer <admin key>'")
+    def _admin(self, request: Request) -> Caller:
+        """The caller of an admin endpoint: 401 without a valid key, 403 for a tenant's key."""
+        caller = self.service.tenancy.authenticate(_bearer_token(request))
+        self.service.tenancy.require_admin(caller)
+        return caller
 
     async def _ledger(self, request: Request) -> Response:
         self._admin(request)
@@ -268,9 +270,13 @@ class Ingress:
     async def quality(self, request: Request) -> Response:
         return await self._answer(self._quality(request))
 
-    @app.get("/v1/models")
-    async def models(self) -> dict[str, Any]:
-        return self.service.list_models()
+    async def _models(self, request: Request) -> Response:
+        self.service.tenancy.authenticate(_bearer_token(request))
+        return JSONResponse(self.service.list_models())
+
+    @app.get("/v1/models", responses=ERROR_RESPONSES)
+    async def models(self, request: Request) -> Response:
+        return await self._answer(self._models(request))
 
     @app.get("/healthz")
     async def healthz(self) -> dict[str, Any]:
@@ -280,6 +286,7 @@ class Ingress:
             raise EngineUnavailableError(f"engines did not answer a health check within {HEALTH_TIMEOUT_S:g} s") \
                 from None
         health["calibration"] = self.service.pipeline.escalation.version
+        health["auth"] = "open" if self.service.tenancy.is_open else "keys"
         if self.cache is not None:
             # Reported, never fatal: requests bypass a cache that is down.
             try:

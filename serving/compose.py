@@ -18,6 +18,7 @@ from serving.engines.base import LLMEngine
 from serving.metrics import Metrics
 from serving.pipeline import Pipeline, pipeline_from_config
 from serving.service import OpenAIService
+from serving.tenancy import Tenancy, TenantMeter
 
 
 @dataclass
@@ -45,4 +46,6 @@ def build_service(parts: Parts, metrics: Metrics | None = None) -> OpenAIService
         analyzer = RequestAnalyzer(config.analyzer, parts.embedder, tokens, priority=config.priority)
     pipeline: Pipeline = pipeline_from_config(config, parts.scout, parts.validator, cache=parts.cache,
                                               analyzer=analyzer, metrics=metrics, embedder=parts.embedder)
-    return OpenAIService(pipeline, config.api, parts.scout, parts.validator)
+    tenancy = Tenancy(config.auth, config.priority)
+    pipeline.observers.append(TenantMeter(tenancy))
+    return OpenAIService(pipeline, config.api, parts.scout, parts.validator, tenancy)

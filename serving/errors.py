@@ -7,13 +7,16 @@ Exception tree::
     │   ├── InvalidRequestError        400 invalid_request_error
     │   │   ├── UnsupportedParameterError   400, code unsupported_parameter
     │   │   └── ContextLengthExceededError  400, code context_length_exceeded
-    │   ├── AuthenticationError        401 authentication_error
+    │   ├── AuthenticationError        401 authentication_error (no key, or an unknown one)
+    │   ├── PermissionDeniedError      403 permission_error (a tenant's key on an admin endpoint)
     │   ├── ModelNotFoundError         404, code model_not_found
     │   ├── RequestTooLargeError       413, code request_too_large
     │   ├── NotFoundError              404, code not_found (no such endpoint)
     │   └── MethodNotAllowedError      405, code method_not_allowed
     └── ServiceError                   retry later; nothing the caller sent was wrong (5xx, 429)
         ├── OverloadedError            429 (queue full) or 503 (waited too long), with Retry-After
+        ├── RateLimitError             429 rate_limit_exceeded: a tenant's requests or tokens, Retry-After
+        │   └── QuotaExceededError     429 insufficient_quota: a tenant's budget, Retry-After
         ├── EngineUnavailableError     503 service_unavailable
         └── EngineTimeoutError         504 timeout
 
@@ -74,6 +77,14 @@ class AuthenticationError(RequestError):
     code = "invalid_api_key"
 
 
+class PermissionDeniedError(RequestError):
+    """A valid key that may not use this endpoint."""
+
+    status_code = 403
+    type = "permission_error"
+    code = "permission_denied"
+
+
 class ModelNotFoundError(RequestError):
     """The request names a model this service does not serve."""
 
@@ -100,6 +111,25 @@ class OverloadedError(ServiceError):
         self.retry_after_s = retry_after_s
         if status_code is not None:
             self.status_code = status_code
+
+
+class RateLimitError(ServiceError):
+    """A tenant sent more requests or tokens than its limits allow: come back after `retry_after_s`."""
+
+    status_code = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, retry_after_s: float = 1.0, param: str | None = None) -> None:
+        super().__init__(message, param=param)
+        self.retry_after_s = retry_after_s
+
+
+class QuotaExceededError(RateLimitError):
+    """A tenant spent its budget for the current window."""
+
+    type = "insufficient_quota"
+    code = "insufficient_quota"
 
 
 class EngineUnavailableError(ServiceError):

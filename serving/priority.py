@@ -1,9 +1,9 @@
 """Priority classes: which class a request belongs to, and a gate that serves classes in order.
 
-A request's class comes from, in order: its API key's tenant configuration
-(`priority.tenants`, keyed by the key's sha256 so configs hold no secrets —
-it wins, so a batch tenant cannot promote itself), the priority header
-(`priority.priority_header`, e.g. ``x-infopt-priority: batch``), `priority.default_priority`.
+A request's class is the one its priority header names (`priority.priority_header`, e.g.
+``x-infopt-priority: batch``), else its tenant's (`auth.tenants.<name>.priority`, see
+`serving.tenancy`), else `priority.default_priority`. A tenant's class is also the best it may
+name: a batch tenant asking for interactive stays batch.
 Each class maps to a vLLM priority (lower is scheduled first); vLLM honours it when the
 engine runs with ``scheduling_policy="priority"``.
 
@@ -15,7 +15,6 @@ long-waiting low-priority request move up, so batch traffic is delayed, never st
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import itertools
 import time
 from collections.abc import AsyncIterator, Callable
@@ -26,27 +25,19 @@ from serving.config import PriorityConfig
 from serving.errors import InvalidRequestError, OverloadedError
 
 
-def key_id(api_key: str) -> str:
-    """The sha256 hex digest of an API key: how `priority.tenants` names tenants."""
-    return hashlib.sha256(api_key.encode()).hexdigest()
-
-
 @dataclass(frozen=True)
 class Priority:
     """A resolved priority class and its vLLM priority value."""
 
     name: str
     value: int
-    source: str  # 'tenant', 'header' or 'default'
+    source: str  # 'header', 'tenant' or 'default'
 
 
-def resolve_priority(config: PriorityConfig, header: str | None = None, api_key: str | None = None) -> Priority:
-    """The class of a request from its API key and priority header (`config.priority_header`'s value);
-    an unknown class is a 400."""
-    if api_key:
-        tenant = config.tenants.get(key_id(api_key))
-        if tenant is not None:
-            return Priority(tenant, config.classes[tenant], "tenant")
+def resolve_priority(config: PriorityConfig, header: str | None = None, ceiling: str | None = None) -> Priority:
+    """The class of a request from its priority header (`config.priority_header`'s value) and its tenant's class
+    `ceiling` (its default, and the best class it may name: a header asking for better gets the ceiling); an
+    unknown class is a 400."""
     if header is not None and header.strip():
         name = header.strip().lower()
         if name not in config.classes:
@@ -55,7 +46,10 @@ def resolve_priority(config: PriorityConfig, header: str | None = None, api_key:
                 f"use one of: {', '.join(sorted(config.classes))}",
                 param=config.priority_header,
             )
-        return Priority(name, config.classes[name], "header")
+        if ceiling is None or config.classes[name] >= config.classes[ceiling]:
+            return Priority(name, config.classes[name], "header")
+    if ceiling is not None:
+        return Priority(ceiling, config.classes[ceiling], "tenant")
     name = config.default_priority
     return Priority(name, config.classes[name], "default")
 

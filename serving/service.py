@@ -18,9 +18,9 @@ from openai.types import Completion, CompletionChoice, CompletionUsage
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from pydantic import BaseModel, ValidationError
 
-from serving.api import ROUTING_MODELS, ChatCompletionRequest, CompletionRequest, RouteTrace, new_id
+from serving.api import ROUTING_MODELS, CacheControl, ChatCompletionRequest, CompletionRequest, RouteTrace, new_id
 from serving.cache.store import Selector
-from serving.config import ApiConfig
+from serving.config import ApiConfig, AuthConfig
 from serving.engines.base import GenerationChunk, GenerationRequest, LLMEngine, TokenLogprob, Usage
 from serving.errors import (
     InferenceOptimizerError,
@@ -30,8 +30,13 @@ from serving.errors import (
 )
 from serving.pipeline import Pipeline, Routed, RoutedStream
 from serving.priority import Priority
+from serving.tenancy import Caller, Tenancy
 
 _FINISH = {"stop", "length", "tool_calls", "content_filter", "function_call"}
+
+
+def _tenant(caller: Caller | None) -> str | None:
+    return caller.tenant if caller is not None else None
 
 
 def parse_request(model: type[BaseModel], body: Any) -> Any:
@@ -131,11 +136,32 @@ def sse(payload: dict[str, Any] | str) -> str:
 class OpenAIService:
     """Chat and text completions, model listing and health, over a `Pipeline` and its two engines."""
 
-    def __init__(self, pipeline: Pipeline, api: ApiConfig, scout: LLMEngine, validator: LLMEngine) -> None:
+    def __init__(self, pipeline: Pipeline, api: ApiConfig, scout: LLMEngine, validator: LLMEngine,
+                 tenancy: Tenancy | None = None) -> None:
         self.pipeline = pipeline
         self.api = api
         self.scout = scout
         self.validator = validator
+        # Who may call and with what (an open service without one).
+        self.tenancy = tenancy or Tenancy(AuthConfig())
+
+    # -- callers --------------------------------------------------------------------------
+
+    async def admit(self, api_key: str | None, priority_header: str | None) -> tuple[Caller, Priority]:
+        """Who is calling (a 401 for a missing or unknown key), its priority class, and one request counted
+        against its tenant's limits (a 429 once one is spent): all before the body is read."""
+        caller = self.tenancy.authenticate(api_key)
+        priority = self.tenancy.priority(caller, priority_header)
+        await self.tenancy.admit(caller)
+        return caller, priority
+
+    def _cache(self, control: CacheControl | None, caller: Caller | None) -> CacheControl | None:
+        """The request's cache control in the namespace the server gives its caller."""
+        if caller is None:
+            return control
+        control = control or CacheControl()
+        namespace = self.tenancy.namespace(caller, control.namespace)
+        return control if namespace == control.namespace else control.model_copy(update={"namespace": namespace})
 
     # -- models ---------------------------------------------------------------------------
 
@@ -213,12 +239,12 @@ class OpenAIService:
 
     # -- non-streamed ---------------------------------------------------------------------
 
-    async def chat(self, req: ChatCompletionRequest, priority: Priority | None = None
+    async def chat(self, req: ChatCompletionRequest, priority: Priority | None = None, caller: Caller | None = None
                    ) -> tuple[dict[str, Any], RouteTrace]:
         """A whole chat completion and its route."""
         tier = self._route_model(req.model)
-        routed = await self.pipeline.complete(self.chat_request(req), tier, req.confidence_threshold, req.cache,
-                                            priority)
+        routed = await self.pipeline.complete(self.chat_request(req), tier, req.confidence_threshold,
+                                              self._cache(req.cache, caller), priority, _tenant(caller))
         gen = routed.generation
         body = ChatCompletion(
             id=new_id("chatcmpl"), object="chat.completion", created=int(time.time()), model=gen.model,
@@ -228,12 +254,12 @@ class OpenAIService:
         ).model_dump(exclude_none=True)
         return self._with_route(body, routed)
 
-    async def completion(self, req: CompletionRequest, priority: Priority | None = None
+    async def completion(self, req: CompletionRequest, priority: Priority | None = None, caller: Caller | None = None
                          ) -> tuple[dict[str, Any], RouteTrace]:
         """A whole text completion and its route."""
         tier = self._route_model(req.model)
         routed = await self.pipeline.complete(self.completion_request(req), tier, req.confidence_threshold,
-                                            req.cache, priority)
+                                            self._cache(req.cache, caller), priority, _tenant(caller))
         gen = routed.generation
         body = Completion(
             id=new_id("cmpl"), object="text_completion", created=int(time.time()), model=gen.model,
@@ -250,12 +276,12 @@ class OpenAIService:
 
     # -- streamed -------------------------------------------------------------------------
 
-    async def chat_stream(self, req: ChatCompletionRequest, priority: Priority | None = None
-                          ) -> tuple[AsyncIterator[str], RouteTrace]:
+    async def chat_stream(self, req: ChatCompletionRequest, priority: Priority | None = None,
+                          caller: Caller | None = None) -> tuple[AsyncIterator[str], RouteTrace]:
         """SSE events of a streamed chat completion; the route is decided before the first one."""
         tier = self._route_model(req.model)
-        stream = await self.pipeline.open_stream(self.chat_request(req), tier, req.confidence_threshold, req.cache,
-                                               priority)
+        stream = await self.pipeline.open_stream(self.chat_request(req), tier, req.confidence_threshold,
+                                                 self._cache(req.cache, caller), priority, _tenant(caller))
         cid, created = new_id("chatcmpl"), int(time.time())
 
         def event(chunk: GenerationChunk | None, first: bool = False) -> dict[str, Any]:
@@ -270,12 +296,12 @@ class OpenAIService:
 
         return self._sse(stream, event, req.include_usage(), cid, created, "chat.completion.chunk"), stream.trace
 
-    async def completion_stream(self, req: CompletionRequest, priority: Priority | None = None
-                                ) -> tuple[AsyncIterator[str], RouteTrace]:
+    async def completion_stream(self, req: CompletionRequest, priority: Priority | None = None,
+                                caller: Caller | None = None) -> tuple[AsyncIterator[str], RouteTrace]:
         """SSE events of a streamed text completion."""
         tier = self._route_model(req.model)
         stream = await self.pipeline.open_stream(self.completion_request(req), tier, req.confidence_threshold,
-                                               req.cache, priority)
+                                               self._cache(req.cache, caller), priority, _tenant(caller))
         cid, created = new_id("cmpl"), int(time.time())
 
         def event(chunk: GenerationChunk | None, first: bool = False) -> dict[str, Any]:

@@ -6,6 +6,7 @@
 from serving.config.analyzer import AnalyzerConfig
 from serving.config.api import ApiConfig
 from serving.config.app import AppConfig, load_profile, profile_args, profile_names, profile_path, profiles_dir
+from serving.config.auth import AuthConfig, KeySource, TenantConfig, key_digest
 from serving.config.cache import CacheConfig, EmbedderConfig
 from serving.config.deployment import AutoscalingConfig, DeploymentOptions, EmbedderDeployment, IngressDeployment
 from serving.config.engine import EngineConfig
@@ -21,6 +22,7 @@ __all__ = [
     "ApiConfig",
     "AppConfig",
     "AuditConfig",
+    "AuthConfig",
     "AutoscalingConfig",
     "CacheConfig",
     "CascadeAutoscalingConfig",
@@ -30,11 +32,14 @@ __all__ = [
     "EmbedderDeployment",
     "EngineConfig",
     "IngressDeployment",
+    "KeySource",
     "LoadConfig",
     "PriorityConfig",
     "QualityConfig",
     "SpeculativeConfig",
+    "TenantConfig",
     "TieringConfig",
+    "key_digest",
     "load_profile",
     "profile_args",
     "profile_names",

@@ -16,7 +16,7 @@ _MOVED = {
     "priority_header": "moved to priority.priority_header",
     "default_priority": "moved to priority.default_priority",
     "priorities": "moved to priority.classes",
-    "tenant_priorities": "moved to priority.tenants",
+    "tenant_priorities": "moved to auth.tenants.<name>.priority",
     "load": "moved to the top-level load section",
     "batching": "moved to load.batching",
     **{key: "is gone: the analyzer runs inside the Ingress (size it with api.deployment)"

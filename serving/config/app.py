@@ -12,6 +12,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from serving.config.analyzer import AnalyzerConfig
 from serving.config.api import ApiConfig
+from serving.config.auth import AuthConfig
 from serving.config.cache import CacheConfig
 from serving.config.engine import EngineConfig
 from serving.config.load import LoadConfig
@@ -57,6 +58,9 @@ class AppConfig(BaseSettings):
     priority: PriorityConfig = Field(
         default_factory=PriorityConfig, description="Priority classes and tenancy: which class a request belongs to."
     )
+    auth: AuthConfig = Field(
+        default_factory=AuthConfig, description="API keys and tenants: namespaces, priority classes, rate limits, "
+        "budgets, admin keys (none: the service runs open).")
     load: LoadConfig = Field(
         default_factory=LoadConfig,
         description="Load prediction: arrival forecast, the Validator's cascade autoscaling, adaptive batching.",
@@ -69,6 +73,15 @@ class AppConfig(BaseSettings):
             raise ValueError(
                 f"scout and validator are both bound to cores '{s}': give each engine its own cores"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _tenant_classes(self) -> AppConfig:
+        unknown = {name: t.priority for name, t in self.auth.tenants.items()
+                   if t.priority is not None and t.priority not in self.priority.classes}
+        if unknown:
+            raise ValueError(f"auth.tenants name unknown priority classes {unknown} "
+                             f"(known: {sorted(self.priority.classes)})")
         return self
 
     @classmethod

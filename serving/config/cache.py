@@ -10,7 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from serving.config.deployment import DeploymentOptions, EmbedderDeployment
 from serving.config.moved import reject_moved, to_deployment
 
-_CACHE_MOVED = to_deployment("cache")
+_CACHE_MOVED = {**to_deployment("cache"),
+                "admin_key": "moved to auth.admin_keys (a list of keys given by sha256, env or file)"}
 # The Embedder had no num_replicas before (it always autoscaled), and a GPU share of its own.
 _EMBEDDER_MOVED = to_deployment("cache.embedder", ("num_cpus", "num_gpus", "autoscaling", "max_ongoing_requests",
                                                    "max_queued_requests", "resources"))
@@ -117,10 +118,6 @@ class CacheConfig(BaseModel):
     sweep_interval_s: float = Field(60.0, gt=0, description="How often expired entries are deleted.")
     timeout_s: float = Field(
         2.0, gt=0, description="A lookup or admission slower than this is abandoned; the request bypasses the cache."
-    )
-    admin_key: str | None = Field(
-        None, description="Bearer key required by DELETE /v1/cache and GET /v1/cache/stats when set "
-        "(env INFOPT_CACHE__ADMIN_KEY)."
     )
     default_namespace: str = Field("default", description="Namespace of requests that do not name one.")
     embedder: EmbedderConfig = Field(default_factory=EmbedderConfig, description="The embedding deployment.")

@@ -106,31 +106,32 @@ class Pipeline:
 
     async def complete(
         self, request: GenerationRequest, model: str = "auto", threshold: float | None = None,
-        cache: CacheControl | None = None, priority: Priority | None = None,
+        cache: CacheControl | None = None, priority: Priority | None = None, tenant: str | None = None,
     ) -> Routed:
         """The whole answer to `request`, routed by `model` ('auto', 'scout', 'validator')."""
-        stream = await self._open(request, model, threshold, cache, priority, stream=False)
+        stream = await self._open(request, model, threshold, cache, priority, tenant, stream=False)
         async with contextlib.aclosing(stream.chunks) as source:  # a caller that goes away stops the work now
             chunks = [chunk async for chunk in source]
         return Routed(assemble(chunks, stream.model), stream.trace)
 
     async def open_stream(
         self, request: GenerationRequest, model: str = "auto", threshold: float | None = None,
-        cache: CacheControl | None = None, priority: Priority | None = None,
+        cache: CacheControl | None = None, priority: Priority | None = None, tenant: str | None = None,
     ) -> RoutedStream:
         """The answer to `request` as chunks; returns once the route is decided (at the first chunk)."""
-        return await self._open(request, model, threshold, cache, priority, stream=True)
+        return await self._open(request, model, threshold, cache, priority, tenant, stream=True)
 
     # -- the path -------------------------------------------------------------------------
 
     async def _open(self, request: GenerationRequest, model: str, threshold: float | None,
-                    cache: CacheControl | None, priority: Priority | None, *, stream: bool) -> RoutedStream:
+                    cache: CacheControl | None, priority: Priority | None, tenant: str | None, *,
+                    stream: bool) -> RoutedStream:
         if priority is not None:
             request = replace(request, priority=priority.value)
         state = RequestState(
             request=request, route=Route(model), threshold=self.escalation.threshold(threshold),
             confidence_method=describe(self.escalation.tiering.confidence), cache_control=cache or CacheControl(),
-            priority=priority, stream=stream, metrics=self.metrics, calibration=self.escalation.version,
+            priority=priority, tenant=tenant, stream=stream, metrics=self.metrics, calibration=self.escalation.version,
         )
         chunks = self._traced(state, self._chunks(state), self.observers)
         try:

@@ -86,6 +86,7 @@ class RequestState:
     confidence_method: str
     cache_control: CacheControl
     priority: Priority | None = None
+    tenant: str | None = None  # the caller's tenant (serving.tenancy), None on an open service
     stream: bool = False  # the client reads the answer as it is generated
     metrics: Metrics = field(default_factory=Metrics)
     started: float = field(default_factory=time.perf_counter)

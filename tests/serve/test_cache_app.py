@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
+from serving.config import KeySource, key_digest
 from tests.serve.conftest import Service, running, unexported
 
 pytestmark = pytest.mark.serve
@@ -31,7 +32,7 @@ def svc(tmp_path_factory):
     if not is_prepared(config.cache.embedder.model, config.cache_dir):
         pytest.skip("embedder not prepared: run `infopt models prepare --profile tiny`")
     config.cache.path = tmp_path_factory.mktemp("semantic-cache")
-    config.cache.admin_key = "test-admin-key"
+    config.auth.admin_keys = [KeySource(sha256=key_digest("test-admin-key"))]
     config.cache.admit_truncated = True
     config.analyzer.enabled = True
     config.tiering.verify_min_acceptance = 0.0  # near misses are always verified here

@@ -20,11 +20,11 @@ from serving.analyzer import (
 )
 from serving.analyzer.complexity import PROFILE_FEATURES
 from serving.api import RouteTrace, StageRecord
-from serving.config import AnalyzerConfig, PriorityConfig
+from serving.config import AnalyzerConfig, AppConfig, PriorityConfig
 from serving.config.analyzer import DEFAULT_OUTPUT_TOKENS
 from serving.engines.base import GenerationRequest
 from serving.errors import InvalidRequestError
-from serving.priority import key_id, resolve_priority
+from serving.priority import resolve_priority
 from tests.unit.fakes import FakeEmbedder
 
 
@@ -143,13 +143,15 @@ def test_plan_is_json_and_fits_the_route_trace():
 
 
 def test_priority_from_tenant_header_or_default():
-    cfg = PriorityConfig(tenants={key_id("sk-batch"): "batch"})
+    cfg = PriorityConfig()
     assert resolve_priority(cfg).name == "interactive"
     assert resolve_priority(cfg, header=" Batch ").name == "batch"
-    # The tenant's class wins: a batch tenant cannot promote itself with the header.
-    p = resolve_priority(cfg, header="interactive", api_key="sk-batch")
+    # The tenant's class is a ceiling: a batch tenant cannot promote itself with the header.
+    p = resolve_priority(cfg, header="interactive", ceiling="batch")
     assert (p.name, p.value, p.source) == ("batch", 10, "tenant")
-    assert resolve_priority(cfg, api_key="sk-other").source == "default"
+    # ... and its default; an interactive tenant may still send batch work.
+    assert resolve_priority(cfg, ceiling="batch").source == "tenant"
+    assert resolve_priority(cfg, header="batch", ceiling="interactive").name == "batch"
     with pytest.raises(InvalidRequestError, match="x-infopt-priority") as e:
         resolve_priority(cfg, header="urgent")
     assert e.value.param == "x-infopt-priority"
@@ -158,8 +160,9 @@ def test_priority_from_tenant_header_or_default():
 def test_config_rejects_unknown_classes():
     with pytest.raises(ValueError, match="default_priority"):
         PriorityConfig(default_priority="vip")
-    with pytest.raises(ValueError, match="unknown classes"):
-        PriorityConfig(tenants={"abc": "vip"})
+    with pytest.raises(ValueError, match="unknown priority classes"):
+        AppConfig(scout={"model": "a"}, validator={"model": "b"},
+                  auth={"tenants": {"t": {"keys": [{"sha256": "ab" * 32}], "priority": "vip"}}})
     # Priority is a section of its own: the analyzer config no longer takes it.
     with pytest.raises(ValueError, match=r"analyzer\.priorities moved to priority\.classes"):
         AnalyzerConfig(priorities={"interactive": 0})

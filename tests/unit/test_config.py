@@ -151,10 +151,10 @@ def test_llm_config_accepts_our_kwargs():
 # --- the tree mirrors the design: priority and load are sections of their own -------------------------
 
 def test_priority_and_load_are_top_level_sections():
-    cfg = AppConfig(**BASE, priority={"classes": {"interactive": 0, "batch": 10, "bulk": 20},
-                                      "tenants": {"ab" * 32: "bulk"}},
+    cfg = AppConfig(**BASE, priority={"classes": {"interactive": 0, "batch": 10, "bulk": 20}},
+                    auth={"tenants": {"acme": {"keys": [{"sha256": "ab" * 32}], "priority": "bulk"}}},
                     load={"interval_s": 2.0, "autoscaling": {"enabled": True}, "batching": {"min_wait_s": 0.001}})
-    assert cfg.priority.classes["bulk"] == 20 and cfg.priority.tenants == {"ab" * 32: "bulk"}
+    assert cfg.priority.classes["bulk"] == 20 and cfg.auth.tenants["acme"].priority == "bulk"
     assert cfg.priority.priority_header == "x-infopt-priority" and cfg.priority.default_priority == "interactive"
     assert (cfg.load.interval_s, cfg.load.autoscaling.enabled, cfg.load.batching.min_wait_s) == (2.0, True, 0.001)
     # What the analyzer keeps: its own decisions only, no placement (it runs inside the Ingress).
@@ -165,7 +165,9 @@ def test_priority_and_load_are_top_level_sections():
 
 @pytest.mark.parametrize(("args", "message"), [
     ({"analyzer": {"priorities": {"interactive": 0}}}, "analyzer.priorities moved to priority.classes"),
-    ({"analyzer": {"tenant_priorities": {}}}, "analyzer.tenant_priorities moved to priority.tenants"),
+    ({"analyzer": {"tenant_priorities": {}}}, "analyzer.tenant_priorities moved to auth.tenants.<name>.priority"),
+    ({"priority": {"tenants": {}}}, "priority.tenants moved to auth.tenants.<name>.priority"),
+    ({"cache": {"admin_key": "k"}}, "cache.admin_key moved to auth.admin_keys"),
     ({"analyzer": {"priority_header": "x-p"}}, "analyzer.priority_header moved to priority.priority_header"),
     ({"analyzer": {"default_priority": "batch"}}, "analyzer.default_priority moved to priority.default_priority"),
     ({"analyzer": {"load": {"interval_s": 1}}}, "analyzer.load moved to the top-level load section"),
@@ -184,8 +186,8 @@ def test_a_moved_key_is_rejected_with_where_it_went(args, message):
 def test_priority_classes_must_be_known():
     with pytest.raises(ValidationError, match="default_priority 'vip' is not one of the classes"):
         AppConfig(**BASE, priority={"default_priority": "vip"})
-    with pytest.raises(ValidationError, match=r"tenants name unknown classes \['vip'\]"):
-        PriorityConfig(tenants={"abc": "vip"})
+    with pytest.raises(ValidationError, match=r"auth.tenants name unknown priority classes \{'t': 'vip'\}"):
+        AppConfig(**BASE, auth={"tenants": {"t": {"keys": [{"sha256": "ab" * 32}], "priority": "vip"}}})
     # Renaming the classes is fine as long as the default is among them.
     assert PriorityConfig(classes={"now": 0}, default_priority="now").classes == {"now": 0}
 

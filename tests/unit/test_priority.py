@@ -9,21 +9,21 @@ import pytest
 
 from serving.config import AppConfig, PriorityConfig
 from serving.errors import InvalidRequestError
-from serving.priority import PriorityGate, key_id, resolve_priority
+from serving.priority import PriorityGate, resolve_priority
 from tests.unit.fakes import FakeClock
 
 INTERACTIVE, BATCH = 0, 10
 
 
 def test_resolve_priority_reads_the_priority_section():
-    """Classes, tenants, header and default all come from `priority` (renamed classes and header here)."""
+    """Classes, header and default come from `priority` (renamed classes and header here)."""
     cfg = AppConfig(scout={"model": "a"}, validator={"model": "b"}, priority={
         "priority_header": "x-tier", "default_priority": "standard",
-        "classes": {"premium": 0, "standard": 5, "bulk": 20}, "tenants": {key_id("sk-bulk"): "bulk"}}).priority
+        "classes": {"premium": 0, "standard": 5, "bulk": 20}}).priority
     assert isinstance(cfg, PriorityConfig)
     assert (resolve_priority(cfg).name, resolve_priority(cfg).value) == ("standard", 5)
     assert resolve_priority(cfg, header="Premium").value == 0
-    assert resolve_priority(cfg, header="premium", api_key="sk-bulk").source == "tenant"
+    assert resolve_priority(cfg, header="premium", ceiling="bulk").source == "tenant"
     with pytest.raises(InvalidRequestError, match="unknown priority class 'batch' in x-tier; use one of: bulk, "
                        "premium, standard") as e:
         resolve_priority(cfg, header="batch")
