@@ -55,6 +55,10 @@ class TieringConfig(BaseModel):
         "cache, over about 20 drafts, after 10) is at least this; below it escalations use plain generation, but "
         "1 in verify_explore_every is still verified. 0: always verify.",
     )
+    on_scout_overload: Literal["reject", "validator"] = Field(
+        "reject", description="When the Scout's queue is full (Ray Serve's max_queued_requests): 'reject' answers a "
+        "429 with Retry-After, so overload does not pour onto the Validator; 'validator' sends the request there. The "
+        "route trace says which.")
     verify_explore_every: int = Field(
         10, ge=1, description="While verification is paused for low acceptance, verify one escalation in this many."
     )

@@ -21,6 +21,7 @@ from serving.errors import (
     EngineUnavailableError,
     InferenceOptimizerError,
     InvalidRequestError,
+    OverloadedError,
 )
 from serving.verify import DraftOutcome, Verified, accept_length
 
@@ -42,6 +43,37 @@ def error_from_engine(error: Any) -> InferenceOptimizerError:
             return ContextLengthExceededError(message, param="messages")
         return InvalidRequestError(message, param=get("param"))
     return EngineUnavailableError(f"engine error: {message}")
+
+
+def is_client_error(exc: BaseException) -> bool:
+    """Whether vLLM refused a request as the caller's fault (`VLLMClientError`: an empty prompt, a bad value), also
+    when raised in the replica (Ray's error then derives from it); by name, so this module need not import vLLM."""
+    return isinstance(exc, ValueError) or any(c.__name__ == "VLLMClientError" for c in type(exc).__mro__)
+
+
+def error_from_call(model_id: str, exc: BaseException) -> InferenceOptimizerError:
+    """What a failed call to an engine deployment means: its queue full (Ray's `BackPressureError`: come back
+    later), the request refused by vLLM (a 400), or the engine down or crashed (a 503)."""
+    names = {c.__name__ for c in type(exc).__mro__}
+    if "BackPressureError" in names:
+        return OverloadedError(f"{model_id} is at its queue limit (max_queued_requests)", retry_after_s=1.0)
+    if "VLLMClientError" in names:
+        return InvalidRequestError(f"{model_id}: {exc}"[:500])
+    return EngineUnavailableError(f"{model_id}: {type(exc).__name__}: {exc}"[:500])
+
+
+async def until_abandoned(response: Any) -> AsyncIterator[Any]:
+    """The items of a handle call's response stream. A reader that leaves before the end (an escalation, an early
+    stop, a timeout, a client gone) cancels the call: Ray Serve cancels the replica's task, and vLLM aborts the
+    request when its generator is cancelled (AsyncLLM.generate), so no engine keeps generating for nobody."""
+    finished = False
+    try:
+        async for item in response:
+            yield item
+        finished = True
+    finally:
+        if not finished:
+            response.cancel()
 
 
 def _logprobs_from_chat(lp: Any) -> list[TokenLogprob] | None:
@@ -146,21 +178,21 @@ class ServeLLMEngine(LLMEngine):
     async def _complete_ids(self, ids: list[int], max_tokens: int, priority: int = 0, **extra: Any) -> dict[str, Any]:
         vreq = self._ids_request(ids, max_tokens, False, priority, **extra)
         try:
-            async for item in self._handle.completions.options(stream=True).remote(vreq):
+            async for item in until_abandoned(self._handle.completions.options(stream=True).remote(vreq)):
                 if _is_error(item):
                     raise error_from_engine(item)
                 return item.model_dump() if hasattr(item, "model_dump") else item
         except InferenceOptimizerError:
             raise
         except Exception as exc:
-            raise EngineUnavailableError(f"{self.model_id}: {type(exc).__name__}: {exc}"[:500]) from exc
+            raise error_from_call(self.model_id, exc) from exc
         raise EngineUnavailableError(f"{self.model_id}: the engine returned no response")
 
     async def _stream_ids(self, ids: list[int], max_tokens: int, priority: int = 0) -> AsyncIterator[dict[str, Any]]:
         """Greedy continuation of token ids, streamed: the engine's SSE payloads (token ids included)."""
         vreq = self._ids_request(ids, max_tokens, True, priority)
         try:
-            async for batch in self._handle.completions.options(stream=True).remote(vreq):
+            async for batch in until_abandoned(self._handle.completions.options(stream=True).remote(vreq)):
                 for item in batch if isinstance(batch, list) else [batch]:
                     if _is_error(item):
                         raise error_from_engine(item)
@@ -171,7 +203,7 @@ class ServeLLMEngine(LLMEngine):
         except InferenceOptimizerError:
             raise
         except Exception as exc:
-            raise EngineUnavailableError(f"{self.model_id}: {type(exc).__name__}: {exc}"[:500]) from exc
+            raise error_from_call(self.model_id, exc) from exc
 
     async def _score(self, request: GenerationRequest, draft: str) -> _Scored:
         """One prefill over prompt + draft: how much of the draft the Validator accepts, and its next token."""
@@ -275,15 +307,17 @@ class ServeLLMEngine(LLMEngine):
     async def _responses(self, req: GenerationRequest, stream: bool) -> AsyncIterator[Any]:
         try:
             vreq = self._to_vllm(req, stream)
-        except ValueError as exc:  # vLLM's own validation (pydantic) of the request
-            raise InvalidRequestError(str(exc)) from None
+        except Exception as exc:  # vLLM's own validation (pydantic, VLLMValidationError) of the request
+            if is_client_error(exc):
+                raise InvalidRequestError(str(exc)[:500]) from None
+            raise
         try:
-            async for item in self._method(req).remote(vreq):
+            async for item in until_abandoned(self._method(req).remote(vreq)):
                 yield item
         except InferenceOptimizerError:
             raise
-        except Exception as exc:  # a dead replica, a Ray error, an engine crash
-            raise EngineUnavailableError(f"{self.model_id}: {type(exc).__name__}: {exc}"[:500]) from exc
+        except Exception as exc:  # a dead replica, a Ray error, an engine crash, a full queue; or vLLM refusing it
+            raise error_from_call(self.model_id, exc) from exc
 
     async def generate(self, request: GenerationRequest) -> Generation:
         async for item in self._responses(request, stream=False):

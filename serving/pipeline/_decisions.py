@@ -35,6 +35,7 @@ class Reason(StrEnum):
     FORCED = "forced"  # the client named the tier
     ESCALATED = "escalated"  # the Scout was not sure: the Validator answered
     SCOUT_FAILED = "scout_failed"  # the Scout failed or timed out: the Validator answered
+    SCOUT_OVERLOADED = "scout_overloaded"  # the Scout's queue was full and tiering.on_scout_overload said 'validator'
     VALIDATOR_DIRECT = "validator_direct"  # the analyzer predicted the Scout would fail
     NEAR_MISS = "near_miss"  # a cached near miss went to the Validator as a draft
     TIERING_DISABLED = "tiering_disabled"  # tiering.enabled is false
@@ -82,6 +83,7 @@ class ScoutDecision(StrEnum):
     ESCALATE = "escalate"
     FORCED = "forced"
     FAILED = "failed"
+    OVERLOADED = "overloaded"  # its queue was full (tiering.on_scout_overload decides what follows)
     SKIPPED = "skipped"  # validator-direct plan, or a near-miss draft goes straight to the Validator
 
     @property

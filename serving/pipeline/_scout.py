@@ -16,6 +16,7 @@ from serving.errors import (
     ContextLengthExceededError,
     EngineTimeoutError,
     EngineUnavailableError,
+    OverloadedError,
     RequestError,
     ServiceError,
 )
@@ -86,6 +87,15 @@ class ScoutStage(Stage):
             return
         except RequestError:
             raise
+        except OverloadedError as exc:
+            # Busy is not broken (the breaker is left alone); the policy decides whether the Validator takes it.
+            state.scout = ScoutDecision.OVERLOADED
+            overflow = state.route is not Route.SCOUT and self.policy.overflow_to_validator()
+            state.record(self.name, ScoutDecision.OVERLOADED, t0, error=exc.message,
+                         then="validator" if overflow else "rejected")
+            if not overflow:
+                raise
+            return
         except (ServiceError, TimeoutError) as exc:
             if isinstance(exc, TimeoutError):
                 exc = EngineTimeoutError(f"{self.engine.model_id} did not answer within {self.timeout_s:g} s")

@@ -163,4 +163,10 @@ class EscalationPolicy:
             return Reason.VALIDATOR_DIRECT
         if scout is None:
             return Reason.TIERING_DISABLED
+        if scout is ScoutDecision.OVERLOADED:
+            return Reason.SCOUT_OVERLOADED
         return Reason.SCOUT_FAILED if scout is ScoutDecision.FAILED else Reason.ESCALATED
+
+    def overflow_to_validator(self) -> bool:
+        """Whether a request the Scout's full queue refused goes to the Validator (else it is refused: a 429)."""
+        return self.tiering.on_scout_overload == "validator"

@@ -99,3 +99,76 @@ def test_the_verification_tokenizer_loads_once_off_the_event_loop():
     assert got == ["tokenizer", "tokenizer"]
     assert len(loads) == 1 and loads[0] != threading.main_thread().name  # once, in a worker thread
     assert loop_moved == [True]  # the loop ran while the tokenizer loaded
+
+
+def test_vllms_client_errors_are_400s_wherever_they_are_raised():
+    """An empty prompt: vLLM raises VLLMValidationError (not a ValueError) building the request or in the replica,
+    where Ray's error derives from it; found by the fuzz (tests/reliability)."""
+    from vllm.exceptions import VLLMValidationError
+
+    from serving.handles.engine import is_client_error
+
+    class RayTaskErrorLike(RuntimeError, VLLMValidationError):
+        pass
+
+    assert is_client_error(VLLMValidationError("The decoder prompt cannot be empty"))
+    assert is_client_error(RayTaskErrorLike("wrapped")) and is_client_error(ValueError("pydantic"))
+    assert not is_client_error(RuntimeError("engine died")) and not is_client_error(ConnectionError())
+
+
+def test_a_full_engine_queue_is_overload_not_an_outage():
+    from ray.serve.exceptions import BackPressureError
+
+    from serving.errors import OverloadedError
+    from serving.handles.engine import error_from_call
+
+    err = error_from_call("scout-model", BackPressureError(num_queued_requests=5, max_queued_requests=5))
+    assert isinstance(err, OverloadedError) and err.retry_after_s >= 1
+    assert type(error_from_call("m", RuntimeError("actor died"))) is EngineUnavailableError
+
+
+class _Response:
+    """A handle call's response stream that records whether it was cancelled."""
+
+    def __init__(self, n: int) -> None:
+        self.items = list(range(n))
+        self.cancelled = False
+
+    def __aiter__(self):
+        return self._iter()
+
+    async def _iter(self):
+        for i in self.items:
+            yield i
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+def test_an_abandoned_engine_call_is_cancelled_and_a_finished_one_is_not():
+    """Leaving a stream early (escalation, early stop, timeout, disconnect) cancels the replica's task, which makes
+    vLLM abort the request; a stream read to its end is left alone."""
+    import asyncio
+    import contextlib
+
+    from serving.handles.engine import until_abandoned
+
+    async def run():
+        whole = _Response(3)
+        assert [i async for i in until_abandoned(whole)] == [0, 1, 2] and not whole.cancelled
+        left = _Response(3)
+        async with contextlib.aclosing(until_abandoned(left)) as items:
+            async for _ in items:
+                break
+        assert left.cancelled
+        slow = _Response(3)
+
+        async def read_slowly():
+            async for _ in until_abandoned(slow):
+                await asyncio.sleep(10)
+
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(read_slowly(), 0.05)
+        assert slow.cancelled
+
+    asyncio.run(run())

@@ -15,7 +15,14 @@ from serving.cache.semantic import CachedAnswer, CacheLookup, ResponseCache
 from serving.cache.store import CacheEntry, Selector
 from serving.config import AnalyzerConfig, CacheConfig, TieringConfig
 from serving.engines.base import GenerationRequest
-from serving.errors import ContextLengthExceededError, EngineTimeoutError, EngineUnavailableError, InvalidRequestError
+from serving.errors import (
+    ContextLengthExceededError,
+    EngineTimeoutError,
+    EngineUnavailableError,
+    InvalidRequestError,
+    OverloadedError,
+    to_openai_error,
+)
 from serving.pipeline import (
     AdmissionDecision,
     AdmissionStage,
@@ -248,6 +255,36 @@ def test_scout_stage_failure_escalates_unless_forced():
     slow, _ = scout_stage(delay_s=1.0)
     with pytest.raises(EngineTimeoutError):
         run(slow.run(state(route=Route.SCOUT)))
+
+
+class BusyEngine(FakeEngine):
+    """A Scout whose queue is full (what the handle makes of Ray's BackPressureError)."""
+
+    async def generate(self, request):
+        self.requests.append(request)
+        raise OverloadedError("small is at its queue limit", retry_after_s=2.0)
+
+
+@pytest.mark.parametrize("policy", ["reject", "validator"])
+def test_an_overloaded_scout_does_not_silently_pour_onto_the_validator(policy):
+    from serving.breaker import CircuitBreaker
+
+    breaker = CircuitBreaker("scout", failures=1, reset_s=60)
+    stage = ScoutStage(BusyEngine("small", ["x"]), EscalationPolicy(TieringConfig(on_scout_overload=policy)),
+                       TieringConfig().confidence, timeout_s=1, breaker=breaker)
+    s = state()
+    if policy == "reject":
+        with pytest.raises(OverloadedError) as e:
+            run(stage.run(s))
+        assert to_openai_error(e.value)[0] == 429 and e.value.retry_after_s == 2.0
+    else:
+        run(stage.run(s))
+        assert s.answer is None
+        assert stage.policy.validator_reason(s.route, s.scout, s.draft) is Reason.SCOUT_OVERLOADED
+    # The trace says what happened and what followed; busy is not broken, so the breaker stays closed.
+    assert s.scout is ScoutDecision.OVERLOADED
+    assert s.outcomes[-1].detail["then"] == ("rejected" if policy == "reject" else "validator")
+    assert breaker.allow()
 
 
 def test_scout_stage_is_skipped_for_a_validator_direct_plan_and_unused_by_forced_validator():
