@@ -104,3 +104,28 @@ def test_edge_store_persists_across_reopen_and_locks_its_folder(tmp_path):
     assert again.count() == 5
     assert again.search(vec(3), match(), limit=1, threshold=0.9)[0][0].answer == "answer 3"
     again.close()
+
+
+def test_edge_store_keeps_every_admitted_entry_through_a_crash(tmp_path):
+    """The durability the cache states (docs/reliability.md): an upsert is in the write-ahead log when it returns,
+    so a process killed without flush or close (SIGKILL, OOM) loses no admitted entry; its lock dies with it."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    child = ctx.Process(target=_admit_then_die, args=(str(tmp_path / "shard"), 40))
+    child.start()
+    child.join(120)
+    assert child.exitcode == 9  # it never flushed or closed
+    store = EdgeStore(tmp_path / "shard", DIM)
+    assert store.count() == 40
+    assert [e.answer for e in store.get([entry_id(entry(i).exact) for i in (0, 39)])] == ["answer 0", "answer 39"]
+    store.close()
+
+
+def _admit_then_die(path: str, n: int) -> None:
+    import os
+
+    store = EdgeStore(path, DIM)
+    for i in range(n):  # one admission at a time, as the cache admits
+        store.upsert([(entry(i), vec(i))])
+    os._exit(9)
