@@ -143,6 +143,37 @@ AFFINITY = _obj({
        for kind in ("podAffinity", "podAntiAffinity")},
 })
 PLACEMENT = {"nodeSelector": _map(STR), "tolerations": TOLERATIONS, "affinity": AFFINITY}
+BOOL: dict[str, Any] = {"type": "boolean"}
+STRINGS: dict[str, Any] = {"type": "array", "items": STR}
+SECCOMP = _obj({"type": {"enum": ["RuntimeDefault", "Localhost", "Unconfined"]}, "localhostProfile": STR},
+               required=["type"])
+APPARMOR = _obj({"type": {"enum": ["RuntimeDefault", "Localhost", "Unconfined"]}, "localhostProfile": STR},
+                required=["type"])
+SELINUX = _obj({"level": STR, "role": STR, "type": STR, "user": STR})
+# Kubernetes' PodSecurityContext and SecurityContext (Linux fields), closed.
+POD_SECURITY = _obj({
+    "runAsNonRoot": BOOL, "runAsUser": INT, "runAsGroup": INT, "fsGroup": INT,
+    "fsGroupChangePolicy": {"enum": ["Always", "OnRootMismatch"]},
+    "supplementalGroups": {"type": "array", "items": INT}, "seccompProfile": SECCOMP, "appArmorProfile": APPARMOR,
+    "seLinuxOptions": SELINUX, "sysctls": {"type": "array", "items": _obj({"name": STR, "value": STR},
+                                                                        required=["name", "value"])},
+})
+CONTAINER_SECURITY = _obj({
+    "allowPrivilegeEscalation": BOOL, "readOnlyRootFilesystem": BOOL, "runAsNonRoot": BOOL, "runAsUser": INT,
+    "runAsGroup": INT, "privileged": BOOL, "capabilities": _obj({"add": STRINGS, "drop": STRINGS}),
+    "seccompProfile": SECCOMP, "appArmorProfile": APPARMOR, "seLinuxOptions": SELINUX,
+    "procMount": {"enum": ["Default", "Unmasked"]},
+})
+# NetworkPolicy peers (networking.k8s.io/v1 NetworkPolicyPeer), closed.
+LABEL_SELECTOR = _obj({"matchLabels": _map(STR), "matchExpressions": {"type": "array", "items": _obj({
+    "key": STR, "operator": {"enum": ["In", "NotIn", "Exists", "DoesNotExist"]}, "values": STRINGS},
+    required=["key", "operator"])}})
+PEERS = {"type": "array", "items": _obj({
+    "podSelector": LABEL_SELECTOR, "namespaceSelector": LABEL_SELECTOR,
+    "ipBlock": _obj({"cidr": STR, "except": STRINGS}, required=["cidr"])})}
+# A key of a Kubernetes Secret holding one API key (never the key itself).
+SECRET_KEY_REF = _obj({"secretKey": {"type": "string", "minLength": 1}, "secretName": STR}, required=["secretKey"])
+MAX_UNAVAILABLE = {"anyOf": [INT, {"type": "string", "pattern": r"^\d+%$"}]}
 
 
 def _worker_group(gpus: bool) -> dict[str, Any]:
@@ -198,6 +229,14 @@ def values_schema() -> dict[str, Any]:
     app = AppConfig.model_json_schema()
     defs = app.pop("$defs", {})
     app.pop("title", None)
+    # A tenant's keys may come from `apiKeys.tenants` (Secrets) instead: the chart adds them to
+    # `serve.args.auth.tenants.<name>.keys` and fails the render of a tenant left without any.
+    tenant = defs["TenantConfig"]
+    tenant["required"] = [name for name in tenant.get("required", []) if name != "keys"]
+    if not tenant["required"]:
+        del tenant["required"]
+    tenant["properties"]["keys"].pop("minItems", None)
+    tenant["properties"]["keys"]["description"] += " In the chart, `apiKeys.tenants` adds keys from a Secret."
     options, ray_defs = serve_deployment_options()
     assert not set(ray_defs) & set(defs), "definition names clash"
     defs.update(ray_defs)
@@ -212,6 +251,13 @@ def values_schema() -> dict[str, Any]:
                           required=["repository"]),
             "imagePullSecrets": {"type": "array", "items": _obj({"name": STR}, required=["name"])},
             "rayVersion": {"type": "string", "pattern": r"^\d+\.\d+\.\d+$"},
+            "ray": _obj({
+                "auth": _obj({"enabled": BOOL, "tokenSecretName": STR}),
+                "podSecurityContext": POD_SECURITY,
+                "containerSecurityContext": CONTAINER_SECURITY,
+                "writableDirs": {"type": "object", "additionalProperties": {"type": "string", "pattern": "^/"},
+                                 "propertyNames": {"pattern": "^[a-z0-9]([-a-z0-9]{0,28}[a-z0-9])?$"}},
+            }),
             "model": _obj({
                 "source": {"enum": ["hub", "pvc"]},
                 "hub": _obj({"tokenSecretName": STR, "tokenSecretKey": STR}),
@@ -237,6 +283,7 @@ def values_schema() -> dict[str, Any]:
                 "httpPort": {"type": "integer", "minimum": 1, "maximum": 65535},
                 "persistence": _obj({"size": STR, "storageClassName": STR}),
                 "apiKeySecretName": STR, "apiKeySecretKey": STR, "resources": RESOURCES,
+                "podSecurityContext": POD_SECURITY, "containerSecurityContext": CONTAINER_SECURITY,
                 "nodeSelector": _map(STR), "tolerations": TOLERATIONS}),
             "ingress": _obj({
                 "enabled": {"type": "boolean"}, "className": STR, "annotations": _map(STR),
@@ -247,6 +294,19 @@ def values_schema() -> dict[str, Any]:
             }),
             "metrics": _obj({"serviceMonitor": _obj({
                 "enabled": {"type": "boolean"}, "labels": _map(STR), "interval": STR, "scrapeTimeout": STR})}),
+            "apiKeys": _obj({
+                "secretName": STR,
+                "tenants": {"type": "object", "propertyNames": {"minLength": 1},
+                            "additionalProperties": {"anyOf": [SECRET_KEY_REF, {
+                                "type": "array", "items": SECRET_KEY_REF, "minItems": 1}]}},
+                "admin": {"type": "array", "items": SECRET_KEY_REF},
+            }),
+            "networkPolicy": _obj({"enabled": BOOL, "ingressFrom": PEERS, "kuberayOperatorFrom": PEERS,
+                                   "dashboardFrom": PEERS, "metricsFrom": PEERS}),
+            "podDisruptionBudget": _obj({"enabled": BOOL, "qdrant": _obj({"maxUnavailable": MAX_UNAVAILABLE}),
+                                         "workers": _obj({"maxUnavailable": MAX_UNAVAILABLE})}),
+            "gcsFaultTolerance": _obj({"enabled": BOOL, "redisAddress": STR, "redisPasswordSecretName": STR,
+                                       "redisPasswordSecretKey": STR, "externalStorageNamespace": STR}),
         }),
         "$defs": defs,
     }
