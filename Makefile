@@ -18,7 +18,7 @@ LOAD_OUT ?= reports/load
 BENCH_PROFILE ?= tiny
 BENCH_ARGS ?=
 
-.PHONY: install models run test test-unit lint render docs calibrate bench-tiers bench-turbo bench-cache eval-cache train-analyzer eval-analyzer replay-trace load bench clean
+.PHONY: install models run test chaos test-unit lint render docs calibrate bench-tiers bench-turbo bench-cache eval-cache train-analyzer eval-analyzer replay-trace load bench clean
 
 $(STAMP): pyproject.toml constraints-cpu.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -42,7 +42,13 @@ run: install
 test: install
 	$(BIN)/infopt models prepare --profile tiny
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -ra tests
+	$(BIN)/python -m pytest -ra -m "not chaos" tests
+
+# make chaos: kill the Scout, cache and Validator replicas under load and restart the cache's store
+# (tests/reliability/test_chaos.py; figures in reports/reliability/chaos.json, quoted in docs/reliability.md).
+chaos: install
+	$(BIN)/infopt models prepare --profile tiny
+	$(BIN)/python -m pytest -ra -m chaos tests/reliability
 
 test-unit: install
 	$(BIN)/python -m pytest -ra tests/unit
@@ -95,7 +101,8 @@ load: install
 	@echo "wrote $(LOAD_OUT)/load_stats.csv, load.html, load_stats.json, load_requests.json"
 
 # make calibrate: the quality guarantee's calibration for PROFILE (docs/quality.md): answer the calibration
-# and evaluation splits with the Scout and the Validator, then fit, choose the bound and report.
+# and evaluation splits with the Scout and the Validator, then fit, choose the bound and report; then the
+# semantic cache's similarity threshold on QQP pairs (embedder only, no LLM), into the same file.
 CAL_N ?= 240
 CAL_EVAL_N ?= 120
 calibrate: install
@@ -103,6 +110,7 @@ calibrate: install
 	$(BIN)/infopt calibrate collect --profile $(PROFILE) --n $(CAL_N) --split calibration
 	$(BIN)/infopt calibrate collect --profile $(PROFILE) --n $(CAL_EVAL_N) --split evaluation
 	$(BIN)/infopt calibrate fit --profile $(PROFILE)
+	$(BIN)/infopt calibrate cache --profile $(PROFILE)
 
 bench: install
 	$(BIN)/infopt models prepare --profile $(BENCH_PROFILE)

@@ -54,6 +54,27 @@ def request_body(model: type[BaseModel]) -> dict[str, Any]:
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": ref}}}}
 
 
+def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
+
+
+# What DELETE /v1/cache reads from its query string (`selector_from_query`), declared for clients and fuzzers.
+INVALIDATION_QUERY = {"parameters": [
+    _query("namespace", {"type": "string"}, "Entries of this namespace."),
+    _query("model", {"type": "string"}, "Entries answered for this model."),
+    _query("tag", {"type": "string"}, "Entries carrying this tag."),
+    _query("older_than_s", {"type": "number", "minimum": 0}, "Entries admitted more than this many seconds ago."),
+    _query("all", {"type": "string", "enum": ["true"]}, "Every entry (required when nothing else is named)."),
+]}
+
+
+def _with_priority_header(extra: dict[str, Any]) -> dict[str, Any]:
+    """`extra` with the priority header declared (its name is configurable; this is the default)."""
+    header = {"name": "x-infopt-priority", "in": "header", "required": False, "schema": {"type": "string"},
+              "description": "The request's priority class (e.g. interactive, batch), within its tenant's."}
+    return {**extra, "parameters": [header]}
+
+
 def _openapi() -> dict[str, Any]:
     if app.openapi_schema is None:
         schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
@@ -205,11 +226,13 @@ class Ingress:
             return self._stream(*await self.service.completion_stream(req, priority, caller))
         return self._respond(*await self.service.completion(req, priority, caller))
 
-    @app.post("/v1/chat/completions", responses=ERROR_RESPONSES, openapi_extra=request_body(ChatCompletionRequest))
+    @app.post("/v1/chat/completions", responses=ERROR_RESPONSES,
+              openapi_extra=_with_priority_header(request_body(ChatCompletionRequest)))
     async def chat_completions(self, request: Request) -> Response:
         return await self._answer(self._chat(request))
 
-    @app.post("/v1/completions", responses=ERROR_RESPONSES, openapi_extra=request_body(CompletionRequest))
+    @app.post("/v1/completions", responses=ERROR_RESPONSES,
+              openapi_extra=_with_priority_header(request_body(CompletionRequest)))
     async def completions(self, request: Request) -> Response:
         return await self._answer(self._completion(request))
 
@@ -235,7 +258,7 @@ class Ingress:
         stats = await asyncio.wait_for(cache.stats(), ADMIN_TIMEOUT_S)
         return JSONResponse({"object": "cache.stats", **stats})
 
-    @app.delete("/v1/cache", responses=ERROR_RESPONSES)
+    @app.delete("/v1/cache", responses=ERROR_RESPONSES, openapi_extra=INVALIDATION_QUERY)
     async def cache_invalidate(self, request: Request) -> Response:
         return await self._answer(self._invalidate(request))
 

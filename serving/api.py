@@ -269,7 +269,9 @@ class ErrorResponse(BaseModel):
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse, "description": text}
     for status, text in ((400, "Invalid request (a field is missing, malformed, unsupported or out of bounds)"),
-                         (401, "Missing or wrong key"), (404, "Unknown model or endpoint"),
-                         (413, "Request body too large"), (503, "A backend is unavailable"),
+                         (401, "Missing or wrong API key"), (403, "A tenant's key on an admin endpoint"),
+                         (404, "Unknown model or endpoint"), (413, "Request body too large"),
+                         (429, "Over a rate limit, a budget or the queue: retry after Retry-After seconds"),
+                         (503, "A backend is unavailable, or no queue slot came in time (Retry-After)"),
                          (504, "A backend did not answer in time"))
 }

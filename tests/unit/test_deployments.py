@@ -187,9 +187,12 @@ def test_the_openapi_schema_declares_request_bodies_and_error_responses():
     for path, model in (("/v1/chat/completions", "ChatCompletionRequest"), ("/v1/completions", "CompletionRequest")):
         post = schema["paths"][path]["post"]
         assert post["requestBody"]["content"]["application/json"]["schema"] == {"$ref": f"#/components/schemas/{model}"}
-        assert {"400", "404", "413", "503", "504"} <= set(post["responses"])
+        assert {"400", "401", "403", "404", "413", "429", "503", "504"} <= set(post["responses"])
+        assert post["parameters"][0]["name"] == "x-infopt-priority"
         assert post["responses"]["400"]["content"]["application/json"]["schema"]["$ref"].endswith("ErrorResponse")
     assert "messages" in components["ChatCompletionRequest"]["required"]
+    invalidation = {p["name"] for p in schema["paths"]["/v1/cache"]["delete"]["parameters"]}
+    assert invalidation == {"namespace", "model", "tag", "older_than_s", "all"}
     refs = {v for v in _refs(schema)}
     assert refs and all(r.removeprefix("#/components/schemas/") in components for r in refs)  # every $ref resolves
 

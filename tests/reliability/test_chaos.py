@@ -1,0 +1,149 @@
+"""Faults under load (`make chaos`; not in `make test`: each kill waits for Ray Serve to bring a replica back).
+
+A steady stream of requests runs while one replica is killed (`ray.kill`, as an OOM kill or a node loss
+would). For each kill: the share of requests that failed, and the seconds from the kill until requests
+succeed again on the path that lost its replica. Then the cache's store is restarted: every admitted entry
+must come back. Figures go to reports/reliability/chaos.json (docs/reliability.md quotes one run).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.serve.conftest import Service, running
+
+pytestmark = [pytest.mark.serve, pytest.mark.chaos]
+
+REPORT = Path(__file__).resolve().parents[2] / "reports" / "reliability" / "chaos.json"
+FIGURES: dict[str, dict] = {}
+
+
+@pytest.fixture(scope="module")
+def svc(tmp_path_factory):
+    from serving.config import load_profile
+
+    config = load_profile("tiny")
+    config.cache.path = tmp_path_factory.mktemp("semantic-cache")
+    config.api.default_max_tokens = 8
+    with running(config) as service:
+        yield service
+    REPORT.parent.mkdir(parents=True, exist_ok=True)
+    REPORT.write_text(json.dumps(FIGURES, indent=2) + "\n")
+
+
+class Load:
+    """Requests one after another from `threads` threads until stopped; each outcome with its time."""
+
+    def __init__(self, svc: Service, model: str, threads: int = 2) -> None:
+        self.svc, self.model = svc, model
+        self.outcomes: list[tuple[float, int]] = []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+
+    def _run(self) -> None:
+        with self.svc.client(timeout=120) as c:
+            while not self._stop.is_set():
+                body = {"model": self.model, "temperature": 0, "max_tokens": 8, "cache": {"mode": "bypass"},
+                        "messages": [{"role": "user", "content": f"Say a word. {uuid.uuid4().hex[:6]}"}]}
+                try:
+                    status = c.post("/v1/chat/completions", json=body).status_code
+                except httpx.HTTPError:
+                    status = 0
+                self.outcomes.append((time.monotonic(), status))
+
+    def __enter__(self) -> Load:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(180)
+
+
+def kill_replica(deployment: str) -> None:
+    import ray
+    from ray.util.state import list_actors
+
+    actors = list_actors(filters=[("class_name", "=", f"ServeReplica:infopt:{deployment}"), ("state", "=", "ALIVE")])
+    assert actors, f"no live {deployment} replica"
+    ray.kill(ray.get_actor(actors[0].name, namespace="serve"), no_restart=True)
+
+
+def _kill_under_load(svc: Service, deployment: str, model: str, settle_s: float = 10.0,
+                     recover_within_s: float = 300.0) -> dict:
+    with Load(svc, model) as load:
+        time.sleep(settle_s)
+        killed_at = time.monotonic()
+        kill_replica(deployment)
+        deadline = killed_at + recover_within_s
+        recovered_at = None
+        while time.monotonic() < deadline:
+            time.sleep(1)
+            after = [(t, s) for t, s in load.outcomes if t > killed_at]
+            # Recovered: the last three requests finished after the kill all succeeded.
+            if len(after) >= 3 and all(s == 200 for _, s in after[-3:]):
+                recovered_at = after[-3][0]
+                break
+        time.sleep(3)
+    statuses = Counter(s for _, s in load.outcomes)
+    failed = sum(n for s, n in statuses.items() if s != 200)
+    figures = {"requests": len(load.outcomes), "failed": failed,
+               "failed_share": round(failed / max(1, len(load.outcomes)), 4),
+               "statuses": {str(k): v for k, v in sorted(statuses.items())},
+               "recovery_s": None if recovered_at is None else round(max(0.0, recovered_at - killed_at), 1)}
+    FIGURES[f"kill_{deployment.lower()}"] = figures
+    return figures
+
+
+def test_kill_the_scout_replica_under_load(svc: Service):
+    """'auto' requests: a dead Scout is a Scout failure, the Validator answers (and the breaker stops trying)."""
+    figures = _kill_under_load(svc, "Scout", "auto")
+    assert figures["recovery_s"] is not None and figures["failed_share"] < 0.01, figures
+
+
+def test_kill_the_cache_replica_under_load(svc: Service):
+    """A dead cache is bypassed; its replica comes back and reopens the store."""
+    figures = _kill_under_load(svc, "SemanticCache", "auto")
+    assert figures["recovery_s"] is not None and figures["failed_share"] < 0.01, figures
+
+
+def test_kill_the_validator_replica_under_load(svc: Service):
+    """Forced to the Validator: nothing can answer until Ray Serve has started a new engine (the figure is the
+    engine's start-up time on this machine)."""
+    figures = _kill_under_load(svc, "Validator", "validator")
+    assert figures["recovery_s"] is not None, figures
+
+
+def test_every_admitted_entry_is_back_after_the_store_restarts(svc: Service):
+    """Admit entries, kill the cache replica (its store never flushed or closed), and ask for every one again."""
+    space = {"namespace": f"chaos-{uuid.uuid4().hex[:6]}"}
+    questions = [f"What is {i} plus {i}?" for i in range(8)]
+    with svc.client(timeout=120) as c:
+        def ask(q: str) -> dict:
+            r = c.post("/v1/chat/completions", json={"model": "validator", "temperature": 0, "max_tokens": 6,
+                                                    "messages": [{"role": "user", "content": q}], "cache": space})
+            assert r.status_code == 200, r.text
+            return r.json()["route"]
+
+        for q in questions:
+            ask(q)
+        before = sum(ask(q)["tier"] == "cache" for q in questions)
+        kill_replica("SemanticCache")
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:  # until the new replica serves lookups again
+            if ask(questions[0])["tier"] == "cache":
+                break
+            time.sleep(2)
+        after = sum(ask(q)["tier"] == "cache" for q in questions)
+    FIGURES["store_restart"] = {"admitted": len(questions), "hits_before": before, "hits_after": after}
+    assert before == after == len(questions)
