@@ -8,11 +8,12 @@ parses what we send).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any, TypeVar
 
 from openai.types import Completion, CompletionChoice, CompletionUsage
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
@@ -23,6 +24,7 @@ from serving.cache.store import Selector
 from serving.config import ApiConfig, AuthConfig
 from serving.engines.base import GenerationChunk, GenerationRequest, LLMEngine, TokenLogprob, Usage
 from serving.errors import (
+    EngineTimeoutError,
     InferenceOptimizerError,
     InvalidRequestError,
     ModelNotFoundError,
@@ -32,7 +34,26 @@ from serving.pipeline import Pipeline, Routed, RoutedStream
 from serving.priority import Priority
 from serving.tenancy import Caller, Tenancy
 
+T = TypeVar("T")
 _FINISH = {"stop", "length", "tool_calls", "content_filter", "function_call"}
+
+
+async def _until(chunks: AsyncIterator[GenerationChunk], deadline: float | None, timeout_s: float | None
+                 ) -> AsyncIterator[GenerationChunk]:
+    """The chunks of a stream until its deadline; then a 504 error (sent as an event: the headers are gone)."""
+    while True:
+        if deadline is None:
+            chunk = await anext(chunks, None)
+        else:
+            remaining = deadline - asyncio.get_running_loop().time()
+            try:
+                chunk = await asyncio.wait_for(anext(chunks, None), max(0.0, remaining))
+            except TimeoutError:
+                raise EngineTimeoutError(f"the request took longer than {timeout_s:g} s (api.request_timeout_s)"
+                                         ) from None
+        if chunk is None:
+            return
+        yield chunk
 
 
 def _tenant(caller: Caller | None) -> str | None:
@@ -243,8 +264,9 @@ class OpenAIService:
                    ) -> tuple[dict[str, Any], RouteTrace]:
         """A whole chat completion and its route."""
         tier = self._route_model(req.model)
-        routed = await self.pipeline.complete(self.chat_request(req), tier, req.confidence_threshold,
-                                              self._cache(req.cache, caller), priority, _tenant(caller))
+        routed = await self._within_deadline(self.pipeline.complete(
+            self.chat_request(req), tier, req.confidence_threshold, self._cache(req.cache, caller), priority,
+            _tenant(caller)))
         gen = routed.generation
         body = ChatCompletion(
             id=new_id("chatcmpl"), object="chat.completion", created=int(time.time()), model=gen.model,
@@ -258,8 +280,9 @@ class OpenAIService:
                          ) -> tuple[dict[str, Any], RouteTrace]:
         """A whole text completion and its route."""
         tier = self._route_model(req.model)
-        routed = await self.pipeline.complete(self.completion_request(req), tier, req.confidence_threshold,
-                                            self._cache(req.cache, caller), priority, _tenant(caller))
+        routed = await self._within_deadline(self.pipeline.complete(
+            self.completion_request(req), tier, req.confidence_threshold, self._cache(req.cache, caller), priority,
+            _tenant(caller)))
         gen = routed.generation
         body = Completion(
             id=new_id("cmpl"), object="text_completion", created=int(time.time()), model=gen.model,
@@ -280,8 +303,10 @@ class OpenAIService:
                           caller: Caller | None = None) -> tuple[AsyncIterator[str], RouteTrace]:
         """SSE events of a streamed chat completion; the route is decided before the first one."""
         tier = self._route_model(req.model)
-        stream = await self.pipeline.open_stream(self.chat_request(req), tier, req.confidence_threshold,
-                                                 self._cache(req.cache, caller), priority, _tenant(caller))
+        deadline = self._deadline()
+        stream = await self._within_deadline(self.pipeline.open_stream(
+            self.chat_request(req), tier, req.confidence_threshold, self._cache(req.cache, caller), priority,
+            _tenant(caller)), deadline)
         cid, created = new_id("chatcmpl"), int(time.time())
 
         def event(chunk: GenerationChunk | None, first: bool = False) -> dict[str, Any]:
@@ -294,14 +319,17 @@ class OpenAIService:
             return ChatCompletionChunk(id=cid, object="chat.completion.chunk", created=created, model=stream.model,
                                        choices=[choice]).model_dump(exclude_none=True)
 
-        return self._sse(stream, event, req.include_usage(), cid, created, "chat.completion.chunk"), stream.trace
+        return (self._sse(stream, event, req.include_usage(), cid, created, "chat.completion.chunk", deadline),
+                stream.trace)
 
     async def completion_stream(self, req: CompletionRequest, priority: Priority | None = None,
                                 caller: Caller | None = None) -> tuple[AsyncIterator[str], RouteTrace]:
         """SSE events of a streamed text completion."""
         tier = self._route_model(req.model)
-        stream = await self.pipeline.open_stream(self.completion_request(req), tier, req.confidence_threshold,
-                                               self._cache(req.cache, caller), priority, _tenant(caller))
+        deadline = self._deadline()
+        stream = await self._within_deadline(self.pipeline.open_stream(
+            self.completion_request(req), tier, req.confidence_threshold, self._cache(req.cache, caller), priority,
+            _tenant(caller)), deadline)
         cid, created = new_id("cmpl"), int(time.time())
 
         def event(chunk: GenerationChunk | None, first: bool = False) -> dict[str, Any]:
@@ -315,16 +343,16 @@ class OpenAIService:
             return {"id": cid, "object": "text_completion", "created": created, "model": stream.model,
                     "choices": [choice]}
 
-        return self._sse(stream, event, req.include_usage(), cid, created, "text_completion"), stream.trace
+        return self._sse(stream, event, req.include_usage(), cid, created, "text_completion", deadline), stream.trace
 
-    async def _sse(self, stream: RoutedStream, event, include_usage: bool, cid: str, created: int, obj: str
-                   ) -> AsyncIterator[str]:
+    async def _sse(self, stream: RoutedStream, event, include_usage: bool, cid: str, created: int, obj: str,
+                   deadline: float | None = None) -> AsyncIterator[str]:
         usage: Usage | None = None
         first = True
         final: dict[str, Any] | None = None
         try:
             async with contextlib.aclosing(stream.chunks) as chunks:  # a client that leaves stops the work now
-                async for chunk in chunks:
+                async for chunk in _until(chunks, deadline, self.api.request_timeout_s):
                     if chunk.usage is not None:
                         usage = chunk.usage
                     if not chunk.text and not chunk.finish_reason and not first:
@@ -349,6 +377,27 @@ class OpenAIService:
             _, body = to_openai_error(exc)
             yield sse(body)
         yield sse("[DONE]")
+
+    # -- the end-to-end deadline ---------------------------------------------------------------
+
+    def _deadline(self) -> float | None:
+        """When this request's time is up (`api.request_timeout_s` from now), on the event loop's clock."""
+        timeout = self.api.request_timeout_s
+        return None if timeout is None else asyncio.get_running_loop().time() + timeout
+
+    async def _within_deadline(self, work: Awaitable[T], deadline: float | None = None) -> T:
+        """`work` cancelled at the deadline (and with it the engines' calls): a 504."""
+        deadline = deadline if deadline is not None else self._deadline()
+        if deadline is None:
+            return await work
+        try:
+            async with asyncio.timeout_at(deadline) as scope:
+                return await work
+        except TimeoutError:
+            if not scope.expired():
+                raise  # a timeout of the work's own, already mapped where it happened
+            raise EngineTimeoutError(f"the request took longer than {self.api.request_timeout_s:g} s "
+                                     "(api.request_timeout_s)") from None
 
     async def check_health(self) -> dict[str, Any]:
         """Ask both engines; raise `EngineUnavailableError` if one cannot serve."""

@@ -45,6 +45,10 @@ class ApiConfig(BaseModel):
     max_wait_s: float | None = Field(
         60.0, gt=0, description="Longest a request waits in that queue for a slot; then a 503 with Retry-After "
         "(None: no deadline).")
+    request_timeout_s: float | None = Field(
+        900.0, gt=0, description="End-to-end deadline of one request, our queue included: a non-streamed request "
+        "gets a 504 (the work is cancelled, and vLLM aborts it); a stream ends with a timeout error event and [DONE]. "
+        "None: only the engines' own request_timeout_s.")
     breaker_failures: int | None = Field(
         3, ge=1, description="Consecutive failures (errors or timeouts) of the analyzer, the cache or the Scout "
         "after which it is skipped for breaker_reset_s (the request takes its fallback at once); None: no "

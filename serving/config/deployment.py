@@ -38,8 +38,8 @@ RESOURCES_DESCRIPTION = (
     "`ray start --resources '{\"infopt_gpu_node\": 4}'`."
 )
 QUEUED_DESCRIPTION = (
-    "Requests each caller (proxy or handle) queues for this deployment before it answers 503 "
-    "(back-pressure); -1 queues without limit."
+    "Requests each caller (proxy or handle) queues for this deployment before it refuses more (back-pressure: "
+    "a 429 with Retry-After when the Ingress calls an engine); -1 queues without limit."
 )
 
 

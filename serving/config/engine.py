@@ -73,7 +73,9 @@ class EngineConfig(BaseModel):
         description="Replica bounds for this engine's deployment (always a range; min = max for a fixed count).",
     )
     max_ongoing_requests: int = option("max_ongoing_requests", 32)
-    max_queued_requests: int = option("max_queued_requests")
+    # Bounded for engines: a full queue is a clean 429 (the Ingress's handle call maps Ray's back-pressure), and an
+    # overloaded Scout's load does not pour onto the Validator unasked (tiering.on_scout_overload).
+    max_queued_requests: int = option("max_queued_requests", 128)
     resources: dict[str, float] = option(
         "resources", note=" Added to the replica's first placement-group bundle (the one its engine shares)."
     )

@@ -228,3 +228,32 @@ def test_a_prompt_over_the_limit_is_a_400_before_any_model_reads_it():
     with pytest.raises(InvalidRequestError):
         svc.completion_request(parse_request(CompletionRequest, {"prompt": "p" * 1001}))
     assert svc.chat_request(chat(messages=[{"role": "user", "content": "u" * 1000}])).messages
+
+
+def test_the_end_to_end_deadline_ends_a_request_with_a_504_and_a_stream_with_an_event():
+    """api.request_timeout_s bounds a whole request (queue included); the work is cancelled at the deadline."""
+    from serving.errors import EngineTimeoutError
+
+    def slow_service(delay_s: float) -> tuple[OpenAIService, FakeEngine]:
+        scout = FakeEngine("small", ["A", "B", "C"], SURE)
+        validator = FakeEngine("large", ["x", "y", "z", "w"], delay_s=delay_s)  # per answer, or per streamed token
+        svc = OpenAIService(build_pipeline(scout, validator, TieringConfig(threshold=0.5)),
+                            ApiConfig(request_timeout_s=0.4), scout, validator)
+        return svc, validator
+
+    svc, _ = slow_service(0.6)
+    with pytest.raises(EngineTimeoutError) as info:
+        asyncio.run(svc.chat(chat(model="validator")))
+    assert to_openai_error(info.value)[0] == 504 and "api.request_timeout_s" in info.value.message
+
+    svc, _ = slow_service(0.15)
+    lines, _ = stream(svc, chat(model="validator", stream=True))  # 4 tokens x 0.15 s > 0.4 s
+    assert lines[-1] == "data: [DONE]\n\n"
+    err = json.loads(lines[-2][6:])
+    assert err["error"]["type"] == "timeout" and "api.request_timeout_s" in err["error"]["message"]
+    assert 1 <= sum('"content"' in line for line in lines) < 4  # it started, and was cut at the deadline
+
+    # Within the deadline nothing changes.
+    fast = OpenAIService(build_pipeline(FakeEngine("s", ["A"]), FakeEngine("l", ["x"]), TieringConfig()),
+                         ApiConfig(request_timeout_s=5), FakeEngine("s", ["A"]), FakeEngine("l", ["x"]))
+    assert asyncio.run(fast.chat(chat(model="validator")))[1].tier == "validator"
