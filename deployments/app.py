@@ -22,6 +22,8 @@ from deployments.ingress import Ingress
 from serving.compose import Parts
 from serving.config import AppConfig, load_profile
 from serving.handles import ServeEmbedder, ServeLLMEngine, ServeResponseCache
+from serving.policy.cache import threshold_in_force
+from serving.quality.calibration import Calibration
 
 
 def build_app(args: dict[str, Any]) -> Application:
@@ -103,7 +105,14 @@ def build_embedder(config: AppConfig) -> Application | None:
 
 
 def build_cache(config: AppConfig, embedder: Application | None) -> Application | None:
-    """The SemanticCache deployment over `embedder`, or None when the cache is off."""
+    """The SemanticCache deployment over `embedder`, or None when the cache is off.
+
+    Its similarity threshold is the one in force (`serving.policy.cache.threshold_in_force`): the
+    calibrated one when the profile's calibration file has a cache part for this embedder (resolved
+    here, in the driver: a file made for another embedder fails `serve run`)."""
     if not config.cache.enabled or embedder is None:
         return None
-    return SemanticCacheDeployment.options(**config.cache.deployment.serve_options()).bind(embedder, config)
+    path = config.calibration_path()
+    cache, _ = threshold_in_force(config.cache, Calibration.load(path) if path is not None else None)
+    return SemanticCacheDeployment.options(**config.cache.deployment.serve_options()).bind(
+        embedder, config.model_copy(update={"cache": cache}))

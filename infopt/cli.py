@@ -7,6 +7,7 @@
     infopt config --profile tiny                  # the validated config, env overrides applied
     infopt calibrate collect --profile tiny --n 200 --split calibration   # Scout/Validator answer pairs
     infopt calibrate fit --profile tiny           # label, fit, choose the bound, evaluate, write the file
+    infopt calibrate cache --profile tiny         # the semantic cache's threshold on QQP, into the same file
 """
 
 from __future__ import annotations
@@ -151,6 +152,40 @@ def cmd_calibrate_fit(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_calibrate_cache(ns: argparse.Namespace) -> int:
+    from infopt import calibrate
+    from infopt.calibration_data import DEFAULT_DATA_DIR
+    from serving.config import profiles_dir
+    from serving.models import ModelPrepareError
+
+    config = load_profile(ns.profile)
+    reports = Path(ns.report_dir) if ns.report_dir else Path("reports") / "calibration"
+    out = Path(ns.out) if ns.out else profiles_dir() / "calibration" / f"{ns.profile}.json"
+    try:
+        embedder = config.resolve_model(config.cache.embedder.model)
+        cal, report = calibrate.run_cache(
+            config, out, data_dir=Path(ns.data_dir or DEFAULT_DATA_DIR), embedder_path=embedder,
+            epsilon=ns.epsilon or config.quality.max_disagreement, delta=ns.delta or config.quality.delta,
+            calibration_share=ns.calibration_share, report_dir=reports, limit=ns.limit, reembed=ns.reembed)
+    except (FileNotFoundError, ModelPrepareError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    part = cal.cache
+    assert part is not None
+    what = (f"threshold {part.threshold}" if part.threshold is not None else
+            f"no threshold certifiable: serving keeps cache.similarity_threshold {config.cache.similarity_threshold}")
+    print(f"wrote {out} ({cal.version}): {what}; report {reports / f'cache-{ns.profile}.md'}")
+    print(json.dumps({"split": "calibration", "pairs": part.data.get("calibration_pairs"), "served": part.served,
+                      "false_hits": part.false_hits, "upper": part.upper, "recall": part.recall}))
+    if part.evaluation is not None:
+        print(json.dumps(part.evaluation.model_dump()))
+    at = {r["split"]: r for r in report["at_configured"]}
+    print(f"at the configured threshold {config.cache.similarity_threshold}: evaluation false-hit rate "
+          f"{at['evaluation']['false_hit_rate']} (upper {at['evaluation']['upper']}), "
+          f"recall {at['evaluation']['recall']}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="infopt", description="Inference Optimizer: models and service.")
     parser.add_argument("--cache-dir", help="where models are prepared (env INFOPT_CACHE_DIR)")
@@ -175,7 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     srv.add_argument("--port", type=int, default=8000)
     srv.set_defaults(func=cmd_serve)
 
-    cal = sub.add_parser("calibrate", help="data for calibrating the Scout's confidence (issue 13)")
+    cal = sub.add_parser("calibrate", help="calibrate the shortcuts: the Scout's confidence, the cache's threshold "
+                         "(issue 13)")
     csub = cal.add_subparsers(dest="action", required=True)
     col = csub.add_parser("collect", help="answer a prompt set with the Scout (logprobs) and the Validator")
     col.add_argument("--profile", default="tiny")
@@ -205,6 +241,22 @@ def main(argv: list[str] | None = None) -> int:
     fit.add_argument("--epsilon", type=float, help="largest disagreement allowed (default quality.max_disagreement)")
     fit.add_argument("--delta", type=float, help="1 - confidence (default quality.delta)")
     fit.set_defaults(func=cmd_calibrate_fit)
+    cch = csub.add_parser("cache", help="choose the semantic cache's similarity threshold on QQP pairs (risk "
+                          "control), write it into the calibration file, report")
+    cch.add_argument("--profile", default="tiny")
+    cch.add_argument("--out", help="calibration file to extend (default cluster/calibration/<profile>.json; its "
+                     "Scout part is kept)")
+    cch.add_argument("--data-dir", help="the shared data folder (default ../shared/data)")
+    cch.add_argument("--calibration-share", type=float, default=0.5,
+                     help="share of QQP question groups (by hash) in the calibration split; the rest evaluates")
+    cch.add_argument("--epsilon", type=float, help="largest false-hit rate among served pairs (default "
+                     "quality.max_disagreement)")
+    cch.add_argument("--delta", type=float, help="1 - confidence (default quality.delta)")
+    cch.add_argument("--limit", type=int, help="use the first N QQP pairs only (a quick look; too few to certify)")
+    cch.add_argument("--report-dir", help="where the report and the saved similarities go (default "
+                     "reports/calibration)")
+    cch.add_argument("--reembed", action="store_true", help="embed again even if the similarities are saved")
+    cch.set_defaults(func=cmd_calibrate_cache)
 
     ns = parser.parse_args(argv)
     return ns.func(ns)

@@ -12,6 +12,10 @@ then picks the lowest threshold whose false-hit rate (with guards) is <= the tar
 and reports the recall it keeps. STS-B (dev, gold similarity 0-5) calibrates the scale:
 Spearman correlation of cosine with gold, and which gold bands clear the chosen threshold.
 
+This is the descriptive sweep over all of QQP dev. The threshold a profile serves with is chosen
+by `infopt calibrate cache` (docs/quality.md): risk control on a calibration split, with the
+risk counted among *served* pairs (1 - precision), replayed on a disjoint evaluation split.
+
 Embeddings use the real all-MiniLM-L6-v2 (prepared by `infopt models prepare --embedder`)
 and the cache's own normalisation and guards. Writes reports/eval_cache.{json,md,png}.
 
@@ -32,6 +36,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from infopt.calibrate import load_qqp as qqp_pairs  # noqa: E402
 from serving.cache import guards  # noqa: E402
 from serving.cache.keys import normalize  # noqa: E402
 from serving.config.app import default_cache_dir  # noqa: E402
@@ -43,12 +48,9 @@ GPTCACHE = {"precision": 0.94, "hit_rate": 0.45}
 
 
 def load_qqp(path: Path, limit: int | None) -> list[tuple[str, str, int]]:
-    pairs = []
-    with path.open(newline="", encoding="utf-8") as f:
-        for row in csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE):
-            if len(row) != 6 or row[5] not in ("0", "1"):
-                continue  # the one malformed line
-            pairs.append((normalize(row[3]), normalize(row[4]), int(row[5])))
+    """(cached question, new question, duplicate) normalised as the cache does; the loader is `infopt calibrate
+    cache`'s (which chooses the threshold by risk control on a calibration split, docs/quality.md)."""
+    pairs = [(normalize(p.q1), normalize(p.q2), int(p.duplicate)) for p in qqp_pairs(path)]
     return pairs[:limit] if limit else pairs
 
 

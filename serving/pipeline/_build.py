@@ -84,10 +84,14 @@ def pipeline_from_config(
 ) -> Pipeline:
     """The application's pipeline: every setting from `config`, the parts given (the composition root's).
 
-    With `quality.calibration` the escalation policy is calibrated (a file for other models is refused);
-    the cost ledger always observes; with `quality.audit.enabled` the auditor does too (judging with
-    `embedder` when given). Both are reachable as `pipeline.ledger` and `pipeline.auditor`.
+    With `quality.calibration` the escalation policy is calibrated by the file's Scout part (a file for other
+    models is refused), and the cache's similarity threshold is the file's cache part's when it has one for
+    the configured embedder (`serving.policy.cache.threshold_in_force`; the SemanticCache deployment gets
+    the same threshold from `deployments.app.build_cache`); the calibration version in traces names the
+    parts in force. The cost ledger always observes; with `quality.audit.enabled` the auditor does too
+    (judging with `embedder` when given). Both are reachable as `pipeline.ledger` and `pipeline.auditor`.
     """
+    from serving.policy.cache import threshold_in_force
     from serving.policy.escalation import EscalationPolicy
     from serving.quality.audit import Auditor
     from serving.quality.calibration import Calibration
@@ -100,7 +104,11 @@ def pipeline_from_config(
     if path is not None:
         calibration = Calibration.load(path)
         calibration.check(scout.model_id, validator.model_id)
-    escalation = EscalationPolicy(config.tiering, can_verify_drafts=validator.can_verify, calibration=calibration)
+    cache_config, calibration = threshold_in_force(config.cache, calibration)
+    # A file with the cache part only leaves the Scout uncalibrated (the trace then says "uncalibrated").
+    scout_calibration = calibration if calibration is not None and calibration.scout is not None else None
+    escalation = EscalationPolicy(config.tiering, can_verify_drafts=validator.can_verify,
+                                  calibration=scout_calibration)
     ledger = CostLedger(metrics)
     observers: list[Observer] = [ledger]
     semantic_closed: set[str] = set()
@@ -112,7 +120,7 @@ def pipeline_from_config(
                           state_path=state_path, ledger=ledger, semantic_closed=semantic_closed)
         observers.append(auditor)
     pipeline = build_pipeline(
-        scout, validator, config.tiering, cache=cache, cache_config=config.cache, analyzer=analyzer,
+        scout, validator, config.tiering, cache=cache, cache_config=cache_config, analyzer=analyzer,
         analyzer_timeout_s=config.analyzer.timeout_s, scout_timeout_s=config.scout.request_timeout_s,
         validator_timeout_s=config.validator.request_timeout_s, coalesce=api.coalesce,
         gate=PriorityGate(api.max_in_flight, aging_per_s=api.priority_aging_per_s, max_waiting=api.max_waiting,

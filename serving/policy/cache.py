@@ -24,6 +24,13 @@ cache itself (`serving.cache.semantic`) ask.
   qualifiers, named things, swapped roles) find no difference in meaning. A candidate
   above `draft_threshold` that is not served is a *near miss*: a draft the Validator may
   verify (`serving.verify`).
+* **The threshold in force** (`threshold_in_force`): `similarity_threshold` as configured,
+  or, when the profile's calibration file (`quality.calibration`) has a cache part made for
+  the configured embedder and guards, the risk-controlled threshold it certified (`infopt
+  calibrate cache`: at most ε false hits among served QQP pairs, with confidence 1 - δ). A
+  cache part for another embedder is refused; one that certified no threshold leaves the
+  configured one, and a warning and the reported calibration version (without `+cache-...`)
+  say so.
 * **Admission** (`rejection_reason`): only answers that are *final* are kept — the
   Validator's, or the Scout's with confidence at or above `admit_scout_min_confidence`
   (stricter than the escalation threshold, so a borderline Scout answer is served once but
@@ -33,6 +40,7 @@ cache itself (`serving.cache.semantic`) ask.
 
 from __future__ import annotations
 
+import logging
 import re
 import unicodedata
 from enum import StrEnum
@@ -45,8 +53,10 @@ if TYPE_CHECKING:
     from serving.api import CacheControl
     from serving.cache.semantic import CachedAnswer
     from serving.config.cache import CacheConfig
+    from serving.quality.calibration import Calibration
 
 _SPACE = re.compile(r"\s+")
+logger = logging.getLogger(__name__)
 
 
 def normalize(text: str) -> str:
@@ -130,20 +140,55 @@ def search_floor(config: CacheConfig) -> float:
     return min(config.draft_threshold, config.similarity_threshold)
 
 
+def vetoed_by(config: CacheConfig, cached_question: str, question: str) -> str | None:
+    """The guard that vetoes serving `cached_question`'s answer for `question` (None: none does, or the guards
+    are off). Whatever the similarity: `judge_candidate` asks it above the threshold, `infopt calibrate cache`
+    of every labelled pair."""
+    from serving.cache import guards  # here: the cache package itself imports this module
+
+    if not config.guards:
+        return None
+    verdict = guards.check(cached_question, question)
+    return None if verdict.ok else verdict.reason or "guard"
+
+
 def judge_candidate(config: CacheConfig, similarity: float, cached_question: str, question: str
                     ) -> tuple[Candidate, str | None]:
     """Serve the candidate, keep it as a near miss, or reject it; with the guard's reason when one vetoed it."""
-    from serving.cache import guards  # here: the cache package itself imports this module
-
     vetoed: str | None = None
     if similarity >= config.similarity_threshold:
-        verdict = guards.check(cached_question, question) if config.guards else guards.PASS
-        if verdict.ok:
+        vetoed = vetoed_by(config, cached_question, question)
+        if vetoed is None:
             return Candidate.SERVE, None
-        vetoed = verdict.reason or "guard"
     if config.draft_threshold is not None and similarity >= config.draft_threshold:
         return Candidate.NEAR_MISS, vetoed
     return Candidate.REJECTED, vetoed
+
+
+def threshold_in_force(config: CacheConfig, calibration: Calibration | None
+                       ) -> tuple[CacheConfig, Calibration | None]:
+    """The cache configuration serving uses, and the calibration as serving reports it (see the module docstring).
+
+    The reported calibration leaves out a cache part that is not in force (the cache off, or no threshold
+    certified), so the version in the route trace and `/healthz` names `+cache-...` only when the calibrated
+    threshold decides. A cache part made for another embedder, or with the guards set otherwise, raises
+    `CalibrationMismatchError` (serving refuses to start, as for a Scout part made for other models).
+    """
+    part = calibration.cache if calibration is not None else None
+    if part is None:
+        return config, calibration
+    if not config.enabled:
+        return config, calibration.with_cache(None) if calibration.scout is not None else None
+    part.check(config.embedder.model, config.embedder.dimension, config.guards)
+    if part.threshold is None:
+        logger.warning("calibration %s certified no similarity threshold for the semantic cache (false hits <= %g "
+                       "at %g%% confidence): cache.similarity_threshold %g stays, uncalibrated",
+                       calibration.version, part.epsilon, 100 * (1 - part.delta), config.similarity_threshold)
+        return config, calibration.with_cache(None) if calibration.scout is not None else None
+    if part.threshold != config.similarity_threshold:
+        logger.info("semantic cache: similarity threshold %g from calibration %s (configured: %g)",
+                    part.threshold, part.version, config.similarity_threshold)
+    return config.model_copy(update={"similarity_threshold": part.threshold}), calibration
 
 
 def rejection_reason(answer: CachedAnswer, config: CacheConfig) -> str | None:

@@ -12,6 +12,16 @@ made for other models (`CalibrationMismatchError`), and records the probability,
 bound and the calibration's version in the route trace. Without a file a profile runs as
 before and says "uncalibrated".
 
+The file may also hold the semantic cache's part (`CacheCalibration`, `infopt calibrate
+cache`): the similarity threshold above which a guarded semantic hit is a false hit (a
+non-duplicate served) at most ε of the time, with confidence 1 - δ, chosen the same way on
+labelled paraphrase pairs (QQP) embedded by one embedder; serving applies it only for that
+embedder (`serving.policy.cache.threshold_in_force`). The file's `version` names the parts
+it holds: `<scout part>+<cache part>` (e.g. `tiny-2026-12-02-232ff313+cache-2026-12-10-0a1b2c3d`).
+
+File format (`format`): 1, the Scout part only (files without the field); 2, the Scout
+part and/or the cache part. A file of a later format is refused with the command to run.
+
 The Scout's signals (`scout_features`), all from what it returns with its answer:
 the lower 10% quantile and the minimum of its token probabilities, the mean token
 log-probability, the answer's length (log1p of tokens), whether it was cut by max_tokens,
@@ -28,10 +38,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from serving.engines.base import TokenLogprob
 
+FORMAT = 2  # the calibration file format this code writes (see the module docstring)
 FEATURES = ("q10", "min_p", "mean_logprob", "log_tokens", "truncated", "top_entropy", "complexity")
 
 
@@ -141,35 +152,162 @@ class EarlyStop(BaseModel):
     coverage_lost: float = Field(description="Share of served Scout answers lost, calibration split.")
 
 
-class Calibration(BaseModel):
-    """A calibration file (see the module docstring)."""
+class EmbedderIdentity(BaseModel):
+    """The embedder a cache calibration was made with: its similarities mean nothing for another one."""
 
     model_config = ConfigDict(extra="forbid")
 
-    version: str = Field(description="Identifies this calibration in traces and metrics.")
+    model: str = Field(description="`cache.embedder.model` as configured (catalog name, folder or hub ID).")
+    dimension: int = Field(description="Size of its vectors.")
+    sha256: str | None = Field(None, description="sha256 of its weights (model.safetensors) when known.")
+
+
+class CacheCurvePoint(BaseModel):
+    """The semantic cache at one similarity threshold, on one split of labelled pairs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    threshold: float
+    served: int = Field(description="Pairs served: similarity >= threshold and no guard veto.")
+    false_hits: int = Field(description="Served pairs that are not duplicates.")
+    risk: float = Field(description="false_hits / served (0 when nothing is served).")
+    upper: float = Field(description="Clopper-Pearson upper limit of the risk at 1 - δ (pointwise).")
+    recall: float = Field(description="Duplicates served / duplicates.")
+
+
+class CacheSplitResult(BaseModel):
+    """The semantic decision at one threshold replayed on one split."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    split: str = Field(description="Which split of the data ('calibration', 'evaluation').")
+    pairs: int
+    duplicates: int
+    threshold: float | None = Field(description="The threshold replayed (None: nothing served).")
+    served: int
+    false_hits: int
+    false_hit_rate: float | None = Field(description="false_hits / served (None when nothing is served).")
+    upper: float = Field(description="Clopper-Pearson upper limit of the false-hit rate at 1 - δ.")
+    recall: float = Field(description="Duplicates served / duplicates.")
+
+
+class CacheCalibration(BaseModel):
+    """The semantic cache's calibrated decision: serve a guarded candidate at similarity >= `threshold`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: str = Field(description="Identifies the cache part (`cache-<date>-<digest>`).")
+    created: str = Field(description="Date it was made (ISO 8601).")
+    embedder: EmbedderIdentity = Field(description="The embedder whose similarities were calibrated.")
+    guards: bool = Field(description="Whether the false-hit guards were applied (as `cache.guards`).")
+    normalisation: str = Field("serving.policy.cache.normalize",
+                               description="How questions were normalised before embedding (the cache's own).")
+    data: dict[str, Any] = Field(description="The labelled pairs: source, file, digest, split rule, sizes.")
+    epsilon: float = Field(description="Largest false-hit rate allowed among served pairs.")
+    delta: float = Field(description="1 - confidence of the guarantee.")
+    threshold: float | None = Field(description="Risk-controlled similarity threshold; None: none is certifiable "
+                                    "(serving keeps the configured one and says so).")
+    served: int = Field(description="Calibration-split pairs served at the threshold.")
+    false_hits: int = Field(description="Of which not duplicates.")
+    upper: float = Field(description="Clopper-Pearson upper limit of the false-hit rate at the threshold.")
+    recall: float = Field(description="Share of the calibration split's duplicates served at the threshold.")
+    curve: list[CacheCurvePoint] = Field(default_factory=list,
+                                         description="The risk-recall curve on the calibration split.")
+    evaluation: CacheSplitResult | None = Field(None, description="The threshold replayed on the evaluation split.")
+
+    def check(self, embedder_model: str, dimension: int, guards: bool) -> None:
+        """Refuse a cache part made for another embedder (or with the guards set otherwise)."""
+        made = (self.embedder.model, self.embedder.dimension)
+        if made != (embedder_model, dimension):
+            raise CalibrationMismatchError(
+                f"the cache calibration {self.version} was made for embedder '{self.embedder.model}' "
+                f"({self.embedder.dimension}-d), not '{embedder_model}' ({dimension}-d): its threshold says nothing "
+                f"about this embedder's similarities; run `infopt calibrate cache` for this profile")
+        if self.guards != guards:
+            raise CalibrationMismatchError(
+                f"the cache calibration {self.version} was made with cache.guards {self.guards}, and the profile "
+                f"has {guards}: run `infopt calibrate cache` with the profile's guards")
+
+
+class CalibrationFormatError(ValueError):
+    """A calibration file of a format this code does not know (made by a later version)."""
+
+
+class Calibration(BaseModel):
+    """A calibration file (see the module docstring): the Scout's part, the cache's part, or both."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    format: int = Field(FORMAT, description="File format: 1 (Scout only, files without the field) or 2.")
+    version: str = Field(description="Identifies this calibration in traces and metrics (its parts, '+'-joined).")
     created: str = Field(description="Date it was made (ISO 8601).")
     profile: str = Field(description="Profile it was made with.")
-    scout_model: str = Field(description="The Scout's served model name.")
-    validator_model: str = Field(description="The Validator's served model name.")
-    data: dict[str, Any] = Field(description="The calibration data: sources, split, size, digest.")
-    judge: str = Field(description="How answers were labelled (serving.quality.judge).")
+    scout_model: str | None = Field(None, description="The Scout's served model name (with a Scout part).")
+    validator_model: str | None = Field(None, description="The Validator's served model name (with a Scout part).")
+    data: dict[str, Any] = Field(default_factory=dict, description="The Scout's calibration data: sources, split, "
+                                 "size, digest.")
+    judge: str | None = Field(None, description="How answers were labelled (serving.quality.judge).")
     epsilon: float = Field(description="Largest disagreement rate allowed among served answers.")
     delta: float = Field(description="1 - confidence of the guarantee.")
-    scout: ShortcutCalibration = Field(description="The Scout's calibrated decision.")
+    scout: ShortcutCalibration | None = Field(None, description="The Scout's calibrated decision (None: the file "
+                                              "holds the cache part only).")
     pre_generation: PreGeneration | None = Field(None, description="Skipping the Scout before generation.")
     early_stop: EarlyStop | None = Field(None, description="Stopping the Scout mid-answer.")
     default_complexity: float = Field(0.5, description="Complexity assumed when a request has none.")
+    cache: CacheCalibration | None = Field(None, description="The semantic cache's calibrated threshold.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _format(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            data = {"format": 1, **data}  # files written before the field are format 1
+            if not isinstance(data["format"], int) or not 1 <= data["format"] <= FORMAT:
+                raise CalibrationFormatError(
+                    f"calibration file format {data['format']!r} is not one this code reads (1-{FORMAT}): it was "
+                    f"made by a later infopt; update, or re-run `make calibrate`")
+        return data
+
+    @model_validator(mode="after")
+    def _parts(self) -> Calibration:
+        if self.scout is None and self.cache is None:
+            raise ValueError("a calibration file holds a Scout part, a cache part or both")
+        if self.scout is not None and not (self.scout_model and self.validator_model and self.judge):
+            raise ValueError("a Scout part needs scout_model, validator_model and judge")
+        return self
 
     @classmethod
     def load(cls, path: Path) -> Calibration:
-        return cls.model_validate(json.loads(Path(path).read_text()))
+        data = json.loads(Path(path).read_text())
+        try:
+            return cls.model_validate(data)
+        except ValidationError:
+            fmt = data.get("format") if isinstance(data, dict) else None
+            if isinstance(fmt, int) and fmt > FORMAT:
+                raise CalibrationFormatError(f"{path}: calibration file format {fmt} is later than this code's "
+                                             f"({FORMAT}): update infopt, or re-run `make calibrate`") from None
+            raise
 
     def save(self, path: Path) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(self.model_dump_json(indent=1) + "\n")
 
+    @property
+    def scout_version(self) -> str | None:
+        """The Scout part's own version (None without one)."""
+        return self.version.split("+", 1)[0] if self.scout is not None else None
+
+    def with_cache(self, cache: CacheCalibration | None) -> Calibration:
+        """This calibration with `cache` as its cache part (None: without one); the version names the parts."""
+        if cache is None and self.scout is None:
+            raise ValueError("a calibration without a Scout part needs its cache part")
+        base = self.scout_version or self.profile
+        version = base if cache is None else f"{base}+{cache.version}"
+        return self.model_copy(update={"cache": cache, "version": version, "format": FORMAT})
+
     def check(self, scout_model: str, validator_model: str) -> None:
-        """Refuse a file made for other models."""
+        """Refuse a file made for other models (a file without a Scout part names none: nothing to refuse)."""
+        if self.scout is None:
+            return
         if (self.scout_model, self.validator_model) != (scout_model, validator_model):
             raise CalibrationMismatchError(
                 f"calibration {self.version} was made for scout '{self.scout_model}' and validator "
@@ -179,6 +317,8 @@ class Calibration(BaseModel):
     def p_agree(self, tokens: Sequence[TokenLogprob] | None, finish_reason: str | None,
                 complexity: float | None) -> float:
         """The calibrated probability that this Scout answer agrees with the Validator's."""
+        if self.scout is None:
+            raise ValueError(f"calibration {self.version} has no Scout part")
         return self.scout.model.predict(scout_features(tokens, finish_reason, complexity, self.default_complexity))
 
 
