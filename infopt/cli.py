@@ -114,6 +114,14 @@ def cmd_calibrate_collect(ns: argparse.Namespace) -> int:
     except cd.DataMissingError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    if ns.only_ids:
+        # E.g. re-create the hand-labelled pairs (docs/labels.md) without answering the whole split again.
+        wanted = {json.loads(line)["id"] for line in Path(ns.only_ids).read_text().splitlines() if line.strip()}
+        records = [r for r in records if r["id"] in wanted]
+        missing = len(wanted) - len(records)
+        if missing:
+            print(f"warning: {missing} of the ids in {ns.only_ids} are not among the {ns.n} drawn prompts",
+                  file=sys.stderr)
     out = Path(ns.out) if ns.out else cd.default_out(ns.profile, ns.split)
     counts = cd.mix(records).get(ns.split, {})
     print(f"{len(records)} prompts ({ns.split}, seed {ns.seed}): "
@@ -229,6 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     col.add_argument("--analyzer", choices=("profile", "on", "off"), default="profile",
                      help="the request analyzer: as the profile has it, or forced on/off")
     col.add_argument("--base-url", help="use a running service instead of deploying one (cache bypassed)")
+    col.add_argument("--only-ids", help="a JSONL file with an 'id' per line: answer only those of the drawn prompts "
+                     "(e.g. tests/data/judge_labels.jsonl, with the --n they were drawn from)")
     col.set_defaults(func=cmd_calibrate_collect)
     fit = csub.add_parser("fit", help="label, fit P(agree), choose the risk-controlled bound, evaluate, report")
     fit.add_argument("--profile", default="tiny")

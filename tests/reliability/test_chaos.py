@@ -71,12 +71,13 @@ class Load:
 
 
 def kill_replica(deployment: str) -> None:
+    """Kill one replica of `deployment` for good (Serve's controller starts a new one)."""
     import ray
-    from ray.util.state import list_actors
 
-    actors = list_actors(filters=[("class_name", "=", f"ServeReplica:infopt:{deployment}"), ("state", "=", "ALIVE")])
-    assert actors, f"no live {deployment} replica"
-    ray.kill(ray.get_actor(actors[0].name, namespace="serve"), no_restart=True)
+    actors = [a for a in ray.util.list_named_actors(all_namespaces=True)
+              if f"#{deployment}#" in a["name"] and "REPLICA" in a["name"].upper()]
+    assert actors, f"no {deployment} replica"
+    ray.kill(ray.get_actor(actors[0]["name"], namespace=actors[0]["namespace"]), no_restart=True)
 
 
 def _kill_under_load(svc: Service, deployment: str, model: str, settle_s: float = 10.0,

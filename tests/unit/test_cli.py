@@ -25,3 +25,29 @@ def test_prepare_uses_the_cache_dir_the_profile_serves_from(tmp_path, monkeypatc
 
 def test_prepare_needs_something_to_prepare():
     assert cli.main(["models", "prepare"]) == 2
+
+
+def test_collect_only_ids_answers_just_those_prompts_in_their_drawn_order(tmp_path, monkeypatch):
+    """`--only-ids` re-creates the hand-labelled pairs without answering the whole split again."""
+    import json
+
+    import pytest
+
+    from infopt import calibration_data as cd
+
+    if not cd.DEFAULT_DATA_DIR.exists():
+        pytest.skip("../shared/data is absent")
+    drawn = cd.prompts(n=40, split="calibration")
+    picked = [drawn[7]["id"], drawn[3]["id"]]
+    ids = tmp_path / "ids.jsonl"
+    ids.write_text("".join(json.dumps({"id": i, "label": "agree"}) + "\n" for i in picked))
+    seen = {}
+
+    def fake_collect(profile, records, out, **kw):
+        seen["ids"] = [r["id"] for r in records]
+        return {"rows": len(records)}
+
+    monkeypatch.setattr(cd, "collect", fake_collect)
+    assert cli.main(["calibrate", "collect", "--n", "40", "--only-ids", str(ids), "--out",
+                     str(tmp_path / "o.jsonl")]) == 0
+    assert seen["ids"] == [drawn[3]["id"], drawn[7]["id"]]  # the collection's order, not the file's
