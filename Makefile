@@ -42,7 +42,7 @@ run: install
 test: install
 	$(BIN)/infopt models prepare --profile tiny
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -ra -m "not chaos" tests
+	$(BIN)/python -m pytest -ra --durations=15 -m "not chaos" tests
 
 # make chaos: kill the Scout, cache and Validator replicas under load and restart the cache's store
 # (tests/reliability/test_chaos.py; figures in reports/reliability/chaos.json, quoted in docs/reliability.md).

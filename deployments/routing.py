@@ -27,6 +27,10 @@ class TokenPrefixAffinityRouter(PrefixCacheAffinityRouter):
             return "".join(chr(_TOKEN_BASE + v) for v in value if 0 <= v < 0x10FFFF - _TOKEN_BASE)
         return super()._coerce_to_text(value)
 
+    def _extract_text_from_request(self, pending_request: Any) -> str | None:
+        # None, not "": Ray's router computes a match rate over the text's length (ZeroDivisionError).
+        return super()._extract_text_from_request(pending_request) or None
+
     def _normalize_prompt_to_string(self, prompt: Any) -> str:
         if isinstance(prompt, list) and prompt and all(isinstance(v, int) for v in prompt):
             return self._coerce_to_text(prompt)

@@ -95,6 +95,15 @@ def test_keys_are_enforced(client: httpx.Client):
     report("keys", {"checks": got})
 
 
+def test_a_chat_with_no_text_is_answered(client: httpx.Client):
+    """A user turn with `"content": null` or an empty list has no text: Ray's prefix-aware router divided by
+    its length and retried forever (the request hung; found by the fuzz below)."""
+    for content in (None, [], ""):
+        r = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": content}]},
+                        headers=bearer(KEYS["acme"]), timeout=60)
+        assert r.status_code == 200, r.text
+
+
 def test_tenants_cannot_read_fill_or_evict_each_others_entries(client: httpx.Client):
     tag = uuid.uuid4().hex[:6]
     questions = [f"Name a colour of the rainbow ({tag} {i})." for i in range(3)]

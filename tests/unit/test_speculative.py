@@ -107,3 +107,21 @@ def test_token_id_prompts_are_routed_by_their_prefix():
     assert router._normalize_prompt_to_string("Hello there") == "Hello there"
     assert router._normalize_prompt_to_string([{"role": "user", "content": "Hi"}]) == "Hi"
 
+
+
+def test_a_request_with_no_text_is_routed_by_the_default_rule():
+    """An empty chat or prompt must not reach Ray's match rate (a division by the text's length, retried
+    forever: the request hung)."""
+    from types import SimpleNamespace
+
+    from deployments.routing import TokenPrefixAffinityRouter
+
+    router = object.__new__(TokenPrefixAffinityRouter)
+
+    def pending(**fields):
+        return SimpleNamespace(args=[SimpleNamespace(**fields)])
+
+    assert router._extract_text_from_request(pending(messages=[{"role": "user", "content": None}])) is None
+    assert router._extract_text_from_request(pending(messages=[{"role": "user", "content": []}])) is None
+    assert router._extract_text_from_request(pending(prompt="")) is None
+    assert router._extract_text_from_request(pending(messages=[{"role": "user", "content": "Hi"}])) == "Hi"
