@@ -12,6 +12,7 @@ from serving.cache.factory import open_store
 from serving.cache.keys import CacheKey
 from serving.cache.semantic import CachedAnswer, CacheLookup, SemanticCache
 from serving.cache.store import Selector
+from serving.cache.verifier import open_verifier
 from serving.config import AdaptiveBatchingConfig, AppConfig, EmbedderConfig
 from serving.handles import ServeEmbedder
 from serving.load.batching import AdaptiveBatching
@@ -58,8 +59,9 @@ class SemanticCacheDeployment:
 
     def __init__(self, embedder: Any, config: AppConfig) -> None:
         store = open_store(config.cache, config.cache_store_path())
+        verifier, self.verifier_state = open_verifier(config.cache.verifier, config.cache_dir)
         self.cache = SemanticCache(store, ServeEmbedder(embedder, config.cache.embedder.dimension), config.cache,
-                                   metrics=ServeMetrics())
+                                   metrics=ServeMetrics(), verifier=verifier)
         self.sweep_interval_s = config.cache.sweep_interval_s
         self._sweeper: asyncio.Task | None = None
 
@@ -84,7 +86,7 @@ class SemanticCacheDeployment:
         return await self.cache.sweep()
 
     async def stats(self) -> dict[str, Any]:
-        return await self.cache.stats()
+        return {**await self.cache.stats(), "verifier_state": self.verifier_state}
 
     def __del__(self) -> None:
         # Serve calls this on graceful shutdown: flush and release the store's folder lock.

@@ -341,8 +341,13 @@ def _in_share(key: str, share: float) -> bool:
     return int(hashlib.sha256(f"qqp:{key}".encode()).hexdigest()[:16], 16) / 16**16 < share
 
 
-def qqp_split(pairs: Sequence[QQPPair], calibration_share: float = 0.5) -> dict[str, list[QQPPair]]:
-    """The calibration and evaluation splits (`SPLIT_RULE`): a pure function of the question ids."""
+def qqp_split(pairs: Sequence[QQPPair], calibration_share: float = 0.5, *, train_share: float = 0.0
+              ) -> dict[str, list[QQPPair]]:
+    """The calibration and evaluation splits (`SPLIT_RULE`): a pure function of the question ids. With
+    `train_share`, the groups in the first `train_share` of the hash range form a train split (the cache's
+    pair verifier learns there) carved from the calibration share; the evaluation split is unchanged."""
+    if not 0 <= train_share <= calibration_share:
+        raise ValueError(f"train_share {train_share} must be within [0, calibration_share {calibration_share}]")
     parent: dict[str, str] = {}
 
     def root(q: str) -> str:
@@ -357,8 +362,14 @@ def qqp_split(pairs: Sequence[QQPPair], calibration_share: float = 0.5) -> dict[
         if a != b:
             parent[max(a, b)] = min(a, b)  # the smallest id becomes the group's root
     out: dict[str, list[QQPPair]] = {"calibration": [], "evaluation": []}
+    if train_share:
+        out = {"train": [], **out}
     for p in pairs:
-        out["calibration" if _in_share(root(p.qid1), calibration_share) else "evaluation"].append(p)
+        group = root(p.qid1)
+        if train_share and _in_share(group, train_share):
+            out["train"].append(p)
+        else:
+            out["calibration" if _in_share(group, calibration_share) else "evaluation"].append(p)
     return out
 
 

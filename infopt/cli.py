@@ -42,7 +42,9 @@ def cmd_models_list(ns: argparse.Namespace) -> int:
 
 
 def cmd_models_prepare(ns: argparse.Namespace) -> int:
-    from infopt.prepare import prepare_model
+    from infopt.calibration_data import DEFAULT_DATA_DIR
+    from infopt.prepare import prepare_model, prepare_verifier
+    from serving.cache.verifier import TRAINED_VERIFIER
     from serving.models import CATALOG, ModelPrepareError
 
     default_cache = _cache_dir(ns.cache_dir)
@@ -62,12 +64,19 @@ def cmd_models_prepare(ns: argparse.Namespace) -> int:
                 print(f"{model}: not in the catalog (a hub ID or path): it is loaded as given, skipping")
     if ns.embedder:
         jobs.append(("all-minilm-l6-v2", default_cache))
-    if not jobs:
+    verifiers = [default_cache] if ns.verifier else []
+    for profile in ns.profile or []:
+        config = load_profile(profile)
+        if config.cache.enabled and config.cache.verifier.model == TRAINED_VERIFIER:
+            verifiers.append(Path(ns.cache_dir) if ns.cache_dir else config.cache_dir)
+    if not jobs and not verifiers:
         print("nothing to prepare: give --profile or --model", file=sys.stderr)
         return 2
     try:
         for name, cache in dict.fromkeys(jobs):
             prepare_model(name, cache)
+        for cache in dict.fromkeys(verifiers):
+            prepare_verifier(cache, Path(ns.data_dir or DEFAULT_DATA_DIR))
     except ModelPrepareError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -206,6 +215,10 @@ def main(argv: list[str] | None = None) -> int:
     prep.add_argument("--profile", action="append", help="prepare the catalog models this profile uses")
     prep.add_argument("--model", action="append", help="a catalog model name")
     prep.add_argument("--embedder", action="store_true", help="also prepare the cache's embedder")
+    prep.add_argument("--verifier", action="store_true",
+                      help="also train the cache's pair verifier from the embedder and QQP/STS-B train splits (minutes "
+                      "on a CPU; a profile whose cache.verifier names it prepares it too)")
+    prep.add_argument("--data-dir", help="the shared data folder the verifier trains on (default ../shared/data)")
     prep.set_defaults(func=cmd_models_prepare)
 
     cfg = sub.add_parser("config", help="print a profile's validated configuration")

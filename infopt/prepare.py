@@ -178,3 +178,23 @@ def prepare_model(name: str, cache_dir: Path, log: Log = print, keep_sources: bo
         shutil.rmtree(work, ignore_errors=True)
     log(f"{name}: prepared at {out} in {time.monotonic() - started:.0f} s")
     return out
+
+
+def prepare_verifier(cache_dir: Path, data_dir: Path, log: Log = print) -> Path:
+    """Train the semantic cache's pair verifier (`infopt.verifier_training`) unless this recipe already did; return
+    its folder. It starts from the embedder's weights (prepared first, sha256 verified) and learns from the shared
+    data's train splits, so it needs `data_dir` (../shared/data)."""
+    from infopt import verifier_training as vt
+    from serving.cache.verifier import trained_verifier_dir
+
+    out = trained_verifier_dir(cache_dir)
+    if vt.is_trained(out, vt.Recipe()):
+        log(f"{vt.NAME}: already trained at {out}, nothing to do")
+        return out
+    if not (Path(data_dir) / "qqp").is_dir():
+        raise ModelPrepareError(f"{vt.NAME}: its training data is not at {data_dir} (the shared data folder beside "
+                                "the repository, ../shared/data)")
+    base = prepare_model(vt.BASE, cache_dir, log)
+    shutil.rmtree(out, ignore_errors=True)
+    vt.train(base, out, data_dir, log=log)
+    return out

@@ -256,5 +256,116 @@ def main() -> int:
     return 0
 
 
+# -- propose, then verify: the options' frontiers on held-out pairs -----------------------------------------------
+
+PROPOSE_FLOORS = (0.6, 0.7, 0.8)
+
+
+def held_out_pairs() -> dict[str, tuple[list[tuple[str, str]], np.ndarray]]:
+    """The pairs no option learned from: QQP dev's evaluation split (the verifier trains on the train split,
+    `infopt calibrate cache` calibrates on the calibration split) and STS-B test (paraphrase: gold >= 4)."""
+    from infopt import verifier_training as vt
+    from infopt.calibrate import qqp_split
+
+    qqp = qqp_split(qqp_pairs(DATA / "qqp" / "qqp_dev.tsv"), vt.CALIBRATION_SHARE,
+                    train_share=vt.TRAIN_SHARE)["evaluation"]
+    out = {"QQP dev, evaluation split": ([(normalize(p.q1), normalize(p.q2)) for p in qqp],
+                                         np.array([p.duplicate for p in qqp]))}
+    sts_path = DATA / "stsb" / "sts-test.tsv"
+    if sts_path.exists():
+        sts = load_stsb(sts_path)
+        out["STS-B test (gold >= 4)"] = ([(a, b) for a, b, _ in sts], np.array([g >= 4.0 for _, _, g in sts]))
+    return out
+
+
+def frontiers(embedder_path: str, verifier_path: str | None, strong_path: str | None, target: float,
+              out: Path) -> dict:
+    """Each option's recall at <= `target` false hits, per held-out set; the curves for the plot."""
+    from infopt.verifier_training import frontier
+    from serving.cache.embedder import SentenceTransformerEmbedder
+    from serving.cache.verifier import CrossEncoderVerifier
+
+    embedder = SentenceTransformerEmbedder(embedder_path)
+    strong = SentenceTransformerEmbedder(strong_path) if strong_path else None
+    verifier = CrossEncoderVerifier(verifier_path) if verifier_path else None
+    results: dict = {}
+    for name, (pairs, dup) in held_out_pairs().items():
+        print(f"{name}: {len(pairs)} pairs, {int(dup.sum())} paraphrases")
+        labelled = [(a, b, 0) for a, b in pairs]
+        sim = embed_pairs(embedder, labelled)
+        ok = np.array([guards.check(a, b).ok for a, b in pairs])
+        options = {"threshold: MiniLM cosine + guards (today)": np.where(ok, sim, -np.inf),
+                   "MiniLM cosine, no guards": sim}
+        if strong is not None:
+            options["threshold: mpnet cosine + guards"] = np.where(ok, embed_pairs(strong, labelled), -np.inf)
+        cost = None
+        if verifier is not None:
+            ask = np.flatnonzero(sim >= min(PROPOSE_FLOORS))
+            t0 = time.perf_counter()
+            scored = verifier.score_sync([pairs[i] for i in ask], batch_size=64)
+            cost = {"pairs": len(ask), "ms_per_pair": round((time.perf_counter() - t0) * 1000 / max(len(ask), 1), 2)}
+            ce = np.full(len(pairs), -np.inf)
+            ce[ask] = scored
+            for floor in PROPOSE_FLOORS:
+                proposed = sim >= floor
+                options[f"verifier: proposed at cosine >= {floor}, guards, cross-encoder"] = np.where(
+                    proposed & ok, ce, -np.inf)
+            options["verifier: proposed at cosine >= 0.7, no guards"] = np.where(sim >= 0.7, ce, -np.inf)
+        results[name] = {"pairs": len(pairs), "paraphrases": int(dup.sum()), "verifier_cost": cost,
+                         "options": {k: frontier(v, dup, target) for k, v in options.items()}}
+        for k, f in results[name]["options"].items():
+            b = f["best"]
+            print(f"  {k}: " + (f"recall {b['recall']:.1%} at {b['false_hit_rate']:.2%} false hits (threshold "
+                                f"{b['threshold']:.3f}, precision {b['precision']:.1%})" if b else "none within"))
+    plot_frontiers(results, target, out / "eval_cache_frontier.png")
+    return results
+
+
+def plot_frontiers(results: dict, target: float, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(results), figsize=(6.5 * len(results), 4.8), squeeze=False)
+    for ax, (name, r) in zip(axes[0], results.items(), strict=True):
+        for label, f in r["options"].items():
+            c = [p for p in f["curve"] if p["false_hit_rate"] > 0]
+            ax.plot([p["false_hit_rate"] for p in c], [p["recall"] for p in c], label=label, lw=1.2)
+        ax.axvline(target, color="gray", lw=0.8, ls=":")
+        ax.set(xscale="log", xlim=(1e-3, 0.3), ylim=(0, 1), xlabel="false-hit rate on non-paraphrases (log)",
+               ylabel="recall on paraphrases", title=name)
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main_frontier(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(description="the recall / false-hit frontier of each cache decision on held-out pairs")
+    ap.add_argument("--frontier", action="store_true")
+    ap.add_argument("--target", type=float, default=0.01)
+    ap.add_argument("--verifier", default=None, help="cross-encoder folder (default: the trained one, if prepared)")
+    ap.add_argument("--strong-embedder", default=None, help="a second embedder folder (e.g. all-mpnet-base-v2)")
+    ap.add_argument("--out", type=Path, default=REPO / "reports")
+    ns = ap.parse_args(argv)
+    from serving.cache.verifier import TRAINED_MARKER, trained_verifier_dir
+
+    verifier = ns.verifier
+    if verifier is None and (trained_verifier_dir(default_cache_dir()) / TRAINED_MARKER).exists():
+        verifier = str(trained_verifier_dir(default_cache_dir()))
+    if verifier is None:
+        print("no verifier: run `infopt models prepare --verifier` (or give --verifier); comparing embedders only")
+    ns.out.mkdir(parents=True, exist_ok=True)
+    results = frontiers(str(default_cache_dir() / "models" / "all-minilm-l6-v2"), verifier, ns.strong_embedder,
+                        ns.target, ns.out)
+    (ns.out / "eval_cache_frontier.json").write_text(json.dumps(
+        {k: {**v, "options": {o: {**f, "curve": f["curve"][:: max(1, len(f["curve"]) // 400)]}
+                              for o, f in v["options"].items()}} for k, v in results.items()}, indent=2))
+    print(f"wrote {ns.out / 'eval_cache_frontier.json'} and .png")
+    return 0
+
+
 if __name__ == "__main__":
+    if "--frontier" in sys.argv[1:]:
+        raise SystemExit(main_frontier(sys.argv[1:]))
     raise SystemExit(main())

@@ -44,6 +44,9 @@ class Metrics:
     def cache_lookup(self, decision: str, latency_ms: float) -> None:
         """One lookup inside the cache (embedding and store search included)."""
 
+    def cache_verify(self, rule: str, pairs: int, latency_ms: float) -> None:
+        """One verification of proposed cache candidates: the rule that decided, pairs scored, latency."""
+
     def plan(self, strategy: str, priority: str, complexity: float | None) -> None:
         """One request analyzed: its strategy, priority class and complexity (None when unknown)."""
 
@@ -114,6 +117,11 @@ class ServeMetrics(Metrics):
         self._cache_lookup_ms = m.Histogram(
             f"{prefix}_cache_lookup_ms", description="Latency of cache lookups inside the cache deployment.",
             boundaries=LATENCY_BOUNDARIES_MS, tag_keys=("decision",),
+        )
+        self._cache_verify_ms = m.Histogram(
+            f"{prefix}_cache_verify_ms", description="Latency of the cache's pair verifier per lookup, by the rule "
+            "that decided (verifier, verifier_timeout, verifier_error).", boundaries=LATENCY_BOUNDARIES_MS,
+            tag_keys=("rule",),
         )
 
         self._draft_tokens = m.Counter(
@@ -191,6 +199,9 @@ class ServeMetrics(Metrics):
 
     def cache_lookup(self, decision: str, latency_ms: float) -> None:
         self._cache_lookup_ms.observe(latency_ms, tags={"decision": decision})
+
+    def cache_verify(self, rule: str, pairs: int, latency_ms: float) -> None:
+        self._cache_verify_ms.observe(latency_ms, tags={"rule": rule})
 
     def plan(self, strategy: str, priority: str, complexity: float | None) -> None:
         self._plans.inc(tags={"strategy": strategy, "priority": priority})

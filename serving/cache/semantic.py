@@ -14,6 +14,12 @@ Lookup, in order:
    Each candidate, most similar first, is judged by the cache policy
    (`serving.policy.cache.judge_candidate`: the similarity threshold, then the guards); a
    vetoed candidate is counted and the next one tried.
+   With a pair verifier (`serving.cache.verifier`), the search reaches down to the verifier's
+   proposal floor; the candidates the guards let through (at most `verifier.max_pairs`, most
+   similar first) are scored together, and the best one is served when its score passes
+   (`policy.judge_verified`). The verifier degrades, never fails: a verifier that times out or
+   raises makes the lookup a miss (with its near miss), and `rule` in the result says which rule
+   decided: `exact`, `threshold`, `verifier`, `verifier_timeout` or `verifier_error`.
 3. **near miss** — on a miss, the most similar candidate the policy judged a near miss
    (similarity >= `draft_threshold`, not served: too far, or vetoed) comes back as `draft`: the
    Validator can verify it instead of starting from nothing (`serving.verify`), which is
@@ -39,6 +45,7 @@ from typing import Any, Literal, TypeVar
 from serving.cache.embedder import Embedder
 from serving.cache.keys import CacheKey
 from serving.cache.store import CacheEntry, Match, Selector, VectorStore, entry_id
+from serving.cache.verifier import PairVerifier
 from serving.config.cache import CacheConfig
 from serving.metrics import Metrics
 from serving.policy import cache as policy
@@ -73,6 +80,9 @@ class CacheLookup:
     # On a miss: the near miss to verify as a draft (see the module docstring), and its similarity.
     draft: CacheEntry | None = None
     draft_similarity: float | None = None
+    # Which rule decided (see the module docstring), and the verifier's score of the served or best candidate.
+    rule: str | None = None
+    score: float | None = None
 
     @property
     def hit(self) -> bool:
@@ -115,6 +125,7 @@ class SemanticCache(ResponseCache):
         *,
         metrics: Metrics | None = None,
         clock: Callable[[], float] = time.time,
+        verifier: PairVerifier | None = None,
     ) -> None:
         if store.dimension != embedder.dimension:
             raise ValueError(f"store holds {store.dimension}-d vectors, the embedder makes {embedder.dimension}-d")
@@ -123,6 +134,7 @@ class SemanticCache(ResponseCache):
         self.config = config
         self.metrics = metrics or Metrics()
         self.clock = clock
+        self.verifier = verifier
         self.counters: Counter[str] = Counter()
         # One thread for every store call: the bindings block (and hold the GIL), and one
         # writer at a time keeps read-modify-write steps (hits, eviction) consistent.
@@ -150,15 +162,19 @@ class SemanticCache(ResponseCache):
         if found and found[0].expires_at > now and found[0].namespace == key.namespace:
             entry = found[0]
             await self._store(self.store.record_hit, entry, now)
-            return CacheLookup("exact_hit", entry, similarity=1.0)
+            return CacheLookup("exact_hit", entry, similarity=1.0, rule="exact")
         if key.question is None:
             return CacheLookup("miss")
         if vector is None or len(vector) != self.embedder.dimension:
             (vector,) = await self.embedder.embed([key.question])
         match = Match(namespace=key.namespace, model=key.model, fingerprint=key.fingerprint, context=key.context,
                       params=key.params, now=now)
-        candidates = await self._store(self.store.search, vector, match, self.config.candidates,
-                                       policy.search_floor(self.config))
+        verifying = self.verifier is not None
+        candidates = await self._store(self.store.search, vector, match,
+                                       max(self.config.candidates, self.config.verifier.max_pairs if verifying else 0),
+                                       policy.search_floor(self.config, verifying=verifying))
+        if verifying:
+            return await self._verify(key.question, vector, candidates, now)
         rejected: list[dict[str, Any]] = []
         near: tuple[CacheEntry, float] | None = None
         for entry, similarity in candidates:  # most similar first
@@ -168,13 +184,62 @@ class SemanticCache(ResponseCache):
                 self._count("guard_rejected", vetoed)
             if verdict is policy.Candidate.SERVE:
                 await self._store(self.store.record_hit, entry, now)
-                return CacheLookup("semantic_hit", entry, similarity=similarity, rejected=rejected)
+                return CacheLookup("semantic_hit", entry, similarity=similarity, rejected=rejected, rule="threshold")
             if verdict is policy.Candidate.NEAR_MISS and near is None:
                 near = (entry, similarity)
+        return self._miss(vector, rejected, near, "threshold")
+
+    def _miss(self, vector: list[float], rejected: list[dict[str, Any]], near: tuple[CacheEntry, float] | None,
+              rule: str, score: float | None = None) -> CacheLookup:
         if near is not None:
             self._count("near_miss")
-            return CacheLookup("miss", vector=vector, rejected=rejected, draft=near[0], draft_similarity=near[1])
-        return CacheLookup("miss", vector=vector, rejected=rejected)
+            return CacheLookup("miss", vector=vector, rejected=rejected, draft=near[0], draft_similarity=near[1],
+                               rule=rule, score=score)
+        return CacheLookup("miss", vector=vector, rejected=rejected, rule=rule, score=score)
+
+    async def _verify(self, question: str, vector: list[float], candidates: list[tuple[CacheEntry, float]],
+                      now: float) -> CacheLookup:
+        """Propose, then verify (see the module docstring)."""
+        assert self.verifier is not None
+        settings = self.config.verifier
+        rejected: list[dict[str, Any]] = []
+        vetoes: dict[str, str | None] = {}
+        proposed: list[tuple[CacheEntry, float]] = []
+        for entry, similarity in candidates:  # most similar first
+            if similarity < settings.propose_threshold:
+                continue
+            vetoes[entry.id] = policy.vetoed_by(self.config, entry.question or "", question)
+            if vetoes[entry.id] is not None:
+                rejected.append({"reason": vetoes[entry.id], "similarity": round(similarity, 4)})
+                self._count("guard_rejected", vetoes[entry.id] or "")
+            elif len(proposed) < settings.max_pairs:
+                proposed.append((entry, similarity))
+        scores: dict[str, float] = {}
+        rule = "verifier"
+        if proposed:
+            t0 = time.perf_counter()
+            try:
+                pairs = [(entry.question or "", question) for entry, _ in proposed]
+                got = await asyncio.wait_for(self.verifier.score(pairs), settings.timeout_s)
+                scores = {entry.id: s for (entry, _), s in zip(proposed, got, strict=True)}
+            except TimeoutError:
+                rule = "verifier_timeout"
+            except Exception:  # a broken verifier makes a miss, never a failed request
+                logger.exception("the cache's verifier failed; the lookup is a miss")
+                rule = "verifier_error"
+            self.metrics.cache_verify(rule, len(proposed), (time.perf_counter() - t0) * 1000)
+            self._count(rule)
+        best = max(scores.items(), key=lambda kv: kv[1], default=None)
+        near: tuple[CacheEntry, float] | None = None
+        for entry, similarity in sorted(candidates, key=lambda c: -scores.get(c[0].id, -1.0)):
+            verdict = policy.judge_verified(self.config, similarity, scores.get(entry.id), vetoes.get(entry.id))
+            if verdict is policy.Candidate.SERVE:
+                await self._store(self.store.record_hit, entry, now)
+                return CacheLookup("semantic_hit", entry, similarity=similarity, rejected=rejected, rule=rule,
+                                   score=round(scores[entry.id], 4))
+            if verdict is policy.Candidate.NEAR_MISS and (near is None or similarity > near[1]):
+                near = (entry, similarity)
+        return self._miss(vector, rejected, near, rule, round(best[1], 4) if best else None)
 
     # -- admission ------------------------------------------------------------------------
 
@@ -240,6 +305,8 @@ class SemanticCache(ResponseCache):
             "backend": type(self.store).__name__,
             "similarity_threshold": self.config.similarity_threshold,
             "guards": self.config.guards,
+            "rule": "verifier" if self.verifier is not None else "threshold",
+            "verifier": getattr(self.verifier, "name", None),
             "max_entries_per_namespace": self.config.max_entries_per_namespace,
             "counters": dict(sorted(self.counters.items())),
         }

@@ -7,7 +7,7 @@ from serving.config.analyzer import AnalyzerConfig
 from serving.config.api import ApiConfig
 from serving.config.app import AppConfig, load_profile, profile_args, profile_names, profile_path, profiles_dir
 from serving.config.auth import AuthConfig, KeySource, TenantConfig, key_digest
-from serving.config.cache import CacheConfig, EmbedderConfig
+from serving.config.cache import CacheConfig, EmbedderConfig, VerifierConfig
 from serving.config.deployment import AutoscalingConfig, DeploymentOptions, EmbedderDeployment, IngressDeployment
 from serving.config.engine import EngineConfig
 from serving.config.load import AdaptiveBatchingConfig, CascadeAutoscalingConfig, LoadConfig
@@ -39,6 +39,7 @@ __all__ = [
     "SpeculativeConfig",
     "TenantConfig",
     "TieringConfig",
+    "VerifierConfig",
     "key_digest",
     "load_profile",
     "profile_args",

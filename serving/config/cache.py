@@ -53,6 +53,36 @@ class EmbedderConfig(BaseModel):
         return self
 
 
+class VerifierConfig(BaseModel):
+    """The pair verifier: the vector search proposes cached questions, a model reading both questions decides.
+
+    Off by default (`model` None): the similarity threshold decides, as it always did. With a verifier, a
+    candidate at similarity >= `propose_threshold` that the guards let through is scored by the verifier and
+    served when its score reaches `threshold` (or the calibrated one); a verifier that is not prepared leaves
+    the threshold rule, one that times out or fails makes the lookup a miss (never an error)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = Field(
+        None,
+        description="Cross-encoder to verify with: the catalog's 'qqp-cross-encoder-minilm-l6' (trained by `infopt "
+        "models prepare --verifier`), a folder or a hub ID; None: no verifier.",
+    )
+    propose_threshold: float = Field(
+        0.8, ge=0, le=1, description="Lowest cosine similarity at which a cached question is proposed to the verifier."
+    )
+    threshold: float = Field(
+        0.5, ge=0, le=1,
+        description="Verifier score (probability of a paraphrase) a proposed candidate needs to be served; a "
+        "calibration file's certified verifier threshold replaces it.",
+    )
+    max_pairs: int = Field(4, ge=1, le=32, description="Most candidates scored per lookup (most similar first).")
+    timeout_s: float = Field(
+        0.5, gt=0, description="A verification slower than this is abandoned: the lookup is a miss, not an error."
+    )
+    torch_threads: int = Field(1, ge=1, description="CPU threads torch may use for the verifier.")
+
+
 class CacheConfig(BaseModel):
     """When an answer is served from the cache, what is admitted, and where it is kept.
 
@@ -121,6 +151,8 @@ class CacheConfig(BaseModel):
     )
     default_namespace: str = Field("default", description="Namespace of requests that do not name one.")
     embedder: EmbedderConfig = Field(default_factory=EmbedderConfig, description="The embedding deployment.")
+    verifier: VerifierConfig = Field(default_factory=VerifierConfig,
+                                     description="The pair verifier that decides among proposed candidates.")
     deployment: DeploymentOptions = Field(
         default_factory=DeploymentOptions,
         description="Ray Serve options of the SemanticCache deployment (replicas, queues, CPUs, resources); backend "

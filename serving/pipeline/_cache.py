@@ -78,6 +78,10 @@ class CacheStage(Stage):
             detail["embedding"] = "analyzer"  # the semantic lookup reused it, not computed again
         if found.rejected:
             detail["guard_rejected"] = found.rejected
+        if found.rule is not None and decision is not CacheDecision.EXACT_HIT:
+            detail["rule"] = found.rule  # threshold, verifier, verifier_timeout or verifier_error
+        if found.score is not None:
+            detail["verifier_score"] = found.score
         entry = found.entry
         if decision is CacheDecision.SEMANTIC_HIT and key.namespace in self.semantic_closed and entry is not None:
             # Not served; still the best draft there is for the Validator to verify.

@@ -24,6 +24,12 @@ cache itself (`serving.cache.semantic`) ask.
   qualifiers, named things, swapped roles) find no difference in meaning. A candidate
   above `draft_threshold` that is not served is a *near miss*: a draft the Validator may
   verify (`serving.verify`).
+* **Verifying a candidate** (`judge_verified`): with a pair verifier (`cache.verifier`,
+  `serving.cache.verifier`), the search reaches down to `verifier.propose_threshold`; the guards
+  stay a cheap pre-filter, and a candidate they let through is served when the verifier's score
+  (the probability that both questions ask the same thing) reaches `verifier.threshold`, whatever
+  its similarity. The verifier reads both questions together, so it can tell paraphrases far
+  apart in the embedding from near-identical questions about different things.
 * **The threshold in force** (`threshold_in_force`): `similarity_threshold` as configured,
   or, when the profile's calibration file (`quality.calibration`) has a cache part made for
   the configured embedder and guards, the risk-controlled threshold it certified (`infopt
@@ -133,11 +139,13 @@ class Candidate(StrEnum):
     REJECTED = "rejected"  # neither
 
 
-def search_floor(config: CacheConfig) -> float:
-    """The lowest similarity worth fetching: the serving threshold, or the draft threshold when lower."""
+def search_floor(config: CacheConfig, *, verifying: bool = False) -> float:
+    """The lowest similarity worth fetching: the serving threshold (the verifier's proposal floor when a verifier
+    decides), or the draft threshold when lower."""
+    floor = config.verifier.propose_threshold if verifying else config.similarity_threshold
     if config.draft_threshold is None:
-        return config.similarity_threshold
-    return min(config.draft_threshold, config.similarity_threshold)
+        return floor
+    return min(config.draft_threshold, floor)
 
 
 def vetoed_by(config: CacheConfig, cached_question: str, question: str) -> str | None:
@@ -163,6 +171,16 @@ def judge_candidate(config: CacheConfig, similarity: float, cached_question: str
     if config.draft_threshold is not None and similarity >= config.draft_threshold:
         return Candidate.NEAR_MISS, vetoed
     return Candidate.REJECTED, vetoed
+
+
+def judge_verified(config: CacheConfig, similarity: float, score: float | None, vetoed: str | None) -> Candidate:
+    """The verdict when a verifier decides: served on a score at or above `verifier.threshold` (`score` None: the
+    candidate was not scored, being below the proposal floor, vetoed, or the verifier did not answer)."""
+    if vetoed is None and score is not None and score >= config.verifier.threshold:
+        return Candidate.SERVE
+    if config.draft_threshold is not None and similarity >= config.draft_threshold:
+        return Candidate.NEAR_MISS
+    return Candidate.REJECTED
 
 
 def threshold_in_force(config: CacheConfig, calibration: Calibration | None

@@ -1,0 +1,129 @@
+"""Propose, then verify: the semantic cache with a pair verifier (a fake that subclasses `PairVerifier`) over a
+real qdrant-edge shard and the fake lexical embedder. The real cross-encoder is tested in tests/serve."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from serving.cache.edge import EdgeStore
+from serving.cache.semantic import SemanticCache
+from serving.cache.verifier import PairVerifier
+from serving.config import CacheConfig
+from serving.policy import cache as policy
+from tests.unit.fakes import FakeClock, FakeEmbedder
+from tests.unit.test_semantic_cache import ANSWER, chat, key, run
+
+
+class ScriptedVerifier(PairVerifier):
+    """Scores a pair by a table of (cached, new) questions; 0.0 for any other pair; can hang or fail."""
+
+    name = "scripted"
+
+    def __init__(self, table: dict[tuple[str, str], float] | None = None, *, delay_s: float = 0.0,
+                 fail: bool = False) -> None:
+        self.table = table or {}
+        self.delay_s = delay_s
+        self.fail = fail
+        self.calls: list[list[tuple[str, str]]] = []
+
+    async def score(self, pairs: list[tuple[str, str]]) -> list[float]:
+        self.calls.append(pairs)
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
+        if self.fail:
+            raise RuntimeError("verifier broke")
+        return [self.table.get(p, 0.0) for p in pairs]
+
+
+CACHED = "What is the capital of France?"
+PARAPHRASE = "which city is france's capital"  # lexically far: below the similarity threshold of 0.95
+
+
+@pytest.fixture
+def make(tmp_path):
+    caches = []
+
+    def _make(verifier: PairVerifier | None, **kw) -> SemanticCache:
+        config = CacheConfig(enabled=True, similarity_threshold=0.95,
+                             verifier={"model": "scripted", "propose_threshold": 0.0, "timeout_s": 0.2,
+                                       **kw.pop("verifier", {})}, **kw)
+        cache = SemanticCache(EdgeStore(tmp_path / f"s{len(caches)}", FakeEmbedder.dimension), FakeEmbedder(), config,
+                              clock=FakeClock(), verifier=verifier)
+        caches.append(cache)
+        return cache
+
+    yield _make
+    for c in caches:
+        run(c.close())
+
+
+def test_a_paraphrase_the_threshold_misses_is_served_when_the_verifier_accepts_it(make):
+    for verifier, decision, rule in ((None, "miss", "threshold"),
+                                     (ScriptedVerifier({(CACHED, PARAPHRASE): 0.9}), "semantic_hit", "verifier")):
+        cache = make(verifier)
+        run(cache.admit(key(chat(CACHED)), ANSWER))
+        found = run(cache.lookup(key(chat(PARAPHRASE))))
+        assert (found.decision, found.rule) == (decision, rule)
+        if verifier is not None:
+            assert found.score == 0.9 and found.entry.answer == "Paris."
+            assert verifier.calls == [[(CACHED, PARAPHRASE)]]
+
+
+def test_a_candidate_the_verifier_rejects_is_a_miss_even_above_the_similarity_threshold(make):
+    verifier = ScriptedVerifier({(CACHED, "What is the capital of France ?"): 0.1})
+    cache = make(verifier)
+    run(cache.admit(key(chat(CACHED)), ANSWER))
+    found = run(cache.lookup(key(chat("What is the capital of France ?"))))
+    assert found.decision == "miss" and found.rule == "verifier" and found.score == 0.1
+    assert found.draft is not None  # still a near miss for verified escalation
+
+
+def test_the_guards_veto_before_the_verifier_is_asked(make):
+    verifier = ScriptedVerifier({("What is 15% of 80?", "What is 20% of 80?"): 0.99})
+    cache = make(verifier)
+    run(cache.admit(key(chat("What is 15% of 80?")), ANSWER))
+    found = run(cache.lookup(key(chat("What is 20% of 80?"))))
+    assert found.decision == "miss" and found.rejected[0]["reason"] == "numbers"
+    assert verifier.calls == []  # a vetoed candidate costs no verification
+
+
+def test_the_best_scored_candidate_is_served(make):
+    verifier = ScriptedVerifier({(CACHED, PARAPHRASE): 0.7, ("Which city is the capital of France?", PARAPHRASE): 0.95})
+    cache = make(verifier)
+    for q, answer in ((CACHED, ANSWER), ("Which city is the capital of France?", ANSWER)):
+        run(cache.admit(key(chat(q)), answer))
+    found = run(cache.lookup(key(chat(PARAPHRASE))))
+    assert found.decision == "semantic_hit" and found.entry.question == "Which city is the capital of France?"
+    assert len(verifier.calls[0]) == 2  # both scored in one call
+
+
+@pytest.mark.parametrize(("verifier", "rule"), [(ScriptedVerifier({(CACHED, PARAPHRASE): 0.9}, delay_s=1.0),
+                                                 "verifier_timeout"),
+                                                (ScriptedVerifier({(CACHED, PARAPHRASE): 0.9}, fail=True),
+                                                 "verifier_error")])
+def test_a_verifier_that_times_out_or_fails_makes_a_miss_never_an_error(make, verifier, rule):
+    cache = make(verifier)
+    run(cache.admit(key(chat(CACHED)), ANSWER))
+    found = run(cache.lookup(key(chat(PARAPHRASE))))
+    assert found.decision == "miss" and found.rule == rule
+    assert cache.counters[rule] == 1
+
+
+def test_exact_hits_need_no_verifier(make):
+    verifier = ScriptedVerifier()
+    cache = make(verifier)
+    run(cache.admit(key(chat(CACHED)), ANSWER))
+    found = run(cache.lookup(key(chat(CACHED))))
+    assert found.decision == "exact_hit" and found.rule == "exact" and verifier.calls == []
+
+
+def test_the_verified_verdicts():
+    config = CacheConfig(verifier={"model": "m", "threshold": 0.6}, draft_threshold=0.8)
+    assert policy.judge_verified(config, 0.5, 0.6, None) is policy.Candidate.SERVE
+    assert policy.judge_verified(config, 0.99, 0.59, None) is policy.Candidate.NEAR_MISS
+    assert policy.judge_verified(config, 0.99, 0.99, "negation") is policy.Candidate.NEAR_MISS
+    assert policy.judge_verified(config, 0.5, None, None) is policy.Candidate.REJECTED
+    assert policy.search_floor(CacheConfig(verifier={"propose_threshold": 0.7}), verifying=True) == 0.7
+    assert policy.search_floor(CacheConfig(verifier={"propose_threshold": 0.7})) == 0.8  # the draft threshold
