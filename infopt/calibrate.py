@@ -67,6 +67,7 @@ from serving.quality.calibration import (
     EmbedderIdentity,
     PreGeneration,
     ShortcutCalibration,
+    VerifierIdentity,
     fit_logistic,
     q10_reachable,
     scout_features,
@@ -307,6 +308,8 @@ def write_report(cal: Calibration, result: dict[str, Any] | None, path: Path) ->
 QQP_FILE = Path("qqp") / "qqp_dev.tsv"
 # Candidate thresholds, 0.70 to 1.00 in steps of 0.0025 (tested strictest first: the grid's size costs no δ).
 CACHE_THRESHOLDS = tuple(round(0.70 + 0.0025 * i, 4) for i in range(121))
+# The verifier's score thresholds, 0.05 to 0.9975 in steps of 0.0025.
+VERIFIER_THRESHOLDS = tuple(round(0.05 + 0.0025 * i, 4) for i in range(380))
 # What the report also shows: the ε these labels can certify, and the threshold each gives.
 EPSILON_LADDER = (0.01, 0.02, 0.05, 0.1)
 MIN_PLOTTED = 30  # the plot leaves out thresholds serving fewer pairs (their bounds say nothing)
@@ -445,7 +448,8 @@ def _whole_hundredth(t: float) -> bool:
 
 def calibrate_cache(cal: LabelledSplit, ev: LabelledSplit | None, *, embedder: EmbedderIdentity, guards: bool,
                     epsilon: float, delta: float, data: dict[str, Any],
-                    thresholds: Sequence[float] = CACHE_THRESHOLDS) -> CacheCalibration:
+                    thresholds: Sequence[float] = CACHE_THRESHOLDS,
+                    verifier: VerifierIdentity | None = None) -> CacheCalibration:
     """The cache part of a calibration file: chosen on `cal`, replayed on `ev` (see the module docstring). The
     file keeps the curve at whole hundredths and the chosen threshold (the report has every point)."""
     choice = choose_cache_threshold(cal.sims, cal.dup, cal.ok, epsilon=epsilon, delta=delta, thresholds=thresholds)
@@ -453,10 +457,12 @@ def calibrate_cache(cal: LabelledSplit, ev: LabelledSplit | None, *, embedder: E
              if _whole_hundredth(p.threshold) or p.threshold == choice.threshold]
     at = replay_cache(choice.threshold, cal.sims, cal.dup, cal.ok, delta=delta, split=cal.name)
     today = dt.date.today().isoformat()
-    ident = json.dumps([data.get("sha256"), embedder.model_dump(), guards, epsilon, delta], sort_keys=True)
+    ident = json.dumps([data.get("sha256"), embedder.model_dump(), guards, epsilon, delta]
+                       + ([verifier.model_dump()] if verifier is not None else []), sort_keys=True)
     return CacheCalibration(
         version=f"cache-{today}-{hashlib.sha256(ident.encode()).hexdigest()[:8]}", created=today,
         embedder=embedder, guards=guards, data=data, epsilon=epsilon, delta=delta, threshold=choice.threshold,
+        rule="verifier" if verifier is not None else "threshold", verifier=verifier,
         served=at.served, false_hits=at.false_hits, upper=at.upper, recall=at.recall,
         curve=curve,
         evaluation=replay_cache(choice.threshold, ev.sims, ev.dup, ev.ok, delta=delta, split=ev.name)
@@ -481,12 +487,19 @@ def embedder_identity(model: str, path: str, dimension: int) -> EmbedderIdentity
 def run_cache(config: Any, out: Path, *, data_dir: Path, embedder_path: str, epsilon: float, delta: float,
               calibration_share: float = 0.5, report_dir: Path | None = None, limit: int | None = None,
               reembed: bool = False, embed: Callable[[list[str]], Sequence[Sequence[float]]] | None = None,
+              verifier_path: str | None = None,
+              verify: Callable[[list[tuple[str, str]]], Sequence[float]] | None = None,
               ) -> tuple[Calibration, dict[str, Any]]:
     """Calibrate `config`'s (an AppConfig) semantic cache on QQP, write the cache part into the calibration
     file `out` (keeping its Scout part) and the report; return the file and the report's figures.
 
-    `embed` replaces the profile's embedder (tests); similarities are kept in `report_dir` and reused (the
-    embedding is the slow part) unless `reembed`."""
+    When the profile's cache decides by a pair verifier (`cache.verifier.model`), the verifier's score threshold
+    is what is calibrated: pairs at similarity >= its proposal floor that the guards let through are scored by the
+    verifier at `verifier_path`, and the calibration split leaves out the train split the verifier learned from
+    (`infopt.verifier_training.TRAIN_SHARE`); the evaluation split is the same.
+
+    `embed` and `verify` replace the profile's embedder and verifier (tests); similarities are kept in
+    `report_dir` and reused (the embedding is the slow part) unless `reembed`."""
     qqp = Path(data_dir) / QQP_FILE
     if not qqp.exists():
         raise FileNotFoundError(f"{qqp} not found: the shared data folder beside the repository (../shared/data)")
@@ -518,20 +531,32 @@ def run_cache(config: Any, out: Path, *, data_dir: Path, embedder_path: str, eps
 
     ok = guards_pass(config.cache, pairs)
     dup = np.array([p.duplicate for p in pairs], dtype=bool)
-    splits = qqp_split(pairs, calibration_share)
+    thresholds: Sequence[float] = CACHE_THRESHOLDS
+    verifier = None
+    train_share = 0.0
+    if config.cache.verifier.model is not None:
+        from infopt.verifier_training import TRAIN_SHARE
+
+        train_share = TRAIN_SHARE
+        verifier, sims, ok = _verifier_scores(config.cache.verifier, pairs, sims, ok, verifier_path, verify)
+        thresholds = VERIFIER_THRESHOLDS
+    splits = qqp_split(pairs, calibration_share, train_share=train_share)
     cal_ids = {p.id for p in splits["calibration"]}
+    ev_ids = {p.id for p in splits["evaluation"]}
     in_cal = np.array([p.id in cal_ids for p in pairs], dtype=bool)
+    in_ev = np.array([p.id in ev_ids for p in pairs], dtype=bool)
 
     def split(name: str, mask: np.ndarray) -> LabelledSplit:
         return LabelledSplit(name, sims[mask], dup[mask], ok[mask])
 
-    cal, ev = split("calibration", in_cal), split("evaluation", ~in_cal)
+    cal, ev = split("calibration", in_cal), split("evaluation", in_ev)
     data = {"source": "QQP (GLUE dev layout), Quora terms (research use)", "file": str(QQP_FILE),
             "sha256": data_sha, "pairs": len(pairs), "split": SPLIT_RULE, "calibration_share": calibration_share,
+            "train_share": train_share, "train_pairs": len(splits.get("train", [])),
             "calibration_pairs": len(cal.dup), "calibration_duplicates": int(cal.dup.sum()),
             "evaluation_pairs": len(ev.dup), "evaluation_duplicates": int(ev.dup.sum())}
     part = calibrate_cache(cal, ev, embedder=identity, guards=config.cache.guards, epsilon=epsilon, delta=delta,
-                           data=data)
+                           data=data, thresholds=thresholds, verifier=verifier)
 
     previous = Calibration.load(out) if Path(out).exists() else None
     if previous is not None:
@@ -541,10 +566,10 @@ def run_cache(config: Any, out: Path, *, data_dir: Path, embedder_path: str, eps
                                   profile=config.profile, epsilon=epsilon, delta=delta, cache=part)
     calibration.save(out)
 
-    configured = config.cache.similarity_threshold
+    configured = config.cache.verifier.threshold if verifier is not None else config.cache.similarity_threshold
     ladder = []
     for eps in EPSILON_LADDER:
-        t = choose_cache_threshold(cal.sims, cal.dup, cal.ok, epsilon=eps, delta=delta).threshold
+        t = choose_cache_threshold(cal.sims, cal.dup, cal.ok, epsilon=eps, delta=delta, thresholds=thresholds).threshold
         ladder.append({"epsilon": eps, "threshold": t,
                        "evaluation": replay_cache(t, ev.sims, ev.dup, ev.ok, delta=delta,
                                                   split="evaluation").model_dump()})
@@ -553,15 +578,39 @@ def run_cache(config: Any, out: Path, *, data_dir: Path, embedder_path: str, eps
         "configured_threshold": configured,
         "at_configured": [replay_cache(configured, s.sims, s.dup, s.ok, delta=delta, split=s.name).model_dump()
                           for s in (cal, ev)],
-        "calibration_curve": [p.model_dump() for p in cache_curve(cal.sims, cal.dup, cal.ok, CACHE_THRESHOLDS,
+        "calibration_curve": [p.model_dump() for p in cache_curve(cal.sims, cal.dup, cal.ok, thresholds,
                                                                   delta=delta, epsilon=epsilon)],
-        "evaluation_curve": [p.model_dump() for p in cache_curve(ev.sims, ev.dup, ev.ok, CACHE_THRESHOLDS,
+        "evaluation_curve": [p.model_dump() for p in cache_curve(ev.sims, ev.dup, ev.ok, thresholds,
                                                                  delta=delta, epsilon=epsilon)],
         "epsilon_ladder": ladder,
     }
     if report_dir is not None:
         write_cache_report(report, Path(report_dir) / f"cache-{config.profile}")
     return calibration, report
+
+
+def _verifier_scores(settings: Any, pairs: Sequence[QQPPair], sims: np.ndarray, ok: np.ndarray,
+                     path: str | None, verify: Callable[[list[tuple[str, str]]], Sequence[float]] | None,
+                     ) -> tuple[VerifierIdentity, np.ndarray, np.ndarray]:
+    """The verifier's identity, its score of every proposed pair (similarity >= its floor, no guard veto), and which
+    pairs were proposed (the others can never be served)."""
+    proposed = (np.asarray(sims) >= settings.propose_threshold) & np.asarray(ok, dtype=bool)
+    sha = None
+    if verify is None:
+        if path is None:
+            raise ValueError("the profile's cache decides by a verifier: give its folder (verifier_path)")
+        from serving.cache.verifier import CrossEncoderVerifier
+
+        model = CrossEncoderVerifier(path)
+        verify = lambda p: model.score_sync(p, batch_size=64)  # noqa: E731
+        weights = Path(path) / "model.safetensors"
+        if weights.is_file():
+            sha = hashlib.sha256(weights.read_bytes()).hexdigest()
+    index = np.flatnonzero(proposed)
+    scores = np.full(len(pairs), -np.inf)
+    scores[index] = verify([(normalize(pairs[i].q1), normalize(pairs[i].q2)) for i in index])
+    identity = VerifierIdentity(model=settings.model, sha256=sha, propose_threshold=settings.propose_threshold)
+    return identity, scores, proposed
 
 
 def _pct(x: float | None) -> str:

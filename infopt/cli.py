@@ -169,6 +169,22 @@ def cmd_calibrate_fit(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _verifier_path(config: AppConfig) -> str | None:
+    """The folder (or hub ID) of the profile's pair verifier; None when the cache decides by its threshold."""
+    from serving.cache.verifier import TRAINED_MARKER, TRAINED_VERIFIER, trained_verifier_dir
+    from serving.models import ModelPrepareError
+
+    model = config.cache.verifier.model
+    if model is None:
+        return None
+    if model == TRAINED_VERIFIER:
+        folder = trained_verifier_dir(config.cache_dir)
+        if not (folder / TRAINED_MARKER).exists():
+            raise ModelPrepareError(f"the verifier '{model}' is not prepared: run `infopt models prepare --verifier`")
+        return str(folder)
+    return model
+
+
 def cmd_calibrate_cache(ns: argparse.Namespace) -> int:
     from infopt import calibrate
     from infopt.calibration_data import DEFAULT_DATA_DIR
@@ -180,17 +196,21 @@ def cmd_calibrate_cache(ns: argparse.Namespace) -> int:
     out = Path(ns.out) if ns.out else profiles_dir() / "calibration" / f"{ns.profile}.json"
     try:
         embedder = config.resolve_model(config.cache.embedder.model)
+        verifier = _verifier_path(config)
         cal, report = calibrate.run_cache(
             config, out, data_dir=Path(ns.data_dir or DEFAULT_DATA_DIR), embedder_path=embedder,
             epsilon=ns.epsilon or config.quality.max_disagreement, delta=ns.delta or config.quality.delta,
-            calibration_share=ns.calibration_share, report_dir=reports, limit=ns.limit, reembed=ns.reembed)
+            calibration_share=ns.calibration_share, report_dir=reports, limit=ns.limit, reembed=ns.reembed,
+            verifier_path=verifier)
     except (FileNotFoundError, ModelPrepareError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     part = cal.cache
     assert part is not None
-    what = (f"threshold {part.threshold}" if part.threshold is not None else
-            f"no threshold certifiable: serving keeps cache.similarity_threshold {config.cache.similarity_threshold}")
+    kept = (f"cache.verifier.threshold {config.cache.verifier.threshold}" if part.rule == "verifier" else
+            f"cache.similarity_threshold {config.cache.similarity_threshold}")
+    what = (f"{part.rule} threshold {part.threshold}" if part.threshold is not None else
+            f"no threshold certifiable: serving keeps {kept}")
     print(f"wrote {out} ({cal.version}): {what}; report {reports / f'cache-{ns.profile}.md'}")
     print(json.dumps({"split": "calibration", "pairs": part.data.get("calibration_pairs"), "served": part.served,
                       "false_hits": part.false_hits, "upper": part.upper, "recall": part.recall}))

@@ -33,8 +33,9 @@ cache itself (`serving.cache.semantic`) ask.
 * **The threshold in force** (`threshold_in_force`): `similarity_threshold` as configured,
   or, when the profile's calibration file (`quality.calibration`) has a cache part made for
   the configured embedder and guards, the risk-controlled threshold it certified (`infopt
-  calibrate cache`: at most ε false hits among served QQP pairs, with confidence 1 - δ). A
-  cache part for another embedder is refused; one that certified no threshold leaves the
+  calibrate cache`: at most ε false hits among served QQP pairs, with confidence 1 - δ); with a
+  verifier, the verifier's score threshold it certified. A cache part for another embedder, or
+  another rule or verifier, is refused; one that certified no threshold leaves the
   configured one, and a warning and the reported calibration version (without `+cache-...`)
   say so.
 * **Admission** (`rejection_reason`): only answers that are *final* are kept — the
@@ -197,12 +198,21 @@ def threshold_in_force(config: CacheConfig, calibration: Calibration | None
         return config, calibration
     if not config.enabled:
         return config, calibration.with_cache(None) if calibration.scout is not None else None
-    part.check(config.embedder.model, config.embedder.dimension, config.guards)
+    part.check(config.embedder.model, config.embedder.dimension, config.guards, config.verifier.model,
+               config.verifier.propose_threshold)
+    verified = part.rule == "verifier"
+    configured = config.verifier.threshold if verified else config.similarity_threshold
+    name = "cache.verifier.threshold" if verified else "cache.similarity_threshold"
     if part.threshold is None:
-        logger.warning("calibration %s certified no similarity threshold for the semantic cache (false hits <= %g "
-                       "at %g%% confidence): cache.similarity_threshold %g stays, uncalibrated",
-                       calibration.version, part.epsilon, 100 * (1 - part.delta), config.similarity_threshold)
+        logger.warning("calibration %s certified no %s threshold for the semantic cache (false hits <= %g at %g%% "
+                       "confidence): %s %g stays, uncalibrated", calibration.version,
+                       "verifier" if verified else "similarity", part.epsilon, 100 * (1 - part.delta), name, configured)
         return config, calibration.with_cache(None) if calibration.scout is not None else None
+    if verified:
+        logger.info("semantic cache: verifier threshold %g from calibration %s (configured: %g)", part.threshold,
+                    part.version, configured)
+        return config.model_copy(update={"verifier": config.verifier.model_copy(
+            update={"threshold": part.threshold})}), calibration
     if part.threshold != config.similarity_threshold:
         logger.info("semantic cache: similarity threshold %g from calibration %s (configured: %g)",
                     part.threshold, part.version, config.similarity_threshold)

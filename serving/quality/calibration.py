@@ -35,7 +35,7 @@ import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -162,6 +162,16 @@ class EmbedderIdentity(BaseModel):
     sha256: str | None = Field(None, description="sha256 of its weights (model.safetensors) when known.")
 
 
+class VerifierIdentity(BaseModel):
+    """The pair verifier a cache calibration was made with: its scores mean nothing for another one."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(description="`cache.verifier.model` as configured (catalog name, folder or hub ID).")
+    sha256: str | None = Field(None, description="sha256 of its weights (model.safetensors) when known.")
+    propose_threshold: float = Field(description="The similarity floor below which no pair was proposed to it.")
+
+
 class CacheCurvePoint(BaseModel):
     """The semantic cache at one similarity threshold, on one split of labelled pairs."""
 
@@ -205,8 +215,14 @@ class CacheCalibration(BaseModel):
     data: dict[str, Any] = Field(description="The labelled pairs: source, file, digest, split rule, sizes.")
     epsilon: float = Field(description="Largest false-hit rate allowed among served pairs.")
     delta: float = Field(description="1 - confidence of the guarantee.")
-    threshold: float | None = Field(description="Risk-controlled similarity threshold; None: none is certifiable "
-                                    "(serving keeps the configured one and says so).")
+    rule: Literal["threshold", "verifier"] = Field(
+        "threshold", description="The decision calibrated: 'threshold' (the similarity of a guarded candidate) or "
+        "'verifier' (the pair verifier's score of a guarded candidate proposed at its similarity floor).")
+    verifier: VerifierIdentity | None = Field(None, description="The verifier whose scores were calibrated (rule "
+                                              "'verifier').")
+    threshold: float | None = Field(description="Risk-controlled threshold on the rule's score (similarity, or the "
+                                    "verifier's score); None: none is certifiable (serving keeps the configured one "
+                                    "and says so).")
     served: int = Field(description="Calibration-split pairs served at the threshold.")
     false_hits: int = Field(description="Of which not duplicates.")
     upper: float = Field(description="Clopper-Pearson upper limit of the false-hit rate at the threshold.")
@@ -215,8 +231,21 @@ class CacheCalibration(BaseModel):
                                          description="The risk-recall curve on the calibration split.")
     evaluation: CacheSplitResult | None = Field(None, description="The threshold replayed on the evaluation split.")
 
-    def check(self, embedder_model: str, dimension: int, guards: bool) -> None:
-        """Refuse a cache part made for another embedder (or with the guards set otherwise)."""
+    def check(self, embedder_model: str, dimension: int, guards: bool, verifier_model: str | None = None,
+              propose_threshold: float | None = None) -> None:
+        """Refuse a cache part made for another embedder, with the guards set otherwise, or for another rule or
+        verifier than the profile decides by."""
+        if self.rule == "verifier" and self.verifier is not None:
+            made_v = (self.verifier.model, self.verifier.propose_threshold)
+            if made_v != (verifier_model, propose_threshold):
+                raise CalibrationMismatchError(
+                    f"the cache calibration {self.version} was made for verifier '{self.verifier.model}' proposed at "
+                    f"similarity >= {self.verifier.propose_threshold}, and the profile has cache.verifier "
+                    f"'{verifier_model}' at {propose_threshold}: run `infopt calibrate cache` for this profile")
+        elif verifier_model is not None:
+            raise CalibrationMismatchError(
+                f"the cache calibration {self.version} calibrated the similarity threshold, and the profile decides "
+                f"by the verifier '{verifier_model}': run `infopt calibrate cache` for this profile")
         made = (self.embedder.model, self.embedder.dimension)
         if made != (embedder_model, dimension):
             raise CalibrationMismatchError(

@@ -313,6 +313,50 @@ def test_run_cache_extends_the_file_keeps_the_scout_part_and_reports(tmp_path):
     assert refit.cache == part and Calibration.load(out).version.endswith("+" + part.version)
 
 
+def test_with_a_verifier_its_score_threshold_is_calibrated_apart_from_its_train_split(tmp_path):
+    """Every pair is near-identical text (the similarity cannot tell them apart); a verifier that can is
+    calibrated on the calibration split without its train split, and serving applies its threshold."""
+    data = tmp_path / "data" / "qqp"
+    data.mkdir(parents=True)
+    lines, dups = [], set()
+    for i in range(2000):
+        dup = i % 5 < 2
+        q1, q2 = f"how do i learn topic {i}", f"how do i learn topic {i} fast"
+        if dup:
+            dups.add((q1, q2))
+        lines.append(f"{i}\t{2 * i}\t{2 * i + 1}\t{q1}\t{q2}\t{int(dup)}")
+    (data / "qqp_dev.tsv").write_text("\n".join(lines) + "\n")
+    asked: list[tuple[str, str]] = []
+
+    def verify(pairs):
+        asked.extend(pairs)
+        return [0.9 if p in dups else 0.1 for p in pairs]
+
+    config = AppConfig(profile="t", cache_dir=tmp_path, scout={"model": "small"}, validator={"model": "large"},
+                       cache={"enabled": True, "guards": False, "embedder": {"model": "fake", "dimension": 64},
+                              "verifier": {"model": "ce", "propose_threshold": 0.5}})
+    out = tmp_path / "cal.json"
+    cal, _ = run_cache(config, out, data_dir=tmp_path / "data", embedder_path=str(tmp_path / "nowhere"),
+                       epsilon=0.02, delta=0.05, embed=lambda texts: [FakeEmbedder.vector(t) for t in texts],
+                       verify=verify)  # ε 2%: the calibration split (20% of the groups) holds too few for 1%
+    part = cal.cache
+    assert part.rule == "verifier" and part.verifier.model == "ce" and part.verifier.propose_threshold == 0.5
+    assert 0.1 < part.threshold <= 0.9 and part.false_hits == 0
+    assert part.evaluation.false_hits == 0 and math.isclose(part.evaluation.recall, 1.0)
+    d = part.data
+    assert d["train_pairs"] > 0 and d["train_pairs"] + d["calibration_pairs"] + d["evaluation_pairs"] == 2000
+    assert len(asked) == 2000  # every pair is proposed (similarity >= 0.5), scored once
+
+    served, _ = threshold_in_force(config.cache, Calibration.load(out))
+    assert served.verifier.threshold == part.threshold
+    assert served.similarity_threshold == config.cache.similarity_threshold
+    # The same file for a profile without that verifier (or without any) is refused.
+    for verifier in ({"model": "other", "propose_threshold": 0.5}, {"model": "ce", "propose_threshold": 0.7}, {}):
+        other = config.cache.model_copy(update={"verifier": type(config.cache.verifier)(**verifier)})
+        with pytest.raises(CalibrationMismatchError):
+            threshold_in_force(other, Calibration.load(out))
+
+
 def test_the_shipped_tiny_calibration_fits_the_tiny_profile():
     """cluster/calibration/tiny.json: its cache part (when it has one) is for the tiny profile's embedder."""
     path = REPO / "cluster" / "calibration" / "tiny.json"
