@@ -39,13 +39,15 @@ def build_app(args: dict[str, Any]) -> Application:
     parts = Parts(
         config=config,
         scout=ServeLLMEngine(build_engine(config.scout, "Scout", config), config.scout.served_name(),
-                             priority_scheduling=config.scout.scheduling_policy == "priority"),
+                             priority_scheduling=config.scout.scheduling_policy == "priority",
+                             replica_death_retries=config.scout.replica_death_retries),
         validator=ServeLLMEngine(
             build_engine(config.validator, "Validator", config), config.validator.served_name(),
             # Verification re-tokenises drafts with the Validator's tokenizer (resolved here: a missing
             # model fails `serve run` at once).
             tokenizer=config.resolve_model(config.validator.model) if config.tiering.verified_escalation else None,
-            priority_scheduling=config.validator.scheduling_policy == "priority"),
+            priority_scheduling=config.validator.scheduling_policy == "priority",
+            replica_death_retries=config.validator.replica_death_retries),
         cache=ServeResponseCache(cache) if cache is not None else None,
         embedder=ServeEmbedder(embedder, config.cache.embedder.dimension) if embedder is not None else None,
     )

@@ -82,6 +82,12 @@ class EngineConfig(BaseModel):
     request_timeout_s: float = Field(
         300.0, gt=0, description="Longest a single generation may take before the request gets a 504."
     )
+    replica_death_retries: int = Field(
+        1, ge=0, le=3,
+        description="Times a call whose replica died before answering anything (killed, out of memory, node lost) "
+        "is sent again: to another replica, or to the one Serve starts, within the request's deadline. 0: the "
+        "request gets a 503 at once.",
+    )
     speculative: SpeculativeConfig = Field(
         default_factory=SpeculativeConfig,
         description="In-engine speculative decoding (see serving/config/speculative.py).",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +26,7 @@ from serving.errors import (
 )
 from serving.verify import DraftOutcome, Verified, accept_length
 
+logger = logging.getLogger(__name__)
 _CONTEXT_MARKERS = ("maximum context length", "max_model_len", "context length", "input_tokens")
 
 
@@ -60,6 +62,15 @@ def error_from_call(model_id: str, exc: BaseException) -> InferenceOptimizerErro
     if "VLLMClientError" in names:
         return InvalidRequestError(f"{model_id}: {exc}"[:500])
     return EngineUnavailableError(f"{model_id}: {type(exc).__name__}: {exc}"[:500])
+
+
+# Ray's errors for a replica that died (killed, out of memory, its node lost) or is unreachable.
+_REPLICA_GONE = frozenset({"ActorDiedError", "RayActorError", "ActorUnavailableError"})
+
+
+def replica_gone(exc: BaseException) -> bool:
+    """Whether a handle call failed because its replica died or became unreachable (by name: no Ray import)."""
+    return any(c.__name__ in _REPLICA_GONE for c in type(exc).__mro__)
 
 
 async def until_abandoned(response: Any) -> AsyncIterator[Any]:
@@ -109,8 +120,10 @@ class ServeLLMEngine(LLMEngine):
     """Calls an LLMServer deployment through its DeploymentHandle."""
 
     def __init__(self, handle: Any, model_id: str, tokenizer: str | None = None,
-                 priority_scheduling: bool = False) -> None:
+                 priority_scheduling: bool = False, replica_death_retries: int = 1) -> None:
         self._handle = handle
+        # A call whose replica died before it answered anything is sent again this many times.
+        self.replica_death_retries = replica_death_retries
         self.model_id = model_id
         # Where the model's tokenizer is (its folder or hub ID): needed by `verify` only.
         self._tokenizer_source = tokenizer
@@ -311,13 +324,24 @@ class ServeLLMEngine(LLMEngine):
             if is_client_error(exc):
                 raise InvalidRequestError(str(exc)[:500]) from None
             raise
-        try:
-            async for item in until_abandoned(self._method(req).remote(vreq)):
-                yield item
-        except InferenceOptimizerError:
-            raise
-        except Exception as exc:  # a dead replica, a Ray error, an engine crash, a full queue; or vLLM refusing it
-            raise error_from_call(self.model_id, exc) from exc
+        for attempt in range(1 + self.replica_death_retries):
+            started = False
+            try:
+                async for item in until_abandoned(self._method(req).remote(vreq)):
+                    started = True
+                    yield item
+                return
+            except InferenceOptimizerError:
+                raise
+            except Exception as exc:  # a dead replica, a Ray error, an engine crash, a full queue; or vLLM refusing it
+                # A replica that died before answering anything (killed, out of memory, its node lost): the same
+                # call again goes to another replica (Ray's router has dropped the dead one), or waits for the one
+                # Serve starts, within the request's deadline. Once output has left, a retry would repeat it.
+                if not started and attempt < self.replica_death_retries and replica_gone(exc):
+                    logger.warning("%s: the replica died before answering (%s); retrying on another",
+                                   self.model_id, type(exc).__name__)
+                    continue
+                raise error_from_call(self.model_id, exc) from exc
 
     async def generate(self, request: GenerationRequest) -> Generation:
         async for item in self._responses(request, stream=False):

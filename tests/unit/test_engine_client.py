@@ -134,6 +134,12 @@ class _Response:
         self.items = list(range(n))
         self.cancelled = False
 
+    @classmethod
+    def of(cls, *items):
+        r = cls(0)
+        r.items = list(items)
+        return r
+
     def __aiter__(self):
         return self._iter()
 
@@ -172,3 +178,67 @@ def test_an_abandoned_engine_call_is_cancelled_and_a_finished_one_is_not():
         assert slow.cancelled
 
     asyncio.run(run())
+
+
+def test_a_call_whose_replica_died_before_answering_is_sent_again_once():
+    """A replica killed under a request (OOM, node loss): the call goes again, to a replica Ray still has; a second
+    death, or one after output has left, is a 503."""
+    import asyncio
+
+    from serving.engines.base import GenerationRequest
+    from serving.handles.engine import ServeLLMEngine, replica_gone
+
+    class ActorDiedError(RuntimeError):  # Ray's, by name
+        pass
+
+    class Dying:
+        def __init__(self, after: int) -> None:
+            self.after = after
+
+        def cancel(self) -> None:
+            pass
+
+        def __aiter__(self):
+            return self._iter()
+
+        async def _iter(self):
+            for i in range(self.after):
+                yield {"choices": [{"message": {"content": f"x{i}"}, "finish_reason": "stop"}]}
+            raise ActorDiedError("The actor died unexpectedly before finishing this task.")
+
+    class Handle:
+        def __init__(self, responses) -> None:
+            self.responses, self.calls = list(responses), 0
+            self.chat = self
+
+        def options(self, **_):
+            return self
+
+        def remote(self, _):
+            self.calls += 1
+            r = self.responses.pop(0)
+            return r if not isinstance(r, dict) else _Response.of(r)
+
+    ok = {"choices": [{"message": {"content": "hi"}, "finish_reason": "stop"}]}
+    request = GenerationRequest(messages=[{"role": "user", "content": "hi"}], temperature=0)
+    assert replica_gone(ActorDiedError()) and not replica_gone(RuntimeError())
+
+    def engine(handle, retries=1):
+        e = ServeLLMEngine(handle, "m", replica_death_retries=retries)
+        e._to_vllm = lambda req, stream: req  # no vLLM request objects here
+        return e
+
+    handle = Handle([Dying(0), ok])
+    assert asyncio.run(engine(handle).generate(request)).text == "hi" and handle.calls == 2
+    for handle, retries in ((Handle([Dying(0), Dying(0)]), 1), (Handle([Dying(0)]), 0)):
+        with pytest.raises(EngineUnavailableError):
+            asyncio.run(engine(handle, retries).generate(request))
+        assert handle.calls == retries + 1
+
+    async def read(stream):
+        return [c async for c in stream]
+
+    handle = Handle([Dying(1), ok])  # output has left: no retry
+    with pytest.raises(EngineUnavailableError):
+        asyncio.run(read(engine(handle)._responses(request, stream=True)))
+    assert handle.calls == 1
