@@ -120,7 +120,7 @@ def bench_stores(sizes: list[int], queries: int, client_queries: int) -> list[di
     return rows
 
 
-def bench_serve(profile: str, requests: int, port: int) -> dict:
+def bench_serve(profile: str, requests: int, port: int, verifier: bool = False) -> dict:
     import httpx
     import ray
     from ray import serve
@@ -132,12 +132,17 @@ def bench_serve(profile: str, requests: int, port: int) -> dict:
     config.cache.enabled = True
     config.cache.path = Path(tempfile.mkdtemp(prefix="bench-cache-serve-"))
     config.cache.admit_truncated = True
+    if verifier:  # propose, then verify: the semantic hit pays for the cross-encoder's reading of the pair
+        from serving.cache.verifier import TRAINED_VERIFIER
+
+        config.cache.verifier.model = TRAINED_VERIFIER
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     ray.init(address="local", include_dashboard=False, log_to_driver=False)
     base = f"http://127.0.0.1:{port}"
     results: dict[str, list[float]] = {"cache exact hit": [], "cache semantic hit": [], "scout path": [],
                                        "validator path": []}
     cache_stage_ms: list[float] = []
+    rules: list[str] = []
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         serve.run(build_app(config.model_dump(mode="json")), name="infopt", route_prefix="/")
@@ -176,7 +181,10 @@ def bench_serve(profile: str, requests: int, port: int) -> dict:
                         raise RuntimeError(f"{label}: expected tier {tier}, got {route}")
                     results[label].append(ms)
                     if tier == "cache":
-                        cache_stage_ms.append(route["stages"][0]["latency_ms"])
+                        stage = next(st for st in route["stages"] if st["stage"] == "cache")
+                        cache_stage_ms.append(stage["latency_ms"])
+                        if label == "cache semantic hit":
+                            rules.append(str(stage.get("detail", {}).get("rule")))
     finally:
         serve.shutdown()
         ray.shutdown()
@@ -184,7 +192,10 @@ def bench_serve(profile: str, requests: int, port: int) -> dict:
     hit = statistics.median(results["cache exact hit"])
     rows = [{"path": k, "p50_ms": statistics.median(v), "ratio_to_exact_hit": statistics.median(v) / hit,
              "n": len(v)} for k, v in results.items()]
-    return {"profile": profile, "max_tokens": 32, "rows": rows,
+    semantic = statistics.median(results["cache semantic hit"])
+    return {"profile": profile, "max_tokens": 32, "rows": rows, "verifier": verifier,
+            "semantic_rules": sorted(set(rules)),
+            "scout_path_over_semantic_hit": statistics.median(results["scout path"]) / semantic,
             "cache_stage_p50_ms": statistics.median(cache_stage_ms)}
 
 
@@ -211,6 +222,9 @@ def render(result: dict) -> str:
             lines.append(f"| {r['path']} | {r['p50_ms']:.1f} | {r['ratio_to_exact_hit']:.1f} | {r['n']} |")
         lines += ["", f"Cache stage inside the ingress (lookup incl. embedding for semantic): p50 "
                       f"{s['cache_stage_p50_ms']:.1f} ms."]
+        if "scout_path_over_semantic_hit" in s:
+            lines.append(f"Semantic hits decided by: {', '.join(s['semantic_rules'])}; the Scout path takes "
+                         f"**{s['scout_path_over_semantic_hit']:.0f}x** a semantic hit's time.")
     return "\n".join(lines)
 
 
@@ -251,6 +265,8 @@ def main() -> int:
     ap.add_argument("--profile", default="tiny")
     ap.add_argument("--port", type=int, default=8019)
     ap.add_argument("--skip-serve", action="store_true", help="only the store part (no models needed)")
+    ap.add_argument("--verifier", action="store_true",
+                    help="end to end with the cache's pair verifier on (infopt models prepare --verifier)")
     ap.add_argument("--out", type=Path, default=REPO / "reports")
     ns = ap.parse_args()
 
@@ -259,7 +275,7 @@ def main() -> int:
     result["stores"] = bench_stores(ns.sizes, ns.queries, ns.client_queries)
     if not ns.skip_serve:
         print("end to end through Ray Serve:", flush=True)
-        result["serve"] = bench_serve(ns.profile, ns.requests, ns.port)
+        result["serve"] = bench_serve(ns.profile, ns.requests, ns.port, ns.verifier)
     text = render(result)
     print("\n" + text)
     ns.out.mkdir(parents=True, exist_ok=True)
