@@ -26,6 +26,7 @@ import csv
 import hashlib
 import json
 import random
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -148,6 +149,7 @@ def train(base: Path, out: Path, data_dir: Path, recipe: Recipe | None = None, *
     started = time.perf_counter()
     CrossEncoderTrainer(model=model, args=args, train_dataset=dataset, loss=BinaryCrossEntropyLoss(model)).train()
     seconds = time.perf_counter() - started
+    shutil.rmtree(work, ignore_errors=True)  # the trainer's scratch folder (nothing saved there)
     Path(out).mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out))
     marker = {"name": NAME, "recipe_version": RECIPE_VERSION, "recipe": recipe.__dict__, "base": BASE,

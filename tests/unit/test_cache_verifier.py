@@ -127,3 +127,24 @@ def test_the_verified_verdicts():
     assert policy.judge_verified(config, 0.5, None, None) is policy.Candidate.REJECTED
     assert policy.search_floor(CacheConfig(verifier={"propose_threshold": 0.7}), verifying=True) == 0.7
     assert policy.search_floor(CacheConfig(verifier={"propose_threshold": 0.7})) == 0.8  # the draft threshold
+
+
+def test_a_verifier_that_is_not_prepared_or_cannot_load_leaves_the_threshold_rule(tmp_path):
+    from serving.cache.verifier import TRAINED_VERIFIER, open_verifier
+    from serving.config import VerifierConfig
+
+    assert open_verifier(VerifierConfig(), tmp_path) == (None, "off")
+    verifier, why = open_verifier(VerifierConfig(model=TRAINED_VERIFIER), tmp_path)
+    assert verifier is None and "infopt models prepare --verifier" in why
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    verifier, why = open_verifier(VerifierConfig(model=str(broken)), tmp_path)
+    assert verifier is None and "could not be loaded" in why
+
+
+def test_training_the_verifier_needs_the_shared_data(tmp_path):
+    from infopt.prepare import prepare_verifier
+    from serving.models import ModelPrepareError
+
+    with pytest.raises(ModelPrepareError, match="shared data"):
+        prepare_verifier(tmp_path / "cache", tmp_path / "no-data", log=lambda _: None)
