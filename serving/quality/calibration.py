@@ -235,27 +235,24 @@ class CacheCalibration(BaseModel):
               propose_threshold: float | None = None) -> None:
         """Refuse a cache part made for another embedder, with the guards set otherwise, or for another rule or
         verifier than the profile decides by."""
+        wrong: list[str] = []
         if self.rule == "verifier" and self.verifier is not None:
-            made_v = (self.verifier.model, self.verifier.propose_threshold)
-            if made_v != (verifier_model, propose_threshold):
-                raise CalibrationMismatchError(
-                    f"the cache calibration {self.version} was made for verifier '{self.verifier.model}' proposed at "
-                    f"similarity >= {self.verifier.propose_threshold}, and the profile has cache.verifier "
-                    f"'{verifier_model}' at {propose_threshold}: run `infopt calibrate cache` for this profile")
+            if (self.verifier.model, self.verifier.propose_threshold) != (verifier_model, propose_threshold):
+                wrong.append(f"was made for verifier '{self.verifier.model}' proposed at similarity >= "
+                             f"{self.verifier.propose_threshold}, and the profile has cache.verifier "
+                             f"'{verifier_model}' at {propose_threshold}")
         elif verifier_model is not None:
-            raise CalibrationMismatchError(
-                f"the cache calibration {self.version} calibrated the similarity threshold, and the profile decides "
-                f"by the verifier '{verifier_model}': run `infopt calibrate cache` for this profile")
-        made = (self.embedder.model, self.embedder.dimension)
-        if made != (embedder_model, dimension):
-            raise CalibrationMismatchError(
-                f"the cache calibration {self.version} was made for embedder '{self.embedder.model}' "
-                f"({self.embedder.dimension}-d), not '{embedder_model}' ({dimension}-d): its threshold says nothing "
-                f"about this embedder's similarities; run `infopt calibrate cache` for this profile")
+            wrong.append(f"calibrated the similarity threshold, and the profile decides by the verifier "
+                         f"'{verifier_model}'")
+        if (self.embedder.model, self.embedder.dimension) != (embedder_model, dimension):
+            wrong.append(f"was made for embedder '{self.embedder.model}' ({self.embedder.dimension}-d), not "
+                         f"'{embedder_model}' ({dimension}-d): its threshold says nothing about this embedder's "
+                         "similarities")
         if self.guards != guards:
-            raise CalibrationMismatchError(
-                f"the cache calibration {self.version} was made with cache.guards {self.guards}, and the profile "
-                f"has {guards}: run `infopt calibrate cache` with the profile's guards")
+            wrong.append(f"was made with cache.guards {self.guards}, and the profile has {guards}")
+        if wrong:
+            raise CalibrationMismatchError(f"the cache calibration {self.version} {'; it '.join(wrong)}: run "
+                                           "`infopt calibrate cache` for this profile (with its guards)")
 
 
 class CalibrationFormatError(ValueError):

@@ -132,6 +132,36 @@ def test_kill_a_validator_replica_under_load(svc: Service):
     assert figures["failed_share"] < 0.01, figures
 
 
+def test_calls_in_flight_on_a_killed_validator_replica_are_answered_by_the_other(svc: Service):
+    """Four long requests at once (prefix-aware routing tends to put them on one replica), then one Validator
+    replica killed mid-generation: every call it held is sent again (engine.replica_death_retries), none fails."""
+    import concurrent.futures
+
+    from ray import serve
+
+    deadline = time.monotonic() + 400  # after the kill above, until Serve has its second Validator replica again
+    while time.monotonic() < deadline:
+        states = serve.status().applications["infopt"].deployments["Validator"].replica_states
+        if states.get("RUNNING", 0) >= 2:
+            break
+        time.sleep(5)
+
+    def one(i: int) -> int:
+        with svc.client(timeout=300) as c:
+            return c.post("/v1/chat/completions", json={
+                "model": "validator", "temperature": 0, "max_tokens": 64, "cache": {"mode": "bypass"},
+                "messages": [{"role": "user", "content": f"Write a long story about ship {i} {uuid.uuid4().hex[:4]}."}],
+            }).status_code
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        futures = [pool.submit(one, i) for i in range(4)]
+        time.sleep(2.0)  # all four are generating
+        kill_replica("Validator")
+        statuses = Counter(f.result() for f in futures)
+    FIGURES["kill_validator_mid_generation"] = {"in_flight": 4, "statuses": {str(k): v for k, v in statuses.items()}}
+    assert statuses == {200: 4}, statuses
+
+
 def test_every_admitted_entry_is_back_after_the_store_restarts(svc: Service):
     """Admit entries, kill the cache replica (its store never flushed or closed), and ask for every one again."""
     space = {"namespace": f"chaos-{uuid.uuid4().hex[:6]}"}
