@@ -474,14 +474,19 @@ def embedder_identity(model: str, path: str, dimension: int) -> EmbedderIdentity
     from serving.models import CATALOG
 
     sha = CATALOG[model].sha256 if model in CATALOG else None
-    weights = Path(path) / "model.safetensors"
-    if sha is None and weights.is_file():
-        digest = hashlib.sha256()
-        with weights.open("rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-        sha = digest.hexdigest()
-    return EmbedderIdentity(model=model, dimension=dimension, sha256=sha)
+    return EmbedderIdentity(model=model, dimension=dimension, sha256=sha or weights_sha256(path))
+
+
+def weights_sha256(folder: str | Path) -> str | None:
+    """sha256 of a model folder's model.safetensors (None when it has none: a hub ID, a fake)."""
+    weights = Path(folder) / "model.safetensors"
+    if not weights.is_file():
+        return None
+    digest = hashlib.sha256()
+    with weights.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def run_cache(config: Any, out: Path, *, data_dir: Path, embedder_path: str, epsilon: float, delta: float,
@@ -603,9 +608,7 @@ def _verifier_scores(settings: Any, pairs: Sequence[QQPPair], sims: np.ndarray, 
 
         model = CrossEncoderVerifier(path)
         verify = lambda p: model.score_sync(p, batch_size=64)  # noqa: E731
-        weights = Path(path) / "model.safetensors"
-        if weights.is_file():
-            sha = hashlib.sha256(weights.read_bytes()).hexdigest()
+        sha = weights_sha256(path)
     index = np.flatnonzero(proposed)
     scores = np.full(len(pairs), -np.inf)
     scores[index] = verify([(normalize(pairs[i].q1), normalize(pairs[i].q2)) for i in index])

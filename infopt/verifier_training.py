@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from infopt.calibrate import QQP_FILE, SPLIT_RULE, load_qqp, qqp_split
+from infopt.calibrate import QQP_FILE, SPLIT_RULE, load_qqp, qqp_split, weights_sha256
 from serving.cache.keys import normalize
 from serving.cache.verifier import TRAINED_MARKER, TRAINED_VERIFIER
 
@@ -102,14 +102,6 @@ def training_pairs(data_dir: Path, recipe: Recipe) -> tuple[list[tuple[str, str,
     return out, data
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def is_trained(folder: Path, recipe: Recipe | None = None) -> bool:
     """True when `folder` holds a verifier trained by this recipe version (and, given one, this recipe)."""
     try:
@@ -120,8 +112,8 @@ def is_trained(folder: Path, recipe: Recipe | None = None) -> bool:
         return False
     if recipe is not None and info.get("recipe") != recipe.__dict__:
         return False
-    weights = Path(folder) / "model.safetensors"
-    return weights.is_file() and info.get("sha256") == _sha256(weights)
+    sha = weights_sha256(folder)
+    return sha is not None and info.get("sha256") == sha
 
 
 def train(base: Path, out: Path, data_dir: Path, recipe: Recipe | None = None, *, limit: int | None = None,
@@ -153,8 +145,8 @@ def train(base: Path, out: Path, data_dir: Path, recipe: Recipe | None = None, *
     Path(out).mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out))
     marker = {"name": NAME, "recipe_version": RECIPE_VERSION, "recipe": recipe.__dict__, "base": BASE,
-              "base_sha256": _sha256(Path(base) / "model.safetensors"), "data": data, "pairs": len(pairs),
-              "train_seconds": round(seconds), "sha256": _sha256(Path(out) / "model.safetensors")}
+              "base_sha256": weights_sha256(base), "data": data, "pairs": len(pairs),
+              "train_seconds": round(seconds), "sha256": weights_sha256(out)}
     (Path(out) / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
     log(f"{NAME}: trained in {seconds:.0f} s -> {out}")
     return marker
