@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Awaitable
 from typing import Any
 
@@ -22,10 +23,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serving.api import ERROR_RESPONSES, ChatCompletionRequest, CompletionRequest, RouteTrace
 from serving.compose import Parts, build_service
+from serving.dashboard import LiveStats, asset
 from serving.errors import (
     EngineUnavailableError,
     InferenceOptimizerError,
     InvalidRequestError,
+    NotFoundError,
     RequestTooLargeError,
     from_http_status,
     to_openai_error,
@@ -150,7 +153,10 @@ class Ingress:
 
     def __init__(self, parts: Parts) -> None:
         config = parts.config
-        self.metrics = ServeMetrics()
+        # The live page's window (`serving.dashboard`): a metrics sink and, below, an observer of answers.
+        self.live = LiveStats(config.api.dashboard.window_s, config.api.dashboard.bucket_s,
+                              config.api.dashboard.max_requests)
+        self.metrics = MetricsTee(ServeMetrics(), self.live)
         # Arrivals per priority class, cache hits, Validator share and time: the forecast
         # (exported as metrics) and the Validator's cascade autoscaling read these.
         self.load = CascadeStats(config.load, metrics=self.metrics)
@@ -158,6 +164,8 @@ class Ingress:
         self.cache = parts.cache
         self.config = config
         self.service = build_service(parts, metrics=MetricsTee(self.metrics, self.load))
+        self.service.pipeline.observers.append(self.live)  # after the ledger: it reads the counterfactual
+        self._replicas: tuple[float, dict[str, Any] | None] = (0.0, None)
         # Open (no keys) or not, said once at start: an open service should be a choice, not an accident.
         logger.warning(self.service.tenancy.describe())
 
@@ -292,6 +300,73 @@ class Ingress:
     @app.get("/v1/quality", responses=ERROR_RESPONSES)
     async def quality(self, request: Request) -> Response:
         return await self._answer(self._quality(request))
+
+    # -- the live page ---------------------------------------------------------------------
+
+    def _dashboard_on(self) -> None:
+        if not self.config.api.dashboard.enabled:
+            raise NotFoundError("the live page is off in this deployment (api.dashboard.enabled)")
+
+    async def _replica_states(self) -> dict[str, Any] | None:
+        """Replicas per deployment by state, from Serve's controller (at most every 5 s; None when it cannot say)."""
+        at, value = self._replicas
+        now = time.monotonic()
+        if now - at < 5.0:
+            return value
+        try:
+            status = await asyncio.wait_for(asyncio.to_thread(serve.status), 5.0)
+            value = {app_name: {name: {str(state.value if hasattr(state, "value") else state): n
+                                       for state, n in d.replica_states.items()}
+                                for name, d in a.deployments.items()}
+                     for app_name, a in status.applications.items()}
+        except Exception as exc:  # reported as unknown, never fatal to the page
+            logger.warning("the live page could not read the replicas: %s", exc)
+            value = None
+        self._replicas = (now, value)
+        return value
+
+    async def _dashboard_state(self, request: Request) -> Response:
+        self._dashboard_on()
+        self._admin(request)
+        pipeline = self.service.pipeline
+        body: dict[str, Any] = {"object": "dashboard.state", "profile": self.config.profile,
+                                "refresh_s": self.config.api.dashboard.refresh_s, **self.live.snapshot()}
+        body["ledger"] = pipeline.ledger.totals() if pipeline.ledger is not None else None
+        body["quality"] = (pipeline.auditor.report() if pipeline.auditor is not None
+                           else {"calibration": pipeline.escalation.version, "audit": "off"})
+        body["cache"] = None
+        if self.cache is not None:
+            try:
+                body["cache"] = await asyncio.wait_for(self.cache.stats(), self.config.cache.timeout_s)
+            except Exception as exc:
+                body["cache"] = {"error": f"unavailable ({type(exc).__name__})"}
+        gate = pipeline.gate
+        body["queue"] = ({"active": gate.active, "waiting": gate.waiting, "limit": gate.limit,
+                          "max_waiting": gate.max_waiting} if gate is not None else None)
+        body["replicas"] = await self._replica_states()
+        return JSONResponse(body)
+
+    @app.get("/v1/dashboard/state", responses=ERROR_RESPONSES)
+    async def dashboard_state(self, request: Request) -> Response:
+        """What the live page draws (JSON): the window's route mix, savings, latency, the audit, cache, queue and
+        replicas."""
+        return await self._answer(self._dashboard_state(request))
+
+    async def _asset(self, name: str) -> Response:
+        self._dashboard_on()
+        found = asset(name)
+        if found is None:
+            raise NotFoundError(f"no such file of the live page: {name}")
+        content, media_type = found
+        return Response(content, media_type=media_type, headers={"cache-control": "no-cache"})
+
+    @app.get("/dashboard", include_in_schema=False)
+    async def dashboard(self) -> Response:
+        return await self._answer(self._asset("index.html"))
+
+    @app.get("/dashboard/{name}", include_in_schema=False)
+    async def dashboard_asset(self, name: str) -> Response:
+        return await self._answer(self._asset(name))
 
     async def _models(self, request: Request) -> Response:
         self.service.tenancy.authenticate(_bearer_token(request))

@@ -292,8 +292,13 @@ def values_schema() -> dict[str, Any]:
                     required=["path", "pathType"])}}, required=["paths"])},
                 "tls": {"type": "array", "items": _obj({"secretName": STR, "hosts": {"type": "array", "items": STR}})},
             }),
-            "metrics": _obj({"serviceMonitor": _obj({
-                "enabled": {"type": "boolean"}, "labels": _map(STR), "interval": STR, "scrapeTimeout": STR})}),
+            "metrics": _obj({
+                "serviceMonitor": _obj({
+                    "enabled": {"type": "boolean"}, "labels": _map(STR), "interval": STR, "scrapeTimeout": STR}),
+                "grafanaDashboard": _obj({
+                    "enabled": {"type": "boolean"}, "label": {"type": "string", "minLength": 1},
+                    "labelValue": STR, "namespace": STR, "annotations": _map(STR)}),
+            }),
             "apiKeys": _obj({
                 "secretName": STR,
                 "tenants": {"type": "object", "propertyNames": {"minLength": 1},

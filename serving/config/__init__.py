@@ -4,7 +4,7 @@
 """
 
 from serving.config.analyzer import AnalyzerConfig
-from serving.config.api import ApiConfig
+from serving.config.api import ApiConfig, DashboardConfig
 from serving.config.app import AppConfig, load_profile, profile_args, profile_names, profile_path, profiles_dir
 from serving.config.auth import AuthConfig, KeySource, TenantConfig, key_digest
 from serving.config.cache import CacheConfig, EmbedderConfig, VerifierConfig
@@ -27,6 +27,7 @@ __all__ = [
     "CacheConfig",
     "CascadeAutoscalingConfig",
     "ConfidenceConfig",
+    "DashboardConfig",
     "DeploymentOptions",
     "EmbedderConfig",
     "EmbedderDeployment",

@@ -12,6 +12,18 @@ from serving.config.moved import reject_moved, to_deployment
 _MOVED = to_deployment("api")
 
 
+class DashboardConfig(BaseModel):
+    """The live page: what it shows is a rolling window of the Ingress replica's finished requests."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(True, description="Serve the page and its data; off: both answer 404.")
+    window_s: float = Field(900.0, gt=0, le=86_400, description="Seconds of finished requests the page shows.")
+    bucket_s: float = Field(10.0, gt=0, description="Width in seconds of one point of the page's time series.")
+    max_requests: int = Field(20_000, ge=100, description="Most requests kept in the window (memory bound).")
+    refresh_s: float = Field(2.0, gt=0, description="How often the page asks for new data.")
+
+
 class ApiConfig(BaseModel):
     """Limits the ingress enforces before any engine sees a request."""
 
@@ -59,6 +71,11 @@ class ApiConfig(BaseModel):
         0.5, ge=0, description="In that queue, a waiting request's priority value drops by this much per second "
         "waited, so batch traffic is delayed, never starved (batch, 10, waiting 20 s competes as interactive, 0). "
         "0: strict priority.",
+    )
+    dashboard: DashboardConfig = Field(
+        default_factory=DashboardConfig,
+        description="The live page at /dashboard and its data at /v1/dashboard/state (behind an admin key when keys "
+        "are configured).",
     )
     deployment: IngressDeployment = Field(
         default_factory=IngressDeployment,

@@ -225,6 +225,8 @@ class Pipeline:
         sent: list[GenerationChunk] = []
         try:
             async for chunk in chunks:
+                if not sent:
+                    state.first_chunk()
                 sent.append(chunk)
                 yield chunk
         except InferenceOptimizerError as exc:

@@ -110,6 +110,7 @@ class RequestState:
     cost: Cost = field(default_factory=Cost)
     counterfactual_s: float | None = None  # what the Validator alone would have spent (the cost ledger's)
     total_ms: float | None = None
+    ttft_ms: float | None = None  # time to the answer's first chunk (the live page's TTFT)
 
     def record(self, stage: StageName, decision: Decision, started: float, **detail: Any) -> StageOutcome:
         """One stage's decision, started at `started` (time.perf_counter()): into the state and the metrics."""
@@ -121,6 +122,11 @@ class RequestState:
     def answered(self, tier: Tier, reason: Reason, model: str, chunks: AsyncIterator[GenerationChunk]) -> None:
         """A stage answers the request: the rest of the path only streams `chunks` (and admits them)."""
         self.tier, self.reason, self.model, self.answer = tier, reason, model, chunks
+
+    def first_chunk(self) -> None:
+        """The answer's first chunk leaves the path now."""
+        if self.ttft_ms is None:
+            self.ttft_ms = round((time.perf_counter() - self.started) * 1000, 3)
 
     def finish(self) -> None:
         self.total_ms = round((time.perf_counter() - self.started) * 1000, 3)

@@ -40,8 +40,8 @@ needs_helm = pytest.mark.skipif(helm is None, reason=HELM_MISSING)
 CHART = render_configs.CHART
 CRDS = SHARED / "schemas" / "kuberay"
 KUBE_VERSION = "1.32"
-CORE_KINDS = {"Service", "StatefulSet", "Ingress", "NetworkPolicy", "PodDisruptionBudget"}
-OPTIONAL_KINDS = {"Ingress", "PodDisruptionBudget"}  # off by default
+CORE_KINDS = {"Service", "StatefulSet", "Ingress", "NetworkPolicy", "PodDisruptionBudget", "ConfigMap"}
+OPTIONAL_KINDS = {"Ingress", "PodDisruptionBudget", "ConfigMap"}  # off by default
 NAMESPACE = "default"
 # Everything optional switched on: models from a PVC, a Qdrant API key, an Ingress, a ServiceMonitor, API keys
 # and the Ray token from Secrets, narrowed NetworkPolicies, PodDisruptionBudgets, GCS fault tolerance.
@@ -49,7 +49,8 @@ ALL_ON = {
     "model": {"source": "pvc", "pvc": {"claimName": "models"}},
     "qdrant": {"apiKeySecretName": "qdrant-key"},
     "ingress": {"enabled": True, "className": "nginx", "tls": [{"secretName": "t", "hosts": ["infopt.example.com"]}]},
-    "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prom"}}},
+    "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prom"}},
+                "grafanaDashboard": {"enabled": True, "annotations": {"grafana_folder": "Inference Optimizer"}}},
     "serve": {"deployments": [{"name": "Validator", "autoscaling_config": {"min_replicas": 2, "max_replicas": 4}}]},
     "ray": {"auth": {"tokenSecretName": "ray-token"}},
     "apiKeys": {"secretName": "infopt-api-keys", "tenants": {"acme": {"secretKey": "acme"}},
@@ -275,9 +276,9 @@ def test_serve_config_v2_check_rejects_broken_configs(default_docs):
 @needs_helm
 def test_optional_parts(all_on_docs):
     kinds = sorted(d["kind"] for d in all_on_docs)
-    assert kinds == ["Ingress", "NetworkPolicy", "NetworkPolicy", "PodDisruptionBudget", "PodDisruptionBudget",
-                     "PodDisruptionBudget", "RayService", "Service", "Service", "Service", "ServiceMonitor",
-                     "StatefulSet"]
+    assert kinds == ["ConfigMap", "Ingress", "NetworkPolicy", "NetworkPolicy", "PodDisruptionBudget",
+                     "PodDisruptionBudget", "PodDisruptionBudget", "RayService", "Service", "Service", "Service",
+                     "ServiceMonitor", "StatefulSet"]
     ingress = by_kind(all_on_docs, "Ingress")[0]["spec"]
     backend = ingress["rules"][0]["http"]["paths"][0]["backend"]["service"]
     assert backend == {"name": "infopt-inference-optimizer-serve-svc", "port": {"number": 8000}}
@@ -285,6 +286,11 @@ def test_optional_parts(all_on_docs):
     assert monitor["metadata"]["labels"]["release"] == "prom"
     metrics_svc = next(s for s in by_kind(all_on_docs, "Service") if s["metadata"]["name"].endswith("-ray-metrics"))
     assert monitor["spec"]["selector"]["matchLabels"].items() <= metrics_svc["metadata"]["labels"].items()
+    # The Grafana dashboard, for the sidecar: its label, and the JSON the generator writes, unchanged.
+    board = by_kind(all_on_docs, "ConfigMap")[0]
+    assert board["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert board["metadata"]["annotations"] == {"grafana_folder": "Inference Optimizer"}
+    assert json.loads(board["data"]["infopt.json"]) == json.loads((CHART / "dashboards" / "infopt.json").read_text())
     pod = by_kind(all_on_docs, "RayService")[0]["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]
     assert {"name": "models", "persistentVolumeClaim": {"claimName": "models", "readOnly": True}} in pod["volumes"]
     env = {e["name"] for e in pod["containers"][0]["env"]}
