@@ -142,6 +142,9 @@ class Auditor(Observer):
         self.semantic_closed.update(data.get("semantic_closed", []))  # in place: the cache stage holds this set
         self.escalation.tightening = float(data.get("tightening", 0.0))
         self.escalation.closed = bool(data.get("closed", False))
+        # The gauges of a restarted replica show the kept estimates at once, not only after its next audit.
+        for (path, namespace), est in self.estimates.items():
+            self.metrics.audit(path, namespace, est.n, est.k, est.upper(self.delta))
 
     def save(self) -> None:
         """Keep the estimates and the feedback across restarts."""

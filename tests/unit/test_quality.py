@@ -11,6 +11,7 @@ import pytest
 
 from serving.config import AuditConfig, TieringConfig
 from serving.engines.base import GenerationChunk, GenerationRequest, TokenLogprob, Usage
+from serving.metrics import Metrics
 from serving.pipeline import Tier, build_pipeline
 from serving.policy.escalation import EscalationPolicy
 from serving.quality.audit import Auditor
@@ -253,6 +254,18 @@ def test_audit_state_survives_a_restart(tmp_path):
     assert policy.closed
     _, again, policy2, _, _ = _audited(["Rome", "."], _calibration(0.5), tmp_path=tmp_path)
     assert policy2.closed and again.estimate("scout", "default").k == auditor.estimate("scout", "default").k
+    # ...and its Prometheus gauges show the kept estimate at once (a Metrics that records what it is told).
+    exported = []
+
+    class Recorder(Metrics):
+        def audit(self, path, namespace, audits, disagreements, upper):
+            exported.append((path, namespace, audits, disagreements))
+
+    est = auditor.estimate("scout", "default")
+    Auditor(AuditConfig(enabled=True), FakeEngine("large", ["x"]), JudgePanel([IdenticalJudge()]),
+            EscalationPolicy(TieringConfig(threshold=0.5), calibration=_calibration(0.5)), epsilon=0.01, delta=0.05,
+            metrics=Recorder(), state_path=tmp_path / "audit.json")
+    assert exported == [("scout", "default", est.n, est.k)]
     # Another calibration's estimates are not carried over.
     other = _calibration(0.5)
     other.version = "test-2"
