@@ -18,7 +18,7 @@ LOAD_OUT ?= reports/load
 BENCH_PROFILE ?= tiny
 BENCH_ARGS ?=
 
-.PHONY: install models run test chaos test-unit lint render docs calibrate bench-tiers bench-turbo bench-cache eval-cache train-analyzer eval-analyzer replay-trace load bench clean
+.PHONY: install browser models run test chaos test-unit lint render docs calibrate bench-tiers bench-turbo bench-cache eval-cache train-analyzer eval-analyzer replay-trace load bench clean
 
 $(STAMP): pyproject.toml constraints-cpu.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,15 @@ $(STAMP): pyproject.toml constraints-cpu.txt
 
 install: $(STAMP)
 
+# Headless Chromium for the live page's browser test, from the system's packages (never a download at test
+# time); best effort: where apt-get may not run, the test skips and says why.
+browser:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	    { apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1 || \
+	      { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1; }; }; } || \
+	  echo "no Chromium (Debian's package chromium) and apt-get cannot install it here: the browser test will skip"
+
 models: install
 	$(BIN)/infopt models prepare --profile $(PROFILE)
 
@@ -39,7 +48,7 @@ run: install
 	@echo "  e.g. curl http://127.0.0.1:8000/v1/chat/completions -H 'content-type: application/json' -d '{\"messages\":[{\"role\":\"user\",\"content\":\"Hello\"}]}'"
 	$(BIN)/serve run cluster/laptop.yaml
 
-test: install
+test: install browser
 	$(BIN)/infopt models prepare --profile tiny
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -ra --durations=15 -m "not chaos" tests

@@ -36,6 +36,13 @@ def svc(tmp_path_factory):
     config.cache.admit_truncated = True
     config.analyzer.enabled = True
     config.tiering.verify_min_acceptance = 0.0  # near misses are always verified here
+    # The audit is on but samples nothing (share 0): its kept state, seeded here, is what the live page and the
+    # Grafana dashboard's audit panels read at start (a restarted replica exports what it kept).
+    state = tmp_path_factory.mktemp("audit") / "audit.json"
+    state.write_text(json.dumps({"calibration": "uncalibrated", "tightening": 0.0, "closed": False,
+                                 "semantic_closed": [], "estimates": [
+                                     {"path": "semantic", "namespace": "seeded", "n": 40, "k": 0, "since_change": 0}]}))
+    config.quality.audit.enabled, config.quality.audit.share, config.quality.audit.state_path = True, 0.0, state
     with running(config) as service:
         yield service
 
@@ -340,3 +347,82 @@ def test_an_unknown_priority_class_is_a_400(client: httpx.Client):
     r = client.post("/v1/chat/completions", headers={"x-infopt-priority": "urgent"},
                     json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
     assert r.status_code == 400 and r.json()["error"]["param"] == "x-infopt-priority"
+
+
+# -- seeing it: the live page, its data, the Grafana dashboard's queries ---------------------------------------
+
+
+def test_the_live_pages_data_needs_the_admin_key_and_shows_the_window(client: httpx.Client):
+    page = client.get("/dashboard")  # the page itself holds no data: served to anyone
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert client.get("/dashboard/uPlot.iife.min.js").status_code == 200
+    missing = client.get("/dashboard/..%2Fpyproject.toml")
+    assert missing.status_code == 404 and missing.json()["error"]["type"]
+    refused = client.get("/v1/dashboard/state")
+    assert refused.status_code == 401 and "error" in refused.json()
+    state = client.get("/v1/dashboard/state", headers=ADMIN).json()
+    # This module's requests: answered by the cache and the Validator, with latencies, TTFT and the ledger.
+    assert state["window"]["requests"] > 10
+    assert {"cache", "validator"} <= set(state["latency"])
+    assert state["latency"]["cache"]["p50_ms"] < state["latency"]["validator"]["p50_ms"]
+    assert state["latency"]["validator"]["ttft_p50_ms"] is not None
+    assert sum(state["series"]["mix"]["cache"]) == state["latency"]["cache"]["requests"]
+    assert state["window"]["validator_only_s"] >= state["window"]["validator_s"] > 0
+    assert state["ledger"]["validator_s"] > 0 and state["cache"]["entries"] > 0
+    assert {"path": "semantic", "namespace": "seeded", "audits": 40, "disagreements": 0} .items() <= \
+        next(e for e in state["quality"]["estimates"] if e["namespace"] == "seeded").items()
+    replicas = state["replicas"]["infopt"]
+    assert {"Ingress", "Scout", "Validator", "SemanticCache", "Embedder"} <= set(replicas)
+    assert all(states.get("RUNNING", 0) >= 1 for states in replicas.values()), replicas
+    assert state["queue"]["limit"] >= 1 and state["queue"]["waiting"] >= 0
+
+
+def test_every_grafana_query_reads_a_metric_the_service_exports(svc: Service, client: httpx.Client):
+    import sys
+
+    from tests.conftest import REPO
+
+    sys.path.insert(0, str(REPO / "scripts"))
+    import grafana_dashboard
+
+    # What some panels need first: a Scout answer (its confidence) and a vLLM prefix-cache hit (two Validator
+    # requests sharing a long system prompt).
+    r = client.post("/v1/chat/completions", json={"model": "scout", "max_tokens": 2, "cache": {"mode": "bypass"},
+                                                  "messages": [{"role": "user", "content": "Say hi."}]})
+    assert r.status_code == 200, r.text
+    system = " ".join(f"Rule {i}: answer briefly, politely and precisely." for i in range(60))
+    for question in ("What is 2 + 2?", "Name a color."):
+        ask(client, question, {"mode": "bypass"}, system=system, max_tokens=1)
+    names = sorted(grafana_dashboard.metric_names(grafana_dashboard.dashboard()))
+    missing = unexported(svc, *[f"\n{n}{{" for n in names], within_s=60)
+    assert not missing, f"the Grafana dashboard reads metrics this service does not export: {missing}"
+
+
+def test_the_live_page_draws_its_charts_in_a_real_browser(svc: Service, client: httpx.Client):
+    """Headless Chromium from the system's packages loads the page (the admin key in the URL's fragment), runs
+    its script and draws both charts with data; a screenshot goes to reports/dashboard.png."""
+    import re
+    import shutil
+    import subprocess
+
+    from tests.conftest import REPO
+
+    browser = next((b for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
+    if browser is None:
+        pytest.skip("no Chromium on this machine (Debian's package `chromium`; `make test` installs it where "
+                    "apt-get may)")
+    ask(client, "What is the capital of Spain?", ns())  # a request in the last minute at least
+    url = f"{svc.base_url}/dashboard#key=test-admin-key"
+    flags = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--no-first-run",
+             "--window-size=1100,1500", "--virtual-time-budget=15000"]
+    dom = subprocess.run([*flags, "--dump-dom", url], capture_output=True, text=True, timeout=120).stdout
+    assert 'data-ready="1"' in dom, dom[-2000:]
+    for chart in ("chart-mix", "chart-savings"):
+        drawn = re.search(rf'id="{chart}"[^>]*data-drawn="(\d+)"', dom)
+        assert drawn and int(drawn.group(1)) > 0, f"{chart} drew no data"
+    assert dom.count("<canvas") >= 2  # uPlot draws on canvases
+    assert re.search(r'id="t-requests">\d', dom)
+    out = REPO / "reports" / "dashboard.png"
+    out.parent.mkdir(exist_ok=True)
+    subprocess.run([*flags, f"--screenshot={out}", url], capture_output=True, timeout=120)
+    assert out.exists() and out.stat().st_size > 10_000

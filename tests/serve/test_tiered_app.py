@@ -99,12 +99,24 @@ def test_openai_sdk_stream_and_models(sdk: openai.OpenAI):
     assert {"auto", "scout", "validator", "smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct"} <= set(ids)
 
 
+def test_openai_sdk_stream_with_include_usage(sdk: openai.OpenAI):
+    chunks = list(sdk.chat.completions.create(model="validator", messages=CAPITAL, temperature=0, max_tokens=8,
+                                              stream=True, stream_options={"include_usage": True}))
+    # OpenAI's shape: the usage arrives once, in a last chunk with no choices, and adds up.
+    with_usage = [c for c in chunks if c.usage is not None]
+    assert len(with_usage) == 1 and with_usage[0] is chunks[-1] and chunks[-1].choices == []
+    usage = chunks[-1].usage
+    assert 0 < usage.completion_tokens <= 8 and usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
+
+
 def test_openai_sdk_raises_typed_errors(sdk: openai.OpenAI):
     with pytest.raises(openai.NotFoundError):
         sdk.chat.completions.create(model="gpt-17", messages=CAPITAL)
     with pytest.raises(openai.BadRequestError) as info:
         sdk.chat.completions.create(model="auto", messages=CAPITAL, max_tokens=100_000)
     assert info.value.body["param"] == "max_tokens"
+    with pytest.raises(openai.BadRequestError):  # strict types, as OpenAI has them: a number is no content
+        sdk.chat.completions.create(model="auto", messages=[{"role": "user", "content": 5}])
 
 
 # -- routing -----------------------------------------------------------------------------
