@@ -45,7 +45,7 @@ from typing import Any, Literal, TypeVar
 from serving.cache.embedder import Embedder
 from serving.cache.keys import CacheKey
 from serving.cache.store import CacheEntry, Match, Selector, VectorStore, entry_id
-from serving.cache.verifier import PairVerifier
+from serving.cache.verifier import PairVerifier, VerifierBusy
 from serving.config.cache import CacheConfig
 from serving.metrics import Metrics
 from serving.policy import cache as policy
@@ -224,6 +224,8 @@ class SemanticCache(ResponseCache):
                 scores = {entry.id: s for (entry, _), s in zip(proposed, got, strict=True)}
             except TimeoutError:
                 rule = "verifier_timeout"
+            except VerifierBusy:  # still on calls that timed out: no more work queued behind them
+                rule = "verifier_busy"
             except Exception:  # a broken verifier makes a miss, never a failed request
                 logger.exception("the cache's verifier failed; the lookup is a miss")
                 rule = "verifier_error"

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -38,11 +39,47 @@ class PairVerifier(ABC):
         """One probability in [0, 1] per (cached question, new question) pair, in order."""
 
 
-class CrossEncoderVerifier(PairVerifier):
+class VerifierBusy(RuntimeError):
+    """Recoverable: the verifier's thread is still on earlier work (e.g. calls that timed out); the lookup goes on
+    without it (a miss), rather than queueing more work behind it."""
+
+
+class ThreadedVerifier(PairVerifier):
+    """A verifier whose scoring blocks (a model's forward pass): it runs in one thread of its own, off the event
+    loop. A call that times out cannot stop that thread's work, so at most `max_pending` calls may be running or
+    queued; beyond that `score` raises `VerifierBusy` at once instead of piling work onto the cores."""
+
+    max_pending: int = 2
+
+    @abstractmethod
+    def score_sync(self, pairs: list[tuple[str, str]]) -> list[float]:
+        """Score in the calling thread."""
+
+    async def score(self, pairs: list[tuple[str, str]]) -> list[float]:
+        from concurrent.futures import ThreadPoolExecutor
+
+        if getattr(self, "_pool", None) is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cache-verifier")
+            self._pending, self._lock = 0, threading.Lock()
+        with self._lock:  # the count goes down in the worker thread
+            if self._pending >= self.max_pending:
+                raise VerifierBusy(f"{self._pending} verifications still running or queued")
+            self._pending += 1
+        future = self._pool.submit(self.score_sync, pairs)
+        # Counted down when the work ends, not when the caller stops waiting (a timeout leaves it running).
+        future.add_done_callback(lambda _: self._done())
+        return await asyncio.wrap_future(future)
+
+    def _done(self) -> None:
+        with self._lock:
+            self._pending -= 1
+
+
+class CrossEncoderVerifier(ThreadedVerifier):
     """A sentence-transformers `CrossEncoder` loaded from a folder (or a hub ID on clusters).
 
-    torch is imported here, not at module import; `predict` runs in a worker thread so the
-    event loop keeps serving while a batch is scored. The model's sigmoid output is the score.
+    torch is imported here, not at module import; `predict` runs in the verifier's own thread so
+    the event loop keeps serving while a batch is scored. The model's sigmoid output is the score.
     """
 
     def __init__(self, model: str, *, name: str | None = None, device: str = "cpu",
@@ -63,8 +100,6 @@ class CrossEncoderVerifier(PairVerifier):
                                      convert_to_numpy=True)
         return [float(s) for s in scores.reshape(-1)]
 
-    async def score(self, pairs: list[tuple[str, str]]) -> list[float]:
-        return await asyncio.to_thread(self.score_sync, pairs)
 
 
 def trained_verifier_dir(cache_dir: Path) -> Path:

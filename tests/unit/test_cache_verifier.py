@@ -4,12 +4,13 @@ real qdrant-edge shard and the fake lexical embedder. The real cross-encoder is 
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import pytest
 
 from serving.cache.edge import EdgeStore
 from serving.cache.semantic import SemanticCache
-from serving.cache.verifier import PairVerifier
+from serving.cache.verifier import PairVerifier, ThreadedVerifier
 from serving.config import CacheConfig
 from serving.policy import cache as policy
 from tests.unit.fakes import FakeClock, FakeEmbedder
@@ -109,6 +110,50 @@ def test_a_verifier_that_times_out_or_fails_makes_a_miss_never_an_error(make, ve
     found = run(cache.lookup(key(chat(PARAPHRASE))))
     assert found.decision == "miss" and found.rule == rule
     assert cache.counters[rule] == 1
+
+
+class BlockingVerifier(ThreadedVerifier):
+    """A blocking scorer (as a model's forward pass is) that waits until it is released."""
+
+    name = "blocking"
+
+    def __init__(self) -> None:
+        self.release, self.started = threading.Event(), 0
+
+    def score_sync(self, pairs: list[tuple[str, str]]) -> list[float]:
+        self.started += 1
+        self.release.wait(10)
+        return [0.9] * len(pairs)
+
+
+def test_timed_out_verifications_are_bounded_then_the_verifier_comes_back(make):
+    """A timeout cannot stop a blocking forward pass, but nothing piles up behind it: a call that timed out
+    while queued never runs, and past `max_pending` a lookup is a miss at once ('verifier_busy'); once the work
+    ends the verifier serves again."""
+    verifier = BlockingVerifier()
+    cache = make(verifier)
+    cache.config.verifier.timeout_s = 0.05
+
+    async def go() -> tuple[list[str], int, str, list[str]]:
+        await cache.admit(key(chat(CACHED)), ANSWER)
+        blocked = [(await cache.lookup(key(chat(PARAPHRASE)))).rule for _ in range(4)]
+        started_while_blocked = verifier.started
+        verifier.release.set()
+        await asyncio.sleep(0.2)
+        after = (await cache.lookup(key(chat(PARAPHRASE)))).rule
+        # One call at a time allowed: while one runs, the next is refused at once, without waiting its timeout.
+        verifier.release.clear()
+        verifier.max_pending = 1
+        busy = [(await cache.lookup(key(chat(PARAPHRASE)))).rule for _ in range(2)]
+        verifier.release.set()
+        return blocked, started_while_blocked, after, busy
+
+    blocked, started_while_blocked, after, busy = run(go())
+    assert blocked == ["verifier_timeout"] * 4
+    assert started_while_blocked == 1  # the three queued behind the stuck one were dropped, never run
+    assert after == "verifier"
+    assert busy == ["verifier_timeout", "verifier_busy"]
+    assert cache.counters["verifier_busy"] == 1
 
 
 def test_exact_hits_need_no_verifier(make):
