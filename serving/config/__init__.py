@@ -15,6 +15,7 @@ from serving.config.priority import PriorityConfig
 from serving.config.quality import AuditConfig, QualityConfig
 from serving.config.speculative import SpeculativeConfig
 from serving.config.tiering import ConfidenceConfig, TieringConfig
+from serving.config.tracing import TracingConfig
 
 __all__ = [
     "AdaptiveBatchingConfig",
@@ -40,6 +41,7 @@ __all__ = [
     "SpeculativeConfig",
     "TenantConfig",
     "TieringConfig",
+    "TracingConfig",
     "VerifierConfig",
     "key_digest",
     "load_profile",

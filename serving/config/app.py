@@ -19,6 +19,7 @@ from serving.config.load import LoadConfig
 from serving.config.priority import PriorityConfig
 from serving.config.quality import QualityConfig
 from serving.config.tiering import TieringConfig
+from serving.config.tracing import TracingConfig
 
 ENV_PREFIX = "INFOPT_"
 
@@ -64,6 +65,10 @@ class AppConfig(BaseSettings):
     load: LoadConfig = Field(
         default_factory=LoadConfig,
         description="Load prediction: arrival forecast, the Validator's cascade autoscaling, adaptive batching.",
+    )
+    tracing: TracingConfig = Field(
+        default_factory=TracingConfig,
+        description="OpenTelemetry traces over OTLP: a span per request and per stage with its decision (off).",
     )
 
     @model_validator(mode="after")

@@ -119,6 +119,10 @@ def pipeline_from_config(
                           epsilon=quality.max_disagreement, delta=quality.delta, cache=cache, metrics=metrics,
                           state_path=state_path, ledger=ledger, semantic_closed=semantic_closed)
         observers.append(auditor)
+    if config.tracing.enabled:  # OpenTelemetry spans of every answered request (the optional extra)
+        from serving.tracing import StageTracer
+
+        observers.append(StageTracer.from_config(config.tracing))
     pipeline = build_pipeline(
         scout, validator, config.tiering, cache=cache, cache_config=cache_config, analyzer=analyzer,
         analyzer_timeout_s=config.analyzer.timeout_s, scout_timeout_s=config.scout.request_timeout_s,

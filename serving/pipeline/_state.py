@@ -34,6 +34,7 @@ class StageOutcome:
     decision: Decision
     latency_ms: float
     detail: dict[str, Any] = field(default_factory=dict)
+    offset_ms: float = 0.0  # when it started, after the request's start (what a tracing span needs)
 
 
 @dataclass
@@ -114,7 +115,8 @@ class RequestState:
 
     def record(self, stage: StageName, decision: Decision, started: float, **detail: Any) -> StageOutcome:
         """One stage's decision, started at `started` (time.perf_counter()): into the state and the metrics."""
-        out = StageOutcome(stage, decision, round((time.perf_counter() - started) * 1000, 3), detail)
+        out = StageOutcome(stage, decision, round((time.perf_counter() - started) * 1000, 3), detail,
+                           offset_ms=round(max(0.0, started - self.started) * 1000, 3))
         self.outcomes.append(out)
         self.metrics.stage(stage, decision, out.latency_ms)
         return out
