@@ -10,15 +10,15 @@ import pytest
 
 pytest.importorskip("opentelemetry.sdk", reason="the optional extra inference-optimizer[otel] is not installed")
 
-from opentelemetry.sdk.trace import TracerProvider  # noqa: E402
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor  # noqa: E402
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter  # noqa: E402
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from serving.config import AppConfig, TieringConfig, TracingConfig  # noqa: E402
-from serving.engines.base import GenerationRequest  # noqa: E402
-from serving.pipeline import build_pipeline  # noqa: E402
-from serving.tracing import StageTracer  # noqa: E402
-from tests.unit.fakes import FakeEngine  # noqa: E402
+from serving.config import AppConfig, TieringConfig, TracingConfig
+from serving.engines.base import GenerationRequest
+from serving.pipeline import build_pipeline
+from serving.tracing import StageTracer
+from tests.unit.fakes import FakeEngine
 
 
 def traced(scout_p: float) -> list:
