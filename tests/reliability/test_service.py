@@ -157,6 +157,29 @@ def test_a_tenants_rate_limit_is_a_429_with_retry_after(client: httpx.Client):
     report("rate_limit", {"sent": 3, "limited": len(limited)})
 
 
+def test_the_openai_sdk_raises_its_own_errors_for_keys_limits_and_the_admin_page(svc: Service):
+    """The official SDK against a service with keys: 401, 403 and 429 surface as the SDK's own exception classes
+    with their status codes (and the SDK's built-in retries are off, so the 429 is seen as such)."""
+    import openai
+
+    def sdk(key: str) -> openai.OpenAI:
+        return openai.OpenAI(base_url=svc.base_url + "/v1", api_key=key, max_retries=0, timeout=120)
+
+    ask = {"model": "validator", "messages": [{"role": "user", "content": "sdk"}], "max_tokens": 2, "temperature": 0}
+    with pytest.raises(openai.AuthenticationError) as wrong:
+        sdk("sk-wrong").chat.completions.create(**ask)
+    assert wrong.value.status_code == 401
+    assert sdk(KEYS["globex"]).chat.completions.create(**ask).choices[0].message.content is not None
+    with pytest.raises(openai.PermissionDeniedError) as tenant:  # a tenant's key on an admin endpoint
+        sdk(KEYS["acme"]).get("/dashboard/state", cast_to=object)
+    assert tenant.value.status_code == 403
+    slow = sdk(KEYS["slow"])
+    with pytest.raises(openai.RateLimitError) as limited:
+        for i in range(3):
+            slow.chat.completions.create(**{**ask, "messages": [{"role": "user", "content": f"sdk {i}"}]})
+    assert limited.value.status_code == 429 and int(limited.value.response.headers["retry-after"]) >= 1
+
+
 def test_overload_rejects_cleanly_and_admitted_requests_succeed(svc: Service):
     """About twice what the queue holds (2 in flight + 2 waiting), at once: each answer is a 200 or a clean
     429/503 with Retry-After, never another error."""
