@@ -48,12 +48,26 @@ def scores(labels: list[bool], verdicts: list[bool | None]) -> dict[str, Any]:
             "false_agree": fp}
 
 
-async def run_judge(judge: Judge, rows: list[dict[str, Any]]) -> list[bool | None]:
-    out: list[bool | None] = []
+async def run_judge(judge: Judge, rows: list[dict[str, Any]]) -> tuple[list[bool | None], list[float | None]]:
+    """Each pair's verdict (None: undecided) and the judge's score where it has one."""
+    verdicts: list[bool | None] = []
+    scores: list[float | None] = []
     for r in rows:
         v = await judge.judge(_question(r), r["validator"]["text"], r["scout"]["text"], _kind(r))
-        out.append(None if v is None else v.agree)
-    return out
+        verdicts.append(None if v is None else v.agree)
+        scores.append(None if v is None else v.score)
+    return verdicts, scores
+
+
+def ranking(labels: list[bool], scores: list[float | None]) -> float | None:
+    """ROC AUC of the judge's score against the labels, over the pairs it scored: whether the score carries the
+    signal even where its fixed cut-off says nothing (None: too few scored, or one class only)."""
+    from sklearn.metrics import roc_auc_score
+
+    pairs = [(t, s) for t, s in zip(labels, scores, strict=True) if s is not None]
+    if len(pairs) < 10 or len({t for t, _ in pairs}) < 2:
+        return None
+    return round(float(roc_auc_score([t for t, _ in pairs], [s for _, s in pairs])), 3)
 
 
 class _HttpValidator:
@@ -109,14 +123,17 @@ def main() -> int:
     }
     if args.base_url:
         judges["validator (yes/no logprobs)"] = ValidatorJudge(_HttpValidator(args.base_url))  # type: ignore[arg-type]
-    results = {name: scores(truth, asyncio.run(run_judge(j, rows))) for name, j in judges.items()}
+    results = {}
+    for name, j in judges.items():
+        verdicts, judged = asyncio.run(run_judge(j, rows))
+        results[name] = {**scores(truth, verdicts), "score_auc": ranking(truth, judged)}
     lines = [f"Judges against {len(rows)} hand-labelled pairs (tiny profile, calibration split; "
              f"{sum(truth)} agree, {len(truth) - sum(truth)} disagree; rule: docs/labels.md)", "",
-             "| judge | decided | accuracy | 'agree' precision | 'agree' recall | false 'agree' |",
-             "|---|---|---|---|---|---|"]
+             "| judge | decided | accuracy | 'agree' precision | 'agree' recall | false 'agree' | score AUC |",
+             "|---|---|---|---|---|---|---|"]
     for name, s in results.items():
         lines.append(f"| {name} | {s['decided']}/{s['pairs']} | {s['accuracy']} | {s['agree_precision']} "
-                     f"| {s['agree_recall']} | {s['false_agree']} |")
+                     f"| {s['agree_recall']} | {s['false_agree']} | {s['score_auc']} |")
     text = "\n".join(lines)
     print(text)
     out = REPO / "reports"
