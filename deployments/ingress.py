@@ -203,12 +203,14 @@ class Ingress:
         return caller, priority
 
     async def _export_forecasts(self) -> None:
-        """Refresh the forecast gauges once per forecast step, also while no request arrives (rates decay)."""
+        """Refresh the forecast and audit gauges once per forecast step, also while no request arrives (rates decay)."""
         while True:
             try:
                 self.load.export()
+                if self.service.pipeline.auditor is not None:  # gauges Ray drops unless they are set again
+                    self.service.pipeline.auditor.export()
             except Exception:  # a metrics hiccup must not stop the loop
-                logger.exception("exporting the arrival forecast failed")
+                logger.exception("exporting the arrival forecast or the audit's estimates failed")
             await asyncio.sleep(self.config.load.interval_s)
 
     def record_autoscaling_stats(self) -> dict[str, float]:

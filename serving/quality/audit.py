@@ -142,7 +142,12 @@ class Auditor(Observer):
         self.semantic_closed.update(data.get("semantic_closed", []))  # in place: the cache stage holds this set
         self.escalation.tightening = float(data.get("tightening", 0.0))
         self.escalation.closed = bool(data.get("closed", False))
-        # The gauges of a restarted replica show the kept estimates at once, not only after its next audit.
+        self.export()  # a restarted replica's gauges show the kept estimates at once, not after its next audit
+
+    def export(self) -> None:
+        """Every estimate to the metrics. Called after each audit and periodically by the Ingress: Ray drops a
+        gauge series that is not set again within a few report intervals, so a value set once would vanish from
+        Prometheus while the estimate still holds."""
         for (path, namespace), est in self.estimates.items():
             self.metrics.audit(path, namespace, est.n, est.k, est.upper(self.delta))
 
