@@ -112,6 +112,7 @@ load: install
 # make calibrate: the quality guarantee's calibration for PROFILE (docs/quality.md): answer the calibration
 # and evaluation splits with the Scout and the Validator, then fit, choose the bound and report; then the
 # semantic cache's similarity threshold on QQP pairs (embedder only, no LLM), into the same file.
+# CAL_N 240 cannot certify epsilon 1% at delta 5% (299 agreeing answers needed in the test half): use 700+ for that.
 CAL_N ?= 240
 CAL_EVAL_N ?= 120
 calibrate: install

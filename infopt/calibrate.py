@@ -73,7 +73,13 @@ from serving.quality.calibration import (
     scout_features,
 )
 from serving.quality.judge import Judge, default_panel
-from serving.quality.risk import ThresholdChoice, clopper_pearson_upper, learn_then_test, risk_curve
+from serving.quality.risk import (
+    ThresholdChoice,
+    clopper_pearson_upper,
+    learn_then_test,
+    min_certifiable,
+    risk_curve,
+)
 
 MAX_COVERAGE_LOSS = 0.05
 
@@ -115,6 +121,21 @@ async def label(rows: list[dict[str, Any]], judge: Judge) -> list[bool]:
 def _half(row_id: str) -> str:
     """fit / test, a pure function of the prompt id."""
     return "fit" if int(hashlib.sha256(f"half:{row_id}".encode()).hexdigest(), 16) % 2 == 0 else "test"
+
+
+def power_note(n: int, epsilon: float, delta: float) -> str | None:
+    """A warning when `n` calibration prompts cannot certify any bound at (ε, δ), else None.
+
+    About half of them (the test half, `_half`) choose the bound, and certifying a disagreement rate of at most
+    ε with confidence 1 - δ needs at least `min_certifiable(ε, δ)` served answers there, all agreeing (299 at
+    ε = 1%, δ = 5%). With fewer, the calibration reports no bound whatever the Scout does."""
+    need = min_certifiable(epsilon, delta)
+    if n // 2 >= need:
+        return None
+    return (f"note: about {n // 2} of these {n} prompts choose the bound; certifying a disagreement of at most "
+            f"{epsilon:g} with confidence {1 - delta:g} needs at least {need} served answers there, all agreeing, "
+            f"so no bound can be certified at this size (draw {2 * need} or more, e.g. CAL_N={2 * need + 100}, or "
+            f"allow a larger quality.max_disagreement)")
 
 
 def fit(rows: list[dict[str, Any]], agrees: list[bool], *, profile: str, scout_model: str, validator_model: str,

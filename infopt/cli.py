@@ -131,6 +131,13 @@ def cmd_calibrate_collect(ns: argparse.Namespace) -> int:
         if missing:
             print(f"warning: {missing} of the ids in {ns.only_ids} are not among the {ns.n} drawn prompts",
                   file=sys.stderr)
+    if ns.split == "calibration" and not ns.only_ids:
+        from infopt.calibrate import power_note
+
+        quality = load_profile(ns.profile).quality
+        note = power_note(len(records), quality.max_disagreement, quality.delta)
+        if note:
+            print(note, file=sys.stderr, flush=True)
     out = Path(ns.out) if ns.out else cd.default_out(ns.profile, ns.split)
     counts = cd.mix(records).get(ns.split, {})
     print(f"{len(records)} prompts ({ns.split}, seed {ns.seed}): "

@@ -62,3 +62,13 @@ def test_early_stop_rule_is_sound():
     # max_tokens 11: k_max = floor(0.1 * 10) = 1, so the second low token settles it.
     assert q10_reachable([lp_high, lp_low, lp_high, lp_low, lp_high], 11, 0.5) == 4
     assert q10_reachable([lp_high] * 10, 11, 0.5) is None
+
+
+def test_collect_warns_when_the_calibration_split_is_too_small_to_certify_anything():
+    from infopt.calibrate import power_note
+
+    # At ε = 1%, δ = 5%: 299 agreeing answers in the test half, so 598+ prompts; make calibrate's 240 cannot.
+    note = power_note(240, 0.01, 0.05)
+    assert note is not None and "299" in note and "120 of these 240" in note
+    assert power_note(600, 0.01, 0.05) is None
+    assert power_note(240, 0.05, 0.05) is None  # 59 needed: 120 in the test half suffice
