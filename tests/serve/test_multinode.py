@@ -41,13 +41,13 @@ PIN = "infopt_gpu_node"
 EMBEDDER_MIN, EMBEDDER_MAX = 1, 2
 VALIDATOR_MAX = 2
 EMBEDDER_MAX_WAIT_S = 0.05
-# Replicas and handles report load every 0.5 s (Ray's default is 10 s, too slow for a quick test).
-# Read by the Serve controller and replicas when they start, so set before the cluster starts.
-FAST_METRICS = {
-    "RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "0.5",
-    "RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "0.5",
-    "RAY_USAGE_STATS_ENABLED": "0",
-}
+# How often replicas and handles push their load to the controller. Ray 2.60 pushes at the
+# deployment's `autoscaling_config.metrics_interval_s` (default 10 s), not at the
+# RAY_SERVE_*_AUTOSCALING_METRIC_PUSH_INTERVAL_S variables its deprecation note names: with a 1 s
+# look-back, a 10 s push leaves the controller without fresh samples 9 s in 10, and its decision
+# flickered (CI saw a second replica asked for, then dropped before it started).
+METRICS_INTERVAL_S = 0.5
+RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0"}
 
 
 def profile_config(tmp_path: Any) -> dict[str, Any]:
@@ -84,10 +84,18 @@ def profile_config(tmp_path: Any) -> dict[str, Any]:
         "http_options": {"host": "127.0.0.1", "port": free_port()},
         "applications": [{
             "name": "infopt", "route_prefix": "/", "import_path": "deployments.app:build_app",
-            "args": args, "deployments": render_configs.serve_build(args),
+            "args": args, "deployments": fast_metrics(render_configs.serve_build(args)),
             "autoscaling_policy": render_configs.autoscaling_policy(args),
         }],
     }
+
+
+def fast_metrics(deployments: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`deployments` with every autoscaled one pushing its load every `METRICS_INTERVAL_S`."""
+    for d in deployments:
+        if d.get("autoscaling_config"):
+            d["autoscaling_config"]["metrics_interval_s"] = METRICS_INTERVAL_S
+    return deployments
 
 
 @pytest.fixture(scope="module")
@@ -101,8 +109,8 @@ def cluster(tmp_path_factory) -> Iterator[dict[str, Any]]:
 
     sys.path.insert(0, str(REPO / "scripts"))
     doc = profile_config(tmp_path_factory.mktemp("multinode"))
-    saved = {k: os.environ.get(k) for k in FAST_METRICS}
-    os.environ.update(FAST_METRICS)
+    saved = {k: os.environ.get(k) for k in RAY_ENV}
+    os.environ.update(RAY_ENV)
     cluster = None
     try:
         # The head, and the stand-in GPU node: one CPU and the custom resource, nothing else fits the
