@@ -18,7 +18,7 @@ LOAD_OUT ?= reports/load
 BENCH_PROFILE ?= tiny
 BENCH_ARGS ?=
 
-.PHONY: install browser models run test chaos test-unit lint render docs calibrate bench-tiers bench-turbo bench-cache eval-cache train-analyzer eval-analyzer replay-trace load bench clean
+.PHONY: install browser models run test chaos test-unit lint render docs calibrate bench-tiers bench-turbo bench-cache bench-strategies eval-cache train-analyzer eval-analyzer replay-trace load bench clean
 
 $(STAMP): pyproject.toml constraints-cpu.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -87,6 +87,11 @@ bench-turbo: install
 bench-cache: install
 	$(BIN)/infopt models prepare --profile tiny
 	$(BIN)/python scripts/bench_cache.py --profile tiny
+
+# Accuracy against compute on GSM8K for every strategy; writes the frontier that strategies.frontier reads.
+bench-strategies: install
+	$(BIN)/infopt models prepare --profile tiny
+	$(BIN)/python scripts/bench_strategies.py --profile tiny --frontier cluster/frontier-tiny.json
 
 eval-cache: install
 	$(BIN)/infopt models prepare --embedder

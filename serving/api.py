@@ -94,6 +94,20 @@ class CacheControl(_Strict):
     )
 
 
+class StrategySpec(_Strict):
+    """How to spend compute on this request (the `strategy` extension field; see docs/strategies.md)."""
+
+    name: Literal["greedy", "best_of_n", "majority_vote", "weighted_vote", "search", "auto"] = Field(
+        description="'greedy': the cascade as usual; 'majority_vote' / 'weighted_vote' / 'best_of_n': n sampled "
+        "candidates, voted on by their final answers (weighted by the Validator's score) or the one the Validator "
+        "scores highest; 'search': a step-level search, the Validator scoring partial solutions and the Scout "
+        "expanding the best; 'auto': the strategy the learned frontier predicts reaches the target at least cost.")
+    n: int = Field(4, ge=1, le=64, description="Candidates to sample (for 'search': expansions in all).")
+    budget: float | None = Field(
+        None, gt=0, description="Most engine seconds (the cost ledger's unit, all tiers) to spend; over it, the "
+        "best strategy predicted to fit is run instead (the trace says so), never an error.")
+
+
 class _SamplingFields(_Strict):
     """Fields shared by chat and text completions."""
 
@@ -101,7 +115,8 @@ class _SamplingFields(_Strict):
     max_tokens: int | None = Field(None, ge=1, description="Most tokens to generate.")
     temperature: float = Field(1.0, ge=0, le=2, description="Sampling temperature; 0 is greedy.")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")
-    n: int = Field(1, description="Number of choices; only 1 is supported.")
+    n: int = Field(1, ge=1, le=64, description="Number of choices (one shared prefill); n > 1 is answered by the "
+                   "Validator on 'auto' (or by the tier named), never from the cache.")
     stream: bool = Field(False, description="Stream the answer as server-sent events.")
     stream_options: StreamOptions | None = Field(None, description="Options for streaming.")
     stop: Stop = None
@@ -115,11 +130,14 @@ class _SamplingFields(_Strict):
         None, ge=0, le=1, description="Per-request override of the Scout confidence threshold."
     )
     cache: CacheControl | None = Field(None, description="Semantic cache control for this request.")
+    strategy: StrategySpec | None = Field(None, description="Inference strategy for this request (extension).")
 
     @model_validator(mode="after")
     def _supported(self) -> _SamplingFields:
-        if self.n != 1:
-            raise UnsupportedParameterError("only n=1 is supported", param="n")
+        if self.strategy is not None and self.strategy.name != "greedy" and self.n != 1:
+            raise InvalidRequestError("a strategy answers with one choice: send n=1 with it", param="n")
+        if self.strategy is not None and self.strategy.name != "greedy" and getattr(self, "logprobs", None):
+            raise InvalidRequestError("logprobs are not returned for a strategy's answer", param="logprobs")
         if self.logit_bias:
             raise UnsupportedParameterError("logit_bias is not supported", param="logit_bias")
         if self.stream_options is not None and not self.stream:

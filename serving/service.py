@@ -19,7 +19,15 @@ from openai.types import Completion, CompletionChoice, CompletionUsage
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from pydantic import BaseModel, ValidationError
 
-from serving.api import ROUTING_MODELS, CacheControl, ChatCompletionRequest, CompletionRequest, RouteTrace, new_id
+from serving.api import (
+    ROUTING_MODELS,
+    CacheControl,
+    ChatCompletionRequest,
+    CompletionRequest,
+    RouteTrace,
+    StrategySpec,
+    new_id,
+)
 from serving.cache.store import Selector
 from serving.config import ApiConfig, AuthConfig
 from serving.engines.base import GenerationChunk, GenerationRequest, LLMEngine, TokenLogprob, Usage
@@ -176,6 +184,23 @@ class OpenAIService:
         await self.tenancy.admit(caller)
         return caller, priority
 
+    def _strategy(self, req: ChatCompletionRequest | CompletionRequest, caller: Caller | None) -> StrategySpec | None:
+        """The request's strategy, its candidates within `api.max_choices` and its budget within its tenant's."""
+        if req.n > self.api.max_choices:
+            raise InvalidRequestError(f"n is {req.n}, above this service's limit of {self.api.max_choices}",
+                                      param="n")
+        spec = req.strategy
+        if spec is None:
+            return None
+        if spec.n > self.api.max_choices:
+            raise InvalidRequestError(f"strategy.n is {spec.n}, above this service's limit of "
+                                      f"{self.api.max_choices}", param="strategy.n")
+        tenant = self.tenancy.config.tenants.get(caller.tenant) if caller is not None and caller.tenant else None
+        cap = tenant.strategy_budget_s if tenant is not None else None
+        if cap is not None and (spec.budget is None or spec.budget > cap):
+            spec = spec.model_copy(update={"budget": cap})
+        return spec
+
     def _cache(self, control: CacheControl | None, caller: Caller | None) -> CacheControl | None:
         """The request's cache control in the namespace the server gives its caller."""
         if caller is None:
@@ -230,6 +255,7 @@ class OpenAIService:
             raise InvalidRequestError(f"at most {self.api.max_stop_sequences} stop sequences are allowed",
                                       param="stop")
         return dict(
+            n=req.n,
             max_tokens=self._max_tokens(req.requested_max_tokens()),
             temperature=req.temperature,
             top_p=req.top_p,
@@ -266,12 +292,13 @@ class OpenAIService:
         tier = self._route_model(req.model)
         routed = await self._within_deadline(self.pipeline.complete(
             self.chat_request(req), tier, req.confidence_threshold, self._cache(req.cache, caller), priority,
-            _tenant(caller)))
+            _tenant(caller), self._strategy(req, caller)))
         gen = routed.generation
         body = ChatCompletion(
             id=new_id("chatcmpl"), object="chat.completion", created=int(time.time()), model=gen.model,
-            choices=[{"index": 0, "message": {"role": "assistant", "content": gen.text},
-                      "finish_reason": _finish_reason(gen.finish_reason), "logprobs": _chat_logprobs(gen.tokens)}],
+            choices=[{"index": i, "message": {"role": "assistant", "content": g.text},
+                      "finish_reason": _finish_reason(g.finish_reason), "logprobs": _chat_logprobs(g.tokens)}
+                     for i, g in enumerate(gen.choices)],
             usage=_usage(gen.usage),
         ).model_dump(exclude_none=True)
         return self._with_route(body, routed)
@@ -282,12 +309,12 @@ class OpenAIService:
         tier = self._route_model(req.model)
         routed = await self._within_deadline(self.pipeline.complete(
             self.completion_request(req), tier, req.confidence_threshold, self._cache(req.cache, caller), priority,
-            _tenant(caller)))
+            _tenant(caller), self._strategy(req, caller)))
         gen = routed.generation
         body = Completion(
             id=new_id("cmpl"), object="text_completion", created=int(time.time()), model=gen.model,
-            choices=[CompletionChoice(index=0, text=gen.text, finish_reason=_finish_reason(gen.finish_reason),
-                                      logprobs=_completion_logprobs(gen.tokens))],
+            choices=[CompletionChoice(index=i, text=g.text, finish_reason=_finish_reason(g.finish_reason),
+                                      logprobs=_completion_logprobs(g.tokens)) for i, g in enumerate(gen.choices)],
             usage=_usage(gen.usage),
         ).model_dump(exclude_none=True)
         return self._with_route(body, routed)
@@ -306,14 +333,14 @@ class OpenAIService:
         deadline = self._deadline()
         stream = await self._within_deadline(self.pipeline.open_stream(
             self.chat_request(req), tier, req.confidence_threshold, self._cache(req.cache, caller), priority,
-            _tenant(caller)), deadline)
+            _tenant(caller), self._strategy(req, caller)), deadline)
         cid, created = new_id("chatcmpl"), int(time.time())
 
         def event(chunk: GenerationChunk | None, first: bool = False) -> dict[str, Any]:
             delta: dict[str, Any] = {"role": "assistant", "content": ""} if first else {}
             if chunk is not None and chunk.text:
                 delta["content"] = chunk.text
-            choice = {"index": 0, "delta": delta,
+            choice = {"index": chunk.index if chunk else 0, "delta": delta,
                       "finish_reason": _finish_reason(chunk.finish_reason) if chunk and chunk.finish_reason else None,
                       "logprobs": _chat_logprobs(chunk.tokens) if chunk else None}
             return ChatCompletionChunk(id=cid, object="chat.completion.chunk", created=created, model=stream.model,
@@ -329,12 +356,12 @@ class OpenAIService:
         deadline = self._deadline()
         stream = await self._within_deadline(self.pipeline.open_stream(
             self.completion_request(req), tier, req.confidence_threshold, self._cache(req.cache, caller), priority,
-            _tenant(caller)), deadline)
+            _tenant(caller), self._strategy(req, caller)), deadline)
         cid, created = new_id("cmpl"), int(time.time())
 
         def event(chunk: GenerationChunk | None, first: bool = False) -> dict[str, Any]:
             choice = CompletionChoice(
-                index=0, text=chunk.text if chunk else "",
+                index=chunk.index if chunk else 0, text=chunk.text if chunk else "",
                 finish_reason=_finish_reason(chunk.finish_reason) if chunk and chunk.finish_reason else "stop",
                 logprobs=_completion_logprobs(chunk.tokens) if chunk else None,
             ).model_dump(exclude_none=True)
@@ -348,27 +375,29 @@ class OpenAIService:
     async def _sse(self, stream: RoutedStream, event, include_usage: bool, cid: str, created: int, obj: str,
                    deadline: float | None = None) -> AsyncIterator[str]:
         usage: Usage | None = None
-        first = True
-        final: dict[str, Any] | None = None
+        started: set[int] = set()  # choices whose first event (with the role) has gone
+        finals: list[dict[str, Any]] = []
         try:
             async with contextlib.aclosing(stream.chunks) as chunks:  # a client that leaves stops the work now
                 async for chunk in _until(chunks, deadline, self.api.request_timeout_s):
                     if chunk.usage is not None:
                         usage = chunk.usage
+                    first = chunk.index not in started
                     if not chunk.text and not chunk.finish_reason and not first:
                         continue
                     payload = event(chunk, first)
-                    first = False
+                    started.add(chunk.index)
                     if chunk.finish_reason:
-                        # Held back until the stream ends, so it can carry the complete route trace.
-                        final = payload
+                        # Held back until the stream ends, so that the last can carry the complete route trace.
+                        finals.append(payload)
                         continue
                     yield sse(payload)
-            if final is None:
-                final = event(GenerationChunk(finish_reason="stop"), first)
+            if not finals:
+                finals = [event(GenerationChunk(finish_reason="stop"), 0 not in started)]
             route = stream.trace.model_dump()  # complete now that the stream has ended
-            final["route"] = route
-            yield sse(final)
+            finals[-1]["route"] = route
+            for final in finals:
+                yield sse(final)
             if include_usage:
                 yield sse({"id": cid, "object": obj, "created": created, "model": stream.model, "choices": [],
                            "usage": _usage(usage or Usage()).model_dump(), "route": route})

@@ -60,6 +60,8 @@ def can_verify(request: GenerationRequest) -> str | None:
         return "stop_strings"
     if request.logprobs:
         return "logprobs"
+    if request.n > 1 or request.prefix:
+        return "n" if request.n > 1 else "prefix"
     return None
 
 

@@ -14,6 +14,7 @@ from serving.config.load import AdaptiveBatchingConfig, CascadeAutoscalingConfig
 from serving.config.priority import PriorityConfig
 from serving.config.quality import AuditConfig, QualityConfig
 from serving.config.speculative import SpeculativeConfig
+from serving.config.strategies import StrategiesConfig
 from serving.config.tiering import ConfidenceConfig, TieringConfig
 from serving.config.tracing import TracingConfig
 
@@ -39,6 +40,7 @@ __all__ = [
     "PriorityConfig",
     "QualityConfig",
     "SpeculativeConfig",
+    "StrategiesConfig",
     "TenantConfig",
     "TieringConfig",
     "TracingConfig",

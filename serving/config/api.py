@@ -36,6 +36,8 @@ class ApiConfig(BaseModel):
         256, ge=1, description="max_tokens used when a request does not set it."
     )
     max_stop_sequences: int = Field(4, ge=0, description="Most stop sequences a request may give.")
+    max_choices: int = Field(
+        16, ge=1, le=64, description="Largest `n` (choices) and `strategy.n` (candidates) a request may ask for.")
     max_body_bytes: int = Field(
         4 << 20, ge=1024, description="Largest request body accepted; a larger one is a 413 before it is parsed.")
     max_prompt_chars: int = Field(

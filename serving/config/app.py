@@ -18,6 +18,7 @@ from serving.config.engine import EngineConfig
 from serving.config.load import LoadConfig
 from serving.config.priority import PriorityConfig
 from serving.config.quality import QualityConfig
+from serving.config.strategies import StrategiesConfig
 from serving.config.tiering import TieringConfig
 from serving.config.tracing import TracingConfig
 
@@ -66,6 +67,10 @@ class AppConfig(BaseSettings):
         default_factory=LoadConfig,
         description="Load prediction: arrival forecast, the Validator's cascade autoscaling, adaptive batching.",
     )
+    strategies: StrategiesConfig = Field(
+        default_factory=StrategiesConfig,
+        description="Inference strategies (n candidates voted on, scored or searched) and their budgets.",
+    )
     tracing: TracingConfig = Field(
         default_factory=TracingConfig,
         description="OpenTelemetry traces over OTLP: a span per request and per stage with its decision (off).",
@@ -108,9 +113,12 @@ class AppConfig(BaseSettings):
     def calibration_path(self) -> Path | None:
         """`quality.calibration`, a relative path read from the profiles' folder (cluster/)."""
         path = self.quality.calibration
-        if path is None or path.is_absolute():
-            return path
-        return profiles_dir() / path
+        return None if path is None else self.resolve_path(path)
+
+    @staticmethod
+    def resolve_path(path: Path) -> Path:
+        """A file a profile names (a calibration, a frontier): a relative path is read from the profiles' folder."""
+        return path if path.is_absolute() else profiles_dir() / path
 
     @property
     def needs_embedder(self) -> bool:

@@ -93,6 +93,9 @@ class TenantConfig(BaseModel):
         None, gt=0, description="Engine-seconds (the cost ledger's unit: all tiers, thrown-away Scout work "
         "included) the tenant may spend per budget_window; then a 429 'insufficient_quota'.")
     budget_window: Literal["hour", "day", "month"] = Field("day", description="The period of budget_engine_s.")
+    strategy_budget_s: float | None = Field(
+        None, gt=0, description="Most engine seconds an inference strategy may spend on one of the tenant's "
+        "requests (its `strategy.budget` may only lower it); over it, the best strategy that fits runs.")
 
 
 class AuthConfig(BaseModel):

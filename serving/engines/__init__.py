@@ -1,5 +1,13 @@
 """Engines' client side: the `LLMEngine` interface and its Ray Serve LLM implementation."""
 
-from serving.engines.base import Generation, GenerationChunk, GenerationRequest, LLMEngine, TokenLogprob, Usage
+from serving.engines.base import (
+    Generation,
+    GenerationChunk,
+    GenerationRequest,
+    LLMEngine,
+    Scored,
+    TokenLogprob,
+    Usage,
+)
 
-__all__ = ["Generation", "GenerationChunk", "GenerationRequest", "LLMEngine", "TokenLogprob", "Usage"]
+__all__ = ["Generation", "GenerationChunk", "GenerationRequest", "LLMEngine", "Scored", "TokenLogprob", "Usage"]

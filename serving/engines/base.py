@@ -38,6 +38,10 @@ class GenerationRequest:
     request_id: str | None = None
     # vLLM priority (lower first) of the request's class; engines with priority scheduling honour it.
     priority: int = 0
+    # Independent choices from one prompt (OpenAI's `n`; vLLM shares their prefill).
+    n: int = 1
+    # The start of the answer, already written: the engine continues it (a step of a search).
+    prefix: str = ""
 
     @property
     def kind(self) -> Literal["chat", "completion"]:
@@ -75,6 +79,15 @@ class Generation:
     # Present when the request asked for logprobs.
     tokens: list[TokenLogprob] | None = None
     model: str = ""
+    # Which stop string ended it (None: the end of sequence, or no stop: see `finish_reason`).
+    stop_reason: str | int | None = None
+    # Choices 1..n-1 of a request with n > 1 (this one is choice 0; `usage` counts them all).
+    alternatives: list[Generation] = field(default_factory=list)
+
+    @property
+    def choices(self) -> list[Generation]:
+        """Every choice, in index order."""
+        return [self, *self.alternatives]
 
 
 @dataclass
@@ -87,6 +100,26 @@ class GenerationChunk:
     usage: Usage | None = None
     # Set on the first chunk of a verified stream (`LLMEngine.verify_stream`).
     draft: DraftOutcome | None = None
+    # Which choice it belongs to (a request with n > 1 streams its choices interleaved).
+    index: int = 0
+
+
+@dataclass
+class Scored:
+    """How likely a model finds a continuation of a prompt: the log-probability of each of its tokens."""
+
+    text: str
+    logprobs: list[float]
+    prompt_tokens: int = 0
+
+    @property
+    def total(self) -> float:
+        return sum(self.logprobs)
+
+    @property
+    def mean(self) -> float:
+        """Per-token mean log-probability: comparable across continuations of different lengths."""
+        return self.total / len(self.logprobs) if self.logprobs else float("-inf")
 
 
 class LLMEngine(ABC):
@@ -125,4 +158,10 @@ class LLMEngine(ABC):
     def verify_stream(self, request: GenerationRequest, draft: str) -> AsyncIterator[GenerationChunk]:
         """`verify`, streamed: the first chunk holds the accepted prefix (and carries the
         `DraftOutcome` in `chunk.draft`), then the rest streams; the text joins to `verify`'s."""
+        raise NotImplementedError
+
+    async def score(self, request: GenerationRequest, continuations: list[str]) -> list[Scored]:
+        """The model's log-probability of each continuation's tokens after `request`'s prompt, in one
+        prefill pass and no decoding (a reward without a reward model). Engines that can score set
+        `can_verify`, which needs the same pass."""
         raise NotImplementedError

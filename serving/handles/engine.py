@@ -13,10 +13,18 @@ import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-from serving.engines.base import Generation, GenerationChunk, GenerationRequest, LLMEngine, TokenLogprob, Usage
+from serving.engines.base import (
+    Generation,
+    GenerationChunk,
+    GenerationRequest,
+    LLMEngine,
+    Scored,
+    TokenLogprob,
+    Usage,
+)
 from serving.errors import (
     ContextLengthExceededError,
     EngineUnavailableError,
@@ -180,7 +188,8 @@ class ServeLLMEngine(LLMEngine):
             return list(ids)
         return list(tok(req.prompt or "").input_ids)
 
-    def _ids_request(self, ids: list[int], max_tokens: int, stream: bool, priority: int = 0, **extra: Any) -> Any:
+    def _ids_request(self, ids: list[int] | list[list[int]], max_tokens: int, stream: bool, priority: int = 0,
+                     **extra: Any) -> Any:
         if self._priority and priority:
             extra["priority"] = priority
         if stream:
@@ -287,6 +296,37 @@ class ServeLLMEngine(LLMEngine):
             yield GenerationChunk(text=tail)
         yield GenerationChunk(finish_reason=finish or "stop", usage=Usage(len(s.prompt), s.counted))
 
+    async def score(self, request: GenerationRequest, continuations: list[str]) -> list[Scored]:
+        """One prefill over prompt + each continuation (one engine request: vLLM batches the prompts), reading
+        the log-probability vLLM reports for every continuation token (`prompt_logprobs`)."""
+        if not continuations:
+            return []
+        tok = await self._loaded_tokenizer()
+        prompt = self._prompt_ids(request)
+        conts = [list(tok(c, add_special_tokens=False).input_ids) for c in continuations]
+        vreq = self._ids_request([prompt + c for c in conts], 1, False, request.priority, prompt_logprobs=0)
+        try:
+            response = None
+            async for item in until_abandoned(self._handle.completions.options(stream=True).remote(vreq)):
+                if _is_error(item):
+                    raise error_from_engine(item)
+                response = item.model_dump() if hasattr(item, "model_dump") else item
+                break
+        except InferenceOptimizerError:
+            raise
+        except Exception as exc:
+            raise error_from_call(self.model_id, exc) from exc
+        if response is None:
+            raise EngineUnavailableError(f"{self.model_id}: the engine returned no response")
+        choices = sorted(response["choices"], key=lambda c: c.get("index", 0))
+        out = []
+        for text, ids, choice in zip(continuations, conts, choices, strict=True):
+            positions = choice.get("prompt_logprobs") or []
+            lps = [_logprob_of(positions[len(prompt) + j], t) if len(prompt) + j < len(positions) else None
+                   for j, t in enumerate(ids)]
+            out.append(Scored(text=text, logprobs=[lp for lp in lps if lp is not None], prompt_tokens=len(prompt)))
+        return out
+
     def _to_vllm(self, req: GenerationRequest, stream: bool) -> Any:
         common: dict[str, Any] = dict(
             model=self.model_id,
@@ -299,6 +339,8 @@ class ServeLLMEngine(LLMEngine):
             frequency_penalty=req.frequency_penalty,
             stream=stream,
         )
+        if _sampled_choices(req) > 1:
+            common["n"] = req.n
         if req.request_id:
             common["request_id"] = req.request_id
         if self._priority and req.priority:
@@ -308,10 +350,14 @@ class ServeLLMEngine(LLMEngine):
         if req.kind == "chat":
             if req.logprobs:
                 common.update(logprobs=True, top_logprobs=req.top_logprobs)
+            if req.prefix:  # the answer so far is the assistant's last message, continued
+                return self._oai.ChatCompletionRequest(
+                    messages=[*req.messages, {"role": "assistant", "content": req.prefix}],
+                    continue_final_message=True, add_generation_prompt=False, **common)
             return self._oai.ChatCompletionRequest(messages=req.messages, **common)
         if req.logprobs:
             common["logprobs"] = req.top_logprobs
-        return self._oai.CompletionRequest(prompt=req.prompt, **common)
+        return self._oai.CompletionRequest(prompt=(req.prompt or "") + req.prefix, **common)
 
     def _method(self, req: GenerationRequest) -> Any:
         method = self._handle.chat if req.kind == "chat" else self._handle.completions
@@ -348,20 +394,23 @@ class ServeLLMEngine(LLMEngine):
             if _is_error(item):
                 raise error_from_engine(item)
             data = item.model_dump() if hasattr(item, "model_dump") else item
-            choice = data["choices"][0]
-            if request.kind == "chat":
-                text = choice["message"].get("content") or ""
-                tokens = _logprobs_from_chat(choice.get("logprobs"))
-            else:
-                text = choice.get("text") or ""
-                tokens = _logprobs_from_completion(choice.get("logprobs"))
-            return Generation(
-                text=text,
-                finish_reason=choice.get("finish_reason"),
-                usage=_usage(data.get("usage")) or Usage(),
-                tokens=tokens if request.logprobs else None,
-                model=self.model_id,
-            )
+            gens = []
+            for choice in sorted(data["choices"], key=lambda c: c.get("index", 0)):
+                if request.kind == "chat":
+                    text = choice["message"].get("content") or ""
+                    tokens = _logprobs_from_chat(choice.get("logprobs"))
+                else:
+                    text = choice.get("text") or ""
+                    tokens = _logprobs_from_completion(choice.get("logprobs"))
+                gens.append(Generation(text=text, finish_reason=choice.get("finish_reason"),
+                                       tokens=tokens if request.logprobs else None, model=self.model_id,
+                                       stop_reason=choice.get("stop_reason")))
+            usage = _usage(data.get("usage")) or Usage()  # all choices' tokens
+            if len(gens) < request.n:  # greedy: one answer, which every choice is
+                gens = [gens[0], *(replace(gens[0]) for _ in range(request.n - 1))]
+                usage = Usage(usage.prompt_tokens, usage.completion_tokens * request.n)
+            gens[0].usage, gens[0].alternatives = usage, gens[1:]
+            return gens[0]
         raise EngineUnavailableError(f"{self.model_id}: the engine returned no response")
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
@@ -373,25 +422,35 @@ class ServeLLMEngine(LLMEngine):
                 for data in _sse_payloads(item):
                     if "error" in data:
                         raise error_from_engine(data)
-                    chunk = self._chunk(data, request)
-                    if chunk is not None:
-                        yield chunk
+                    for chunk in self._chunks(data, request):
+                        copies = request.n // _sampled_choices(request)
+                        if copies == 1:
+                            yield chunk
+                            continue
+                        # Greedy with n > 1: vLLM generates the one answer once; every choice is that answer.
+                        for i in range(copies):
+                            last = i == copies - 1 and chunk.usage is not None
+                            yield replace(chunk, index=i, usage=Usage(chunk.usage.prompt_tokens,
+                                                                       chunk.usage.completion_tokens * copies)
+                                          if last else None)
 
-    def _chunk(self, data: dict[str, Any], request: GenerationRequest) -> GenerationChunk | None:
+    def _chunks(self, data: dict[str, Any], request: GenerationRequest) -> list[GenerationChunk]:
+        """The chunks of one SSE payload: one per choice it carries (usage on the last)."""
         usage = _usage(data.get("usage"))
         if not data.get("choices"):
-            return GenerationChunk(usage=usage) if usage else None
-        choice = data["choices"][0]
-        if request.kind == "chat":
-            text = (choice.get("delta") or {}).get("content") or ""
-            tokens = _logprobs_from_chat(choice.get("logprobs"))
-        else:
-            text = choice.get("text") or ""
-            tokens = _logprobs_from_completion(choice.get("logprobs"))
-        return GenerationChunk(
-            text=text, finish_reason=choice.get("finish_reason"), tokens=tokens if request.logprobs else None,
-            usage=usage,
-        )
+            return [GenerationChunk(usage=usage)] if usage else []
+        out = []
+        for choice in data["choices"]:
+            if request.kind == "chat":
+                text = (choice.get("delta") or {}).get("content") or ""
+                tokens = _logprobs_from_chat(choice.get("logprobs"))
+            else:
+                text = choice.get("text") or ""
+                tokens = _logprobs_from_completion(choice.get("logprobs"))
+            out.append(GenerationChunk(text=text, finish_reason=choice.get("finish_reason"),
+                                       tokens=tokens if request.logprobs else None, index=choice.get("index") or 0))
+        out[-1].usage = usage
+        return out
 
     async def check_health(self) -> None:
         try:
@@ -450,6 +509,23 @@ def _top1(position: dict[Any, Any] | None) -> int | None:
         if rank == 1:
             return int(token_id)
     return None
+
+
+def _sampled_choices(request: GenerationRequest) -> int:
+    """How many choices the engine is asked for: vLLM refuses n > 1 without sampling (all would be the same), so a
+    greedy request's choices are one answer repeated."""
+    return request.n if request.temperature > 0 else 1
+
+
+def _logprob_of(position: dict[Any, Any] | None, token_id: int) -> float | None:
+    """The log-probability of `token_id` at one prompt position (keys are ids, as ints or JSON strings)."""
+    if not position:
+        return None
+    lp = position.get(token_id, position.get(str(token_id)))
+    if lp is None:
+        return None
+    value = lp.get("logprob") if isinstance(lp, dict) else getattr(lp, "logprob", None)
+    return None if value is None else float(value)
 
 
 def _is_error(item: Any) -> bool:

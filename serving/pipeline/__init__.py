@@ -3,7 +3,7 @@
 Reading order: `Route`, `Tier`, `Reason` and each stage's decision enum (`_decisions`);
 the `RequestState` the stages write and the route trace is written from (`_state`);
 the stages — `AnalyzerStage`, `CacheStage`, `ScoutStage`, `ValidatorStage`,
-`AdmissionStage` — each asking its policy (`serving.policy`); the `Pipeline` that runs
+`StrategyStage`, `AdmissionStage` — each asking its policy (`serving.policy`); the `Pipeline` that runs
 them (`_executor`), sharing computations of identical requests (`_flights`); and
 `build_pipeline` / `pipeline_from_config`, which put one together.
 """
@@ -22,6 +22,7 @@ from serving.pipeline._decisions import (
     ScoutDecision,
     SkipReason,
     StageName,
+    StrategyDecision,
     Tier,
     ValidatorDecision,
 )
@@ -30,6 +31,7 @@ from serving.pipeline._flights import Flight, Flights
 from serving.pipeline._scout import ScoutStage
 from serving.pipeline._stage import Observer, Stage, assemble, replay
 from serving.pipeline._state import Admission, Cost, RequestState, StageOutcome, TierCost
+from serving.pipeline._strategy import StrategyStage
 from serving.pipeline._validator import ValidatorStage
 
 __all__ = [
@@ -58,6 +60,8 @@ __all__ = [
     "Stage",
     "StageName",
     "StageOutcome",
+    "StrategyDecision",
+    "StrategyStage",
     "Tier",
     "TierCost",
     "ValidatorDecision",

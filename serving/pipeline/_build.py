@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from serving.breaker import CircuitBreaker
-from serving.config import CacheConfig, TieringConfig
+from serving.config import CacheConfig, StrategiesConfig, TieringConfig
 from serving.engines.base import LLMEngine
 from serving.metrics import Metrics
 from serving.pipeline._analyze import AnalyzerStage
@@ -14,8 +14,10 @@ from serving.pipeline._executor import Pipeline, engines_fingerprint
 from serving.pipeline._flights import Flights
 from serving.pipeline._scout import ScoutStage
 from serving.pipeline._stage import Observer, Stage
+from serving.pipeline._strategy import StrategyStage
 from serving.pipeline._validator import ValidatorStage
 from serving.priority import PriorityGate
+from serving.strategies import CostModel, Frontier, StrategyPolicy
 
 if TYPE_CHECKING:
     from serving.analyzer import Analyzer
@@ -43,14 +45,19 @@ def build_pipeline(
     observers: list[Observer] | None = None,
     semantic_closed: set[str] | None = None,
     breakers: tuple[int, float] | None = None,
+    strategies: StrategiesConfig | None = None,
+    strategy_policy: StrategyPolicy | None = None,
 ) -> Pipeline:
     """A pipeline over two engines; the cache, the analyzer, coalescing, our priority queue, a calibrated
     escalation policy, observers (ledger, audit) and circuit breakers ((failures, reset_s) for the analyzer,
-    the cache and the Scout) are optional."""
+    the cache and the Scout) are optional. Inference strategies run by `strategies` (greedy by default: the
+    cascade alone) and `strategy_policy` (no frontier, no budget, unless given)."""
     from serving.policy.escalation import EscalationPolicy  # here: the policy imports the pipeline's decisions
 
     tiering = tiering or TieringConfig()
     cache_config = cache_config or CacheConfig()
+    strategies = strategies or StrategiesConfig()
+    strategy_policy = strategy_policy or StrategyPolicy(CostModel(strategies.prior_candidate_s))
     escalation = escalation or EscalationPolicy(tiering, can_verify_drafts=validator.can_verify)
     fingerprint = engines_fingerprint(scout.model_id, validator.model_id)
 
@@ -65,7 +72,8 @@ def build_pipeline(
         front.append(CacheStage(cache, cache_config, fingerprint, semantic_closed, cache_breaker))
     return Pipeline(
         front=front,
-        generate=[ScoutStage(scout, escalation, tiering.confidence, scout_timeout_s, breaker("scout")),
+        generate=[StrategyStage(scout, validator, strategy_policy, strategies, validator_timeout_s),
+                  ScoutStage(scout, escalation, tiering.confidence, scout_timeout_s, breaker("scout")),
                   ValidatorStage(validator, escalation, validator_timeout_s)],
         escalation=escalation,
         admission=AdmissionStage(cache, cache_config, cache_breaker) if cache is not None else None,
@@ -123,6 +131,10 @@ def pipeline_from_config(
         from serving.tracing import StageTracer
 
         observers.append(StageTracer.from_config(config.tracing))
+    st = config.strategies
+    frontier = Frontier.load(config.resolve_path(st.frontier)) if st.frontier is not None else None
+    strategy_policy = StrategyPolicy(CostModel(st.prior_candidate_s, frontier), frontier, target=st.target,
+                                     default_budget_s=st.budget_s, max_n=api.max_choices)
     pipeline = build_pipeline(
         scout, validator, config.tiering, cache=cache, cache_config=cache_config, analyzer=analyzer,
         analyzer_timeout_s=config.analyzer.timeout_s, scout_timeout_s=config.scout.request_timeout_s,
@@ -131,6 +143,7 @@ def pipeline_from_config(
                           max_wait_s=api.max_wait_s) if api.max_in_flight else None,
         metrics=metrics, escalation=escalation, observers=observers, semantic_closed=semantic_closed,
         breakers=(api.breaker_failures, api.breaker_reset_s) if api.breaker_failures else None,
+        strategies=st, strategy_policy=strategy_policy,
     )
     pipeline.ledger, pipeline.auditor = ledger, auditor
     return pipeline

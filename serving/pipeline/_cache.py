@@ -45,6 +45,8 @@ class CacheStage(Stage):
         t0 = time.perf_counter()
         policy.check_ttl(control, cfg)
         reason = policy.skip_reason(state.request, control, cfg)
+        if reason is None and state.strategy is not None and state.strategy.name != "greedy":
+            reason = "strategy"  # it asked for several candidates and a choice, not the remembered answer
         if reason is not None:
             state.record(self.name, CacheDecision.SKIPPED, t0, reason=reason)
             return
@@ -125,7 +127,8 @@ class AdmissionStage(Stage):
             completion_tokens=gen.usage.completion_tokens, tier=tier.value, engine_model=gen.model,
             confidence=state.confidence if tier is Tier.SCOUT else None,
         )
-        reason = policy.rejection_reason(answer, self.config)
+        # A strategy's answer is a sampled candidate chosen by vote: not the greedy answer later requests expect.
+        reason = "strategy" if state.reason is Reason.STRATEGY else policy.rejection_reason(answer, self.config)
         if reason is not None:
             state.record(self.name, AdmissionDecision.REJECTED, t0, reason=reason)
             return

@@ -40,6 +40,7 @@ class Reason(StrEnum):
     NEAR_MISS = "near_miss"  # a cached near miss went to the Validator as a draft
     TIERING_DISABLED = "tiering_disabled"  # tiering.enabled is false
     COALESCED = "coalesced"  # an identical request in flight answered this one
+    STRATEGY = "strategy"  # an inference strategy chose among several candidates (serving.strategies)
 
 
 class StageName(StrEnum):
@@ -48,6 +49,7 @@ class StageName(StrEnum):
     ANALYZER = "analyzer"
     CACHE = "cache"
     COALESCED = "coalesced"
+    STRATEGY = "strategy"
     SCOUT = "scout"
     VALIDATOR = "validator"
     ADMISSION = "admission"
@@ -76,6 +78,13 @@ class CacheDecision(StrEnum):
 
 class CoalescedDecision(StrEnum):
     JOINED = "joined"  # waited for an identical request's computation
+
+
+class StrategyDecision(StrEnum):
+    RAN = "ran"  # the strategy asked for (or 'auto''s choice) answered
+    DEGRADED = "degraded"  # over its budget: the best strategy predicted to fit answered instead
+    CASCADE = "cascade"  # 'greedy' was chosen (by 'auto' or a budget): the cascade answers as usual
+    FAILED = "failed"  # an engine failed or timed out: the cascade answers instead
 
 
 class ScoutDecision(StrEnum):
@@ -112,6 +121,8 @@ class SkipReason(StrEnum):
     # The calibrated pre-generation estimate says its answer would not be served.
     PREDICTED_UNSERVABLE = "predicted_unservable"
     AUDIT_CLOSED = "audit_closed"  # the audit closed the Scout: its answers disagree too often
+    MULTIPLE_CHOICES = "multiple_choices"  # n > 1 on `auto`: the Validator samples them (one shared prefill)
 
 
-Decision = AnalyzerDecision | CacheDecision | CoalescedDecision | ScoutDecision | ValidatorDecision | AdmissionDecision
+Decision = (AnalyzerDecision | CacheDecision | CoalescedDecision | StrategyDecision | ScoutDecision | ValidatorDecision
+            | AdmissionDecision)

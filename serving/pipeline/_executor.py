@@ -1,6 +1,6 @@
 """The executor: runs the stages in order and produces one chunk stream per request.
 
-    analyzer -> cache -> [flight: identical requests share it] -> priority slot -> scout -> validator
+    analyzer -> cache -> [flight: identical requests share it] -> priority slot -> strategy -> scout -> validator
              -> (answer streamed) -> admission
 
 A stage that answers (a cache hit, a kept Scout answer, the Validator) ends the deciding;
@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from serving.api import CacheControl, RouteTrace
+from serving.api import CacheControl, RouteTrace, StrategySpec
 from serving.cache.keys import cache_key, digest
 from serving.confidence import describe
 from serving.config import CacheConfig
@@ -107,9 +107,10 @@ class Pipeline:
     async def complete(
         self, request: GenerationRequest, model: str = "auto", threshold: float | None = None,
         cache: CacheControl | None = None, priority: Priority | None = None, tenant: str | None = None,
+        strategy: StrategySpec | None = None,
     ) -> Routed:
         """The whole answer to `request`, routed by `model` ('auto', 'scout', 'validator')."""
-        stream = await self._open(request, model, threshold, cache, priority, tenant, stream=False)
+        stream = await self._open(request, model, threshold, cache, priority, tenant, strategy, stream=False)
         async with contextlib.aclosing(stream.chunks) as source:  # a caller that goes away stops the work now
             chunks = [chunk async for chunk in source]
         return Routed(assemble(chunks, stream.model), stream.trace)
@@ -117,21 +118,23 @@ class Pipeline:
     async def open_stream(
         self, request: GenerationRequest, model: str = "auto", threshold: float | None = None,
         cache: CacheControl | None = None, priority: Priority | None = None, tenant: str | None = None,
+        strategy: StrategySpec | None = None,
     ) -> RoutedStream:
         """The answer to `request` as chunks; returns once the route is decided (at the first chunk)."""
-        return await self._open(request, model, threshold, cache, priority, tenant, stream=True)
+        return await self._open(request, model, threshold, cache, priority, tenant, strategy, stream=True)
 
     # -- the path -------------------------------------------------------------------------
 
     async def _open(self, request: GenerationRequest, model: str, threshold: float | None,
-                    cache: CacheControl | None, priority: Priority | None, tenant: str | None, *,
-                    stream: bool) -> RoutedStream:
+                    cache: CacheControl | None, priority: Priority | None, tenant: str | None,
+                    strategy: StrategySpec | None = None, *, stream: bool) -> RoutedStream:
         if priority is not None:
             request = replace(request, priority=priority.value)
         state = RequestState(
             request=request, route=Route(model), threshold=self.escalation.threshold(threshold),
             confidence_method=describe(self.escalation.tiering.confidence), cache_control=cache or CacheControl(),
             priority=priority, tenant=tenant, stream=stream, metrics=self.metrics, calibration=self.escalation.version,
+            strategy=strategy,
         )
         chunks = self._traced(state, self._chunks(state), self.observers)
         try:
@@ -202,8 +205,8 @@ class Pipeline:
     def _flight_key(self, state: RequestState) -> str | None:
         """What identical in-flight requests share: the exact cache key, for requests the cache policy would
         let share an answer."""
-        if self.flights is None:
-            return None
+        if self.flights is None or (state.strategy is not None and state.strategy.name != "greedy"):
+            return None  # a strategy samples: two identical requests are two draws
         if state.admission is not None:
             return state.admission.key.exact
         if not cache_policy.may_share(state.request):

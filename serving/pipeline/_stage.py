@@ -40,24 +40,35 @@ _WORD_START = re.compile(r"(?<=\s)(?=\S)")
 
 
 async def replay(gen: Generation, with_logprobs: bool) -> AsyncIterator[GenerationChunk]:
-    """A finished answer as chunks: one per token when the tokens spell the text, else one per word."""
-    tokens = gen.tokens or []
-    if tokens and "".join(t.token for t in tokens) == gen.text:
-        for t in tokens:
-            yield GenerationChunk(text=t.token, tokens=[t] if with_logprobs else None)
-    elif with_logprobs and tokens:
-        yield GenerationChunk(text=gen.text, tokens=tokens)
-    else:
-        for piece in _WORD_START.split(gen.text):
-            if piece:
-                yield GenerationChunk(text=piece)
-    yield GenerationChunk(finish_reason=gen.finish_reason, usage=gen.usage)
+    """A finished answer as chunks: one per token when the tokens spell the text, else one per word; each
+    choice in turn (the usage, of them all, on the last chunk)."""
+    for i, choice in enumerate(gen.choices):
+        tokens = choice.tokens or []
+        if tokens and "".join(t.token for t in tokens) == choice.text:
+            for t in tokens:
+                yield GenerationChunk(text=t.token, tokens=[t] if with_logprobs else None, index=i)
+        elif with_logprobs and tokens:
+            yield GenerationChunk(text=choice.text, tokens=tokens, index=i)
+        else:
+            for piece in _WORD_START.split(choice.text):
+                if piece:
+                    yield GenerationChunk(text=piece, index=i)
+        yield GenerationChunk(finish_reason=choice.finish_reason, index=i,
+                              usage=gen.usage if i == len(gen.alternatives) else None)
 
 
 def assemble(chunks: list[GenerationChunk], model: str) -> Generation:
-    """The whole answer the chunks spell (a non-streamed response, or what admission stores)."""
+    """The whole answer the chunks spell (a non-streamed response, or what admission stores); chunks of
+    choices 1..n-1 (`chunk.index`) become its `alternatives`, and the last usage seen counts them all."""
+    usage = next((c.usage for c in reversed(chunks) if c.usage is not None), Usage())
+    indexes = sorted({c.index for c in chunks} | {0})
+    gens = [_one([c for c in chunks if c.index == i], model) for i in indexes]
+    gens[0].usage, gens[0].alternatives = usage, gens[1:]
+    return gens[0]
+
+
+def _one(chunks: list[GenerationChunk], model: str) -> Generation:
     tokens = [t for c in chunks for t in c.tokens or []]
     finish = next((c.finish_reason for c in reversed(chunks) if c.finish_reason), None)
-    usage = next((c.usage for c in reversed(chunks) if c.usage is not None), Usage())
-    return Generation(text="".join(c.text for c in chunks), finish_reason=finish, usage=usage,
+    return Generation(text="".join(c.text for c in chunks), finish_reason=finish,
                       tokens=tokens if any(c.tokens is not None for c in chunks) else None, model=model)

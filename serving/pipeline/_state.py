@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
     from serving.analyzer import RoutePlan
+    from serving.api import StrategySpec
     from serving.cache.keys import CacheKey
     from serving.priority import Priority
     from serving.verify import Draft
@@ -89,6 +90,7 @@ class RequestState:
     priority: Priority | None = None
     tenant: str | None = None  # the caller's tenant (serving.tenancy), None on an open service
     stream: bool = False  # the client reads the answer as it is generated
+    strategy: StrategySpec | None = None  # the request's inference strategy (None: the configured default)
     metrics: Metrics = field(default_factory=Metrics)
     started: float = field(default_factory=time.perf_counter)
     # Decided by the stages, in order.
@@ -112,6 +114,8 @@ class RequestState:
     counterfactual_s: float | None = None  # what the Validator alone would have spent (the cost ledger's)
     total_ms: float | None = None
     ttft_ms: float | None = None  # time to the answer's first chunk (the live page's TTFT)
+    # Completion tokens of the answer itself when its usage counts more (a strategy's candidates): the ledger's.
+    answer_tokens: int | None = None
 
     def record(self, stage: StageName, decision: Decision, started: float, **detail: Any) -> StageOutcome:
         """One stage's decision, started at `started` (time.perf_counter()): into the state and the metrics."""

@@ -58,6 +58,9 @@ class ValidatorStage(Stage):
         else:
             gen = await self.engine.generate(state.request)
         yield GenerationChunk(text=gen.text, tokens=gen.tokens, draft=outcome)
+        for i, other in enumerate(gen.alternatives, 1):  # the other choices of a request with n > 1
+            yield GenerationChunk(text=other.text, tokens=other.tokens, index=i)
+            yield GenerationChunk(finish_reason=other.finish_reason, index=i)
         yield GenerationChunk(finish_reason=gen.finish_reason, usage=gen.usage)
 
     async def _chunks(self, state: RequestState, draft: Draft | None, note: dict[str, object]

@@ -115,6 +115,8 @@ def skip_reason(request: GenerationRequest, control: CacheControl, config: Cache
         return "bypass_requested"
     if request.logprobs:
         return "logprobs"
+    if request.n > 1:
+        return "n"
     if not is_deterministic(request) and not (control.allow_sampled or config.admit_sampled):
         return "sampled"
     return None
@@ -122,7 +124,7 @@ def skip_reason(request: GenerationRequest, control: CacheControl, config: Cache
 
 def may_share(request: GenerationRequest) -> bool:
     """Whether identical requests in flight may share one computation (as they would share a cache entry)."""
-    return is_deterministic(request) and not request.logprobs
+    return is_deterministic(request) and not request.logprobs and request.n == 1
 
 
 def check_ttl(control: CacheControl, config: CacheConfig) -> None:

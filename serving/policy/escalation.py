@@ -119,6 +119,9 @@ class EscalationPolicy:
             return SkipReason.NEAR_MISS_DRAFT
         if route is not Route.AUTO or not self.uses_scout(route):
             return None
+        if request.n > 1:
+            # Several samples are asked for: none of them can be judged against one Validator answer.
+            return SkipReason.MULTIPLE_CHOICES
         if plan is not None and plan.strategy == "validator_direct":
             return SkipReason.PREDICTED_HARD
         if self.closed:

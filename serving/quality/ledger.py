@@ -81,7 +81,8 @@ class CostLedger(Observer):
             return
         path = "coalesced" if state.reason is Reason.COALESCED else str(state.tier or "none")
         namespace = state.key.namespace if state.key is not None else "default"
-        counted = 0 if state.reason is Reason.COALESCED else state.result.usage.completion_tokens
+        counted = 0 if state.reason is Reason.COALESCED else (
+            state.answer_tokens if state.answer_tokens is not None else state.result.usage.completion_tokens)
         state.counterfactual_s = self.book(namespace, path, state.cost, counted)
 
     def totals(self) -> dict[str, Any]:

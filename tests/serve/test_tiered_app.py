@@ -119,6 +119,57 @@ def test_openai_sdk_raises_typed_errors(sdk: openai.OpenAI):
         sdk.chat.completions.create(model="auto", messages=[{"role": "user", "content": 5}])
 
 
+def test_openai_sdk_n_choices_streamed_and_not(sdk: openai.OpenAI):
+    out = sdk.chat.completions.create(model="auto", messages=CAPITAL, temperature=0.9, seed=7, max_tokens=12, n=3)
+    assert [c.index for c in out.choices] == [0, 1, 2]
+    assert all(c.message.content for c in out.choices)
+    route = out.model_extra["route"]
+    # Several samples: the Validator draws them in one engine request (vLLM's n); the Scout is not asked.
+    assert route["tier"] == "validator" and route["stages"][0]["detail"]["reason"] == "multiple_choices"
+    assert route["cost"]["validator"]["completion_tokens"] == out.usage.completion_tokens
+    assert out.usage.completion_tokens >= 3  # all choices' tokens
+    chunks = list(sdk.chat.completions.create(model="scout", messages=CAPITAL, temperature=0.9, max_tokens=8, n=2,
+                                              stream=True, stream_options={"include_usage": True}))
+    texts: dict[int, str] = {}
+    for c in chunks:
+        for choice in c.choices:
+            texts[choice.index] = texts.get(choice.index, "") + (choice.delta.content or "")
+    assert set(texts) == {0, 1} and all(texts.values())
+    usage = chunks[-1].usage
+    assert chunks[-1].choices == [] and usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
+    done = sdk.completions.create(model="validator", prompt="def add(a, b):\n    return", temperature=0, max_tokens=6,
+                                  n=2)
+    assert [c.index for c in done.choices] == [0, 1] and done.choices[0].text == done.choices[1].text  # greedy
+
+
+GSM = [{"role": "user", "content": "Tom has 3 apples and buys 4 more. How many apples does he have? "
+        "End with '#### <number>'."}]
+
+
+@pytest.mark.parametrize(("name", "n"), [("majority_vote", 4), ("best_of_n", 3), ("search", 2)])
+def test_strategies_run_on_the_real_engines(sdk: openai.OpenAI, name: str, n: int):
+    """Sampling through vLLM's n, the Validator's one-pass scores (prompt_logprobs over several prompts), and a
+    search's steps continuing an assistant message (continue_final_message) on the real engines."""
+    out = sdk.chat.completions.create(model="auto", messages=GSM, temperature=0, max_tokens=24,
+                                      extra_body={"strategy": {"name": name, "n": n}})
+    route = out.model_extra["route"]
+    assert (route["tier"], route["reason"]) == ("scout", "strategy"), route
+    stage = route["stages"][0]
+    assert stage["stage"] == "strategy" and stage["decision"] == "ran" and stage["detail"]["strategy"] == name
+    candidates = stage["detail"]["candidates"]
+    assert len(candidates) >= 1 if name == "search" else len(candidates) == n
+    if name != "majority_vote":  # scored by the Validator: a real mean log-probability
+        assert all(c["score"] is not None and c["score"] < 0 for c in candidates)
+        assert route["cost"]["validator"]["prompt_tokens"] > 0
+    assert out.choices[0].message.content
+    assert out.usage.completion_tokens >= sum(c["tokens"] for c in candidates) > 0
+
+
+def test_a_malformed_strategy_is_a_400(client: httpx.Client):
+    r = chat(client, messages=GSM, strategy={"name": "beam", "n": 2})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "strategy.name"
+
+
 # -- routing -----------------------------------------------------------------------------
 
 

@@ -34,13 +34,15 @@ class FakeEngine(LLMEngine):
         if self.fail:
             raise EngineUnavailableError(f"{self.model_id} is down")
         toks = self.tokens[: request.max_tokens]
-        return Generation(
-            text="".join(toks),
+        choices = [Generation(
+            text="".join(toks) + (f" ({i})" if i else ""),  # choice i > 0 of n is told apart by its suffix
             finish_reason="length" if len(self.tokens) > request.max_tokens else "stop",
-            usage=Usage(prompt_tokens=5, completion_tokens=len(toks)),
             tokens=self._token_logprobs()[: request.max_tokens] if request.logprobs else None,
             model=self.model_id,
-        )
+        ) for i in range(request.n)]
+        choices[0].usage = Usage(prompt_tokens=5, completion_tokens=len(toks) * request.n)  # vLLM: all choices'
+        choices[0].alternatives = choices[1:]
+        return choices[0]
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
         self.requests.append(request)
@@ -49,9 +51,13 @@ class FakeEngine(LLMEngine):
         toks = self.tokens[: request.max_tokens]
         for t in toks:
             await asyncio.sleep(self.delay_s)
-            yield GenerationChunk(text=t)
-        yield GenerationChunk(finish_reason="stop")
-        yield GenerationChunk(usage=Usage(prompt_tokens=5, completion_tokens=len(toks)))
+            for i in range(request.n):  # the choices interleaved, as vLLM streams them
+                yield GenerationChunk(text=t, index=i)
+        for i in range(request.n):
+            if i:
+                yield GenerationChunk(text=f" ({i})", index=i)
+            yield GenerationChunk(finish_reason="stop", index=i)
+        yield GenerationChunk(usage=Usage(prompt_tokens=5, completion_tokens=len(toks) * request.n))
 
     async def check_health(self) -> None:
         if self.fail:

@@ -54,7 +54,20 @@ def error_of(body, model=ChatCompletionRequest):
         ({"messages": [{"role": "user", "content": "x"}], "temperature": 3}, "temperature", "invalid value"),
         ({"messages": [{"role": "user", "content": "x"}], "max_tokens": 0}, "max_tokens", "invalid value"),
         ({"messages": [{"role": "user", "content": "x"}], "frobnicate": 1}, "frobnicate", "Unrecognized"),
-        ({"messages": [{"role": "user", "content": "x"}], "n": 2}, "n", "n=1"),
+        ({"messages": [{"role": "user", "content": "x"}], "n": 0}, "n", "invalid value"),
+        ({"messages": [{"role": "user", "content": "x"}], "n": 65}, "n", "invalid value"),
+        ({"messages": [{"role": "user", "content": "x"}], "n": 2, "strategy": {"name": "majority_vote"}}, "n", "n=1"),
+        ({"messages": [{"role": "user", "content": "x"}], "strategy": {"name": "vote"}}, "strategy.name",
+         "invalid value"),
+        ({"messages": [{"role": "user", "content": "x"}], "strategy": {"name": "best_of_n", "n": 0}}, "strategy.n",
+         "invalid value"),
+        ({"messages": [{"role": "user", "content": "x"}], "strategy": {"name": "best_of_n", "budget": -1}},
+         "strategy.budget", "invalid value"),
+        ({"messages": [{"role": "user", "content": "x"}], "strategy": {"name": "search", "depth": 3}},
+         "strategy.depth", "Unrecognized"),
+        ({"messages": [{"role": "user", "content": "x"}], "strategy": "best_of_n"}, "strategy", "invalid value"),
+        ({"messages": [{"role": "user", "content": "x"}], "logprobs": True, "strategy": {"name": "majority_vote"}},
+         "logprobs", "strategy"),
         ({"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function"}]}, "tools", "tool"),
         ({"messages": [{"role": "user", "content": "x"}], "logit_bias": {"1": 5}}, "logit_bias", "logit_bias"),
         ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]},
@@ -70,7 +83,7 @@ def test_bad_chat_requests_name_the_field(body, param, fragment):
 
 
 def test_unsupported_parameters_have_their_own_code():
-    err = error_of({"messages": [{"role": "user", "content": "x"}], "n": 3})
+    err = error_of({"messages": [{"role": "user", "content": "x"}], "logit_bias": {"1": 5}})
     assert isinstance(err, UnsupportedParameterError)
     assert to_openai_error(err)[1]["error"]["code"] == "unsupported_parameter"
 
