@@ -23,7 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serving.api import ERROR_RESPONSES, ChatCompletionRequest, CompletionRequest, RouteTrace
 from serving.compose import Parts, build_service
-from serving.dashboard import LiveStats, asset
+from serving.dashboard import LiveStats, asset, page_state, quality_report
 from serving.errors import (
     EngineUnavailableError,
     InferenceOptimizerError,
@@ -290,10 +290,7 @@ class Ingress:
 
     async def _quality(self, request: Request) -> Response:
         self._admin(request)
-        auditor = self.service.pipeline.auditor
-        body = auditor.report() if auditor is not None else {"calibration": self.service.pipeline.escalation.version,
-                                                             "audit": "off"}
-        return JSONResponse({"object": "quality", **body})
+        return JSONResponse({"object": "quality", **quality_report(self.service.pipeline)})
 
     @app.get("/v1/ledger", responses=ERROR_RESPONSES)
     async def ledger(self, request: Request) -> Response:
@@ -330,23 +327,10 @@ class Ingress:
     async def _dashboard_state(self, request: Request) -> Response:
         self._dashboard_on()
         self._admin(request)
-        pipeline = self.service.pipeline
-        body: dict[str, Any] = {"object": "dashboard.state", "profile": self.config.profile,
-                                "refresh_s": self.config.api.dashboard.refresh_s, **self.live.snapshot()}
-        body["ledger"] = pipeline.ledger.totals() if pipeline.ledger is not None else None
-        body["quality"] = (pipeline.auditor.report() if pipeline.auditor is not None
-                           else {"calibration": pipeline.escalation.version, "audit": "off"})
-        body["cache"] = None
-        if self.cache is not None:
-            try:
-                body["cache"] = await asyncio.wait_for(self.cache.stats(), self.config.cache.timeout_s)
-            except Exception as exc:
-                body["cache"] = {"error": f"unavailable ({type(exc).__name__})"}
-        gate = pipeline.gate
-        body["queue"] = ({"active": gate.active, "waiting": gate.waiting, "limit": gate.limit,
-                          "max_waiting": gate.max_waiting} if gate is not None else None)
-        body["replicas"] = await self._replica_states()
-        return JSONResponse(body)
+        return JSONResponse(await page_state(
+            self.service.pipeline, self.live, profile=self.config.profile,
+            refresh_s=self.config.api.dashboard.refresh_s, cache=self.cache,
+            cache_timeout_s=self.config.cache.timeout_s, replicas=await self._replica_states()))
 
     @app.get("/v1/dashboard/state", responses=ERROR_RESPONSES)
     async def dashboard_state(self, request: Request) -> Response:

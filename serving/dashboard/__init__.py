@@ -5,15 +5,17 @@ its answer is complete (its path, end-to-end time, time to first chunk, and what
 what the Validator alone would have spent: the ledger's figures); as a `Metrics` sink it counts
 errors by status and stage latencies. `snapshot()` turns the window into plain JSON: the route
 mix per time bucket, the savings against validator-only per bucket and in total, latency and
-TTFT percentiles per path, and the stages' latencies. The Ingress adds what lives elsewhere (the
-audit's bounds, the cache's statistics, the queue and the replicas) and serves it at
-`GET /v1/dashboard/state`; the page itself (`static/`) polls that and draws it.
+TTFT percentiles per path, and the stages' latencies. `page_state` adds what lives elsewhere (the
+ledger, the audit's bounds, the cache's statistics, the queue, and the replicas the Ingress reads
+from Serve); the Ingress serves it at `GET /v1/dashboard/state`; the page itself (`static/`)
+polls that and draws it.
 
 Memory is bounded: at most `max_requests` requests and `window_s` seconds are kept.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import Counter, deque
 from dataclasses import dataclass
@@ -26,7 +28,8 @@ from serving.pipeline._stage import Observer
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from serving.pipeline import Decision, RequestState, StageName
+    from serving.cache.semantic import ResponseCache
+    from serving.pipeline import Decision, Pipeline, RequestState, StageName
 
 # The page's files and their media types: only these are served (no path from a URL reaches the disk).
 ASSETS: dict[str, str] = {
@@ -159,3 +162,33 @@ class LiveStats(Observer, Metrics):
             "stages": {name: {"count": len(v), "p50_ms": percentile(v, 0.5), "p99_ms": percentile(v, 0.99)}
                        for name, v in sorted(stage_ms.items())},
         }
+
+
+def quality_report(pipeline: Pipeline) -> dict[str, Any]:
+    """The audit's report (`GET /v1/quality`), or the calibration in force when the audit is off."""
+    if pipeline.auditor is not None:
+        return pipeline.auditor.report()
+    return {"calibration": pipeline.escalation.version, "audit": "off"}
+
+
+async def page_state(pipeline: Pipeline, live: LiveStats, *, profile: str, refresh_s: float,
+                     cache: ResponseCache | None = None, cache_timeout_s: float = 1.0,
+                     replicas: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Everything the live page draws: the window (`live.snapshot()`), the ledger's totals, the quality report,
+    the cache's statistics (an error note when it cannot say, within `cache_timeout_s`), our queue, and
+    `replicas` as the caller read them."""
+    body: dict[str, Any] = {"object": "dashboard.state", "profile": profile, "refresh_s": refresh_s,
+                            **live.snapshot()}
+    body["ledger"] = pipeline.ledger.totals() if pipeline.ledger is not None else None
+    body["quality"] = quality_report(pipeline)
+    body["cache"] = None
+    if cache is not None:
+        try:
+            body["cache"] = await asyncio.wait_for(cache.stats(), cache_timeout_s)
+        except Exception as exc:  # the page shows the cache as unavailable; it never fails for it
+            body["cache"] = {"error": f"unavailable ({type(exc).__name__})"}
+    gate = pipeline.gate
+    body["queue"] = ({"active": gate.active, "waiting": gate.waiting, "limit": gate.limit,
+                      "max_waiting": gate.max_waiting} if gate is not None else None)
+    body["replicas"] = replicas
+    return body

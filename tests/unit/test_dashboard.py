@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from serving.config import TieringConfig
-from serving.dashboard import ASSETS, LiveStats, asset, percentile
+from serving.dashboard import ASSETS, LiveStats, asset, page_state, percentile
 from serving.engines.base import GenerationRequest
 from serving.pipeline import StageName, build_pipeline
 from serving.pipeline._decisions import ScoutDecision
@@ -102,6 +102,25 @@ def test_the_window_is_bounded_in_memory():
         live.stage(StageName.SCOUT, ScoutDecision.CONFIDENT, 1.0)
         live.request("error", 503)
     assert len(live.errors) == 100 and len(live.stages) <= 600
+
+
+def test_the_page_state_gathers_ledger_quality_cache_and_queue_and_survives_a_broken_cache():
+    from serving.priority import PriorityGate
+    from tests.unit.test_router_cache import BrokenCache
+
+    live = LiveStats(window_s=60, bucket_s=10)
+    pipeline = build_pipeline(FakeEngine("small", ["a"]), FakeEngine("large", ["b"]), gate=PriorityGate(2),
+                              observers=[live])
+    pipeline.ledger = CostLedger()
+    asyncio.run(pipeline.complete(req("anything?")))
+    body = asyncio.run(page_state(pipeline, live, profile="tiny", refresh_s=2.0, cache=BrokenCache(hang=True),
+                                  cache_timeout_s=0.05, replicas={"infopt": {}}))
+    assert body["object"] == "dashboard.state" and body["profile"] == "tiny" and body["refresh_s"] == 2.0
+    assert body["window"]["requests"] == 1
+    assert body["quality"] == {"calibration": "uncalibrated", "audit": "off"}
+    assert body["cache"] == {"error": "unavailable (TimeoutError)"}
+    assert body["queue"] == {"active": 0, "waiting": 0, "limit": 2, "max_waiting": None}
+    assert body["ledger"]["validator_s"] == 0.0 and body["replicas"] == {"infopt": {}}
 
 
 def test_percentiles_by_nearest_rank():
