@@ -145,6 +145,8 @@ def summarize(records: list[dict]) -> list[dict]:
 def verdict(rows: list[dict]) -> str:
     ref = next(r for r in rows if r["strategy"] == "validator")
     scout = [r for r in rows if r["strategy"] != "validator"]
+    if ref["correct"] == 0:
+        return "No comparison: Validator greedy solved none of these problems."
     reaching = [r for r in scout if r["accuracy"] >= ref["accuracy"]]
     cheaper = [r for r in reaching if r["cost_s"] < ref["cost_s"]]
     if cheaper:

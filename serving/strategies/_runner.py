@@ -136,6 +136,10 @@ class StrategyRunner:
 
     # -- step-level search ------------------------------------------------------------------
 
+    def _step_tokens(self, request: GenerationRequest, node: Candidate) -> int:
+        """One step's most tokens: `step_tokens`, never past what the request allows in all."""
+        return max(1, min(self.config.step_tokens, request.max_tokens - node.tokens))
+
     async def _search(self, request: GenerationRequest, n: int) -> StrategyResult:
         """A step-level search in the spirit of REBASE (Wu et al., 2024): each step, `search_width` expansions
         (at most `n` in all) are shared among the partial solutions in proportion to exp(score / T) of their
@@ -152,7 +156,7 @@ class StrategyRunner:
             share = _balance([c.score or 0.0 for c in beam], min(left, cfg.search_width), cfg.balance_temperature)
             left -= sum(share)
             calls = [self._generate(self._sampling(request, n=k, prefix=node.text, stop=[cfg.step_stop],
-                                                   max_tokens=cfg.step_tokens), sampler)
+                                                   max_tokens=self._step_tokens(request, node)), sampler)
                      for node, k in zip(beam, share, strict=True) if k > 0]
             parents = [node for node, k in zip(beam, share, strict=True) if k > 0]
             children: list[Candidate] = []
