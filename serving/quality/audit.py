@@ -2,21 +2,23 @@
 
 After a response is complete (never before, never on its path), the `Auditor` picks a
 share (`quality.audit.share`) of the answers a shortcut served — a Scout answer kept, an
-exact or a semantic cache hit — within a budget of Validator time (`max_validator_share`
+exact or a semantic cache hit, a Scout strategy's answer — within a budget of Validator time (`max_validator_share`
 of one Validator, refilled over wall time; over budget an audit is dropped, not queued),
 asks the Validator at the lowest priority, and labels the pair with the judge. Escalated
 requests are judged too when the Scout's answer would have been kept but for the audit's
 own tightening: both answers exist already, so that evidence is free.
 
-Per path (scout, exact, semantic) and cache namespace it keeps a running disagreement
-count and its Clopper-Pearson upper bound at 1 - δ, seeded for the Scout with what the
-calibration measured at its bound (so a calibrated Scout starts certified, and live
-evidence moves it). The estimates are exported to Prometheus and kept across restarts
+Per path (scout, exact, semantic, and strategy: a Scout strategy's chosen candidate) and cache
+namespace it keeps a running disagreement count and its Clopper-Pearson upper bound at 1 - δ,
+seeded for the Scout with what the calibration measured at its bound (so a calibrated Scout starts
+certified, and live evidence moves it). The estimates are exported to Prometheus and kept across restarts
 (`state_path`). Feedback:
 
 * Scout: the bound's upper limit above ε tightens the Scout's bound one step; a lower
   limit above ε (clear evidence) closes it; it relaxes one step only when, after at least
   `cooldown` fresh audits, the upper limit is back at or below ε.
+* strategy: measured and exported only (its answers are sampled and chosen by vote; the benchmark's frontier,
+  not a bound, decides when one runs).
 * cache: a hit that fails its audit is replaced by the Validator's answer (same key for an
   exact hit; the request's own key for a semantic one), and a namespace whose semantic
   hits' bound exceeds ε serves exact hits only until fresh evidence brings it back.
@@ -49,7 +51,7 @@ from serving.quality.ledger import CostLedger
 from serving.quality.risk import clopper_pearson_upper
 
 logger = logging.getLogger(__name__)
-PATHS = ("scout", "exact", "semantic")
+PATHS = ("scout", "exact", "semantic", "strategy")
 
 
 @dataclass
@@ -76,6 +78,8 @@ def _path(state: RequestState) -> str | None:
     """Which shortcut served the request (None: the Validator did, or the client forced the tier)."""
     if state.tier is Tier.SCOUT and state.reason is Reason.CONFIDENT:
         return "scout"
+    if state.tier is Tier.SCOUT and state.reason is Reason.STRATEGY:
+        return "strategy"
     if state.tier is Tier.CACHE:
         return "exact" if state.reason is Reason.EXACT else "semantic"
     return None

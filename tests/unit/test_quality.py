@@ -242,6 +242,25 @@ def test_an_audit_never_delays_or_alters_the_response():
     assert took < 0.4 and pending == 1
 
 
+def test_a_strategys_answers_are_audited_on_their_own_path_without_feedback():
+    from serving.api import StrategySpec
+
+    pipeline, auditor, policy, _, _ = _audited(["Rome", "."], None)
+
+    async def go():
+        for i in range(3):
+            out = await pipeline.complete(req(f"question {i}"), strategy=StrategySpec(name="majority_vote", n=2))
+            assert (out.trace.tier, out.trace.reason) == ("scout", "strategy")
+            await auditor.drain()
+
+    run(go())
+    est = auditor.estimate("strategy", "default")
+    assert (est.n, est.k) == (3, 3)  # "Rome." against the Validator's "Paris."
+    assert not policy.closed and policy.tightening == 0.0  # the Scout's own bound is not the strategy's
+    assert {"path": "strategy", "namespace": "default", "audits": 3, "disagreements": 3, "rate": 1.0,
+            "upper": round(est.upper(0.05), 5)} in auditor.report()["estimates"]
+
+
 def test_audit_state_survives_a_restart(tmp_path):
     pipeline, auditor, policy, _, _ = _audited(["Rome", "."], _calibration(0.5), tmp_path=tmp_path)
 
