@@ -287,6 +287,19 @@ def test_a_strategy_answers_through_the_pipeline_traced_costed_and_never_cached(
     assert routed.generation.usage.completion_tokens == 8
 
 
+def test_a_streamed_strategy_streams_the_chosen_answer_with_the_same_trace():
+    async def go():
+        pipeline = build_pipeline(ScriptedEngine("small", ["#### 7", "#### 9", "#### 7"]), ScriptedEngine("large"),
+                                  TieringConfig())
+        stream = await pipeline.open_stream(req(), strategy=StrategySpec(name="majority_vote", n=3))
+        text = "".join([c.text async for c in stream.chunks])
+        return text, stream.trace
+
+    text, trace = run(go())
+    assert text == "#### 7" and (trace.tier, trace.reason) == ("scout", "strategy")
+    assert trace.stages[0].detail["tally"] == {"7": 2.0, "9": 1.0}
+
+
 def test_auto_by_default_looks_the_cache_up_first_and_never_admits_a_strategys_answer(tmp_path):
     config = CacheConfig(enabled=True)
     cache = SemanticCache(EdgeStore(tmp_path / "s", FakeEmbedder.dimension), FakeEmbedder(), config)
