@@ -101,8 +101,10 @@ def run_bench(base: str, rows: list[dict], ns: list[int], search_n: int, max_tok
             t0 = time.perf_counter()
             for tier in ("validator", "scout"):
                 out = ask(c, row, tier, max_tokens)
-                rec["points"][(tier, 1)] = {"answer": extract_answer(out["choices"][0]["message"]["content"], "number"),
-                                            "cost_s": engine_s(out["route"])}
+                choice = out["choices"][0]
+                rec["points"][(tier, 1)] = {"answer": extract_answer(choice["message"]["content"], "number"),
+                                            "cost_s": engine_s(out["route"]), "finish_reason": choice["finish_reason"],
+                                            "text": choice["message"]["content"][-300:]}
             for n in ns:
                 out = ask(c, row, "auto", max_tokens, {"name": "weighted_vote", "n": n})
                 route = out["route"]
@@ -140,6 +142,15 @@ def summarize(records: list[dict]) -> list[dict]:
                      "ci95": [round(lo, 3), round(hi, 3)],
                      "cost_s": statistics.mean(r["points"][k]["cost_s"] for r in records)})
     return rows
+
+
+def truncated(records: list[dict]) -> dict[str, float]:
+    """The share of greedy answers cut off at max_tokens (their last number is not their answer)."""
+    out = {}
+    for tier in ("validator", "scout"):
+        reasons = [r["points"][f"{tier}@1"].get("finish_reason") for r in records]
+        out[tier] = round(sum(x == "length" for x in reasons) / len(reasons), 3) if reasons else 0.0
+    return out
 
 
 def verdict(rows: list[dict]) -> str:
@@ -194,7 +205,9 @@ def render(result: dict) -> str:
         lines.append(f"| {r['strategy']} | {r['n']} | {r['accuracy']:.1%} ({r['correct']}) | "
                      f"{r['ci95'][0]:.0%}–{r['ci95'][1]:.0%} | {r['cost_s']:.2f} | "
                      f"{r['cost_s'] / ref['cost_s']:.2f}x |")
-    lines += ["", f"**{result['verdict']}**"]
+    cut = result.get("truncated") or {}
+    lines += ["", f"Greedy answers cut off at max_tokens: Validator {cut.get('validator', 0):.0%}, Scout "
+              f"{cut.get('scout', 0):.0%}.", "", f"**{result['verdict']}**"]
     return "\n".join(lines)
 
 
@@ -277,6 +290,7 @@ def main() -> int:
             "created": datetime.now(UTC).isoformat(timespec="seconds")}
     summary = summarize(records)
     result = {**meta, "problems": len(records), "rows": summary, "verdict": verdict(summary),
+              "truncated": truncated(records),
               "analyzer": config.analyzer.enabled, "wall_s": round(time.perf_counter() - t0, 1), "records": records}
     table = render(result)
     print("\n" + table)

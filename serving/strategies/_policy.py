@@ -179,7 +179,10 @@ class StrategyPolicy:
             return Plan(StrategyName.GREEDY, 1, self.costs.predict(StrategyName.GREEDY, 1), "default")
         bucket = self.frontier.bucket(complexity)
         ref = bucket.reference()
-        target = (ref.accuracy if ref is not None else 1.0) if self.target == "validator" else float(self.target)
+        if self.target == "validator" and (ref is None or ref.accuracy <= 0):
+            # Nothing measured to reach (the Validator solved none): no evidence that a strategy is as good.
+            return Plan(StrategyName.GREEDY, 1, self.costs.predict(StrategyName.GREEDY, 1), "frontier")
+        target = ref.accuracy if self.target == "validator" else float(self.target)
         options = [(e, self.costs.predict(StrategyName(e.strategy), e.n)) for e in self._choices(complexity)]
         if budget_s is not None:
             options = [(e, c) for e, c in options if c <= budget_s] or options[:0]

@@ -240,6 +240,10 @@ def test_auto_picks_the_cheapest_strategy_reaching_the_validators_accuracy_for_t
     assert policy.plan(StrategyName.AUTO, 1, 2.0, 0.2).name is StrategyName.GREEDY
     tight = StrategyPolicy(CostModel(frontier=f), f, target=0.55).plan(StrategyName.AUTO, 1, 5.0, 0.2)
     assert tight.name is StrategyName.MAJORITY_VOTE  # best_of_n 8 reaches 0.55 but costs 9 s
+    # A bucket where the Validator solved nothing is no evidence for any strategy: the cascade.
+    zero = Frontier("z", [Bucket(None, [Entry("validator", 1, 0.0, 4.0), Entry("majority_vote", 2, 0.0, 1.0)])])
+    assert StrategyPolicy(CostModel(frontier=zero), zero).plan(StrategyName.AUTO, 1, None, 0.2).name \
+        is StrategyName.GREEDY
     # Without a frontier 'auto' is the cascade.
     assert StrategyPolicy(CostModel()).plan(StrategyName.AUTO, 1, None, 0.2).name is StrategyName.GREEDY
 
