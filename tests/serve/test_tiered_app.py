@@ -276,7 +276,7 @@ def post_raw(client: httpx.Client, content: bytes, path: str = "/v1/chat/complet
         (json.dumps({"messages": CAPITAL, "temperature": "warm"}).encode(), 400, "temperature"),
         (json.dumps({"messages": CAPITAL, "model": "gpt-17"}).encode(), 404, "model"),
         (json.dumps({"messages": CAPITAL, "max_tokens": 5000}).encode(), 400, "max_tokens"),
-        (json.dumps({"messages": CAPITAL, "n": 4}).encode(), 400, "n"),
+        (json.dumps({"messages": CAPITAL, "n": 17}).encode(), 400, "n"),  # above api.max_choices
         (json.dumps({"messages": CAPITAL, "tools": [{"type": "function"}]}).encode(), 400, "tools"),
         (json.dumps({"messages": CAPITAL, "bogus_option": True}).encode(), 400, "bogus_option"),
     ],
