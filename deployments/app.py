@@ -35,19 +35,21 @@ def build_app(args: dict[str, Any]) -> Application:
     config = app_config(args)
     # One Embedder deployment serves both the cache and the analyzer.
     embedder = build_embedder(config)
-    cache = build_cache(config, embedder)
+    scout = ServeLLMEngine(build_engine(config.scout, "Scout", config), config.scout.served_name(),
+                           priority_scheduling=config.scout.scheduling_policy == "priority",
+                           replica_death_retries=config.scout.replica_death_retries)
+    validator = ServeLLMEngine(
+        build_engine(config.validator, "Validator", config), config.validator.served_name(),
+        # Verification re-tokenises drafts with the Validator's tokenizer (resolved here: a missing
+        # model fails `serve run` at once).
+        tokenizer=config.resolve_model(config.validator.model) if config.tiering.verified_escalation else None,
+        priority_scheduling=config.validator.scheduling_policy == "priority",
+        replica_death_retries=config.validator.replica_death_retries)
+    cache = build_cache(config, embedder, {"scout": scout, "validator": validator})
     parts = Parts(
         config=config,
-        scout=ServeLLMEngine(build_engine(config.scout, "Scout", config), config.scout.served_name(),
-                             priority_scheduling=config.scout.scheduling_policy == "priority",
-                             replica_death_retries=config.scout.replica_death_retries),
-        validator=ServeLLMEngine(
-            build_engine(config.validator, "Validator", config), config.validator.served_name(),
-            # Verification re-tokenises drafts with the Validator's tokenizer (resolved here: a missing
-            # model fails `serve run` at once).
-            tokenizer=config.resolve_model(config.validator.model) if config.tiering.verified_escalation else None,
-            priority_scheduling=config.validator.scheduling_policy == "priority",
-            replica_death_retries=config.validator.replica_death_retries),
+        scout=scout,
+        validator=validator,
         cache=ServeResponseCache(cache) if cache is not None else None,
         embedder=ServeEmbedder(embedder, config.cache.embedder.dimension) if embedder is not None else None,
     )
@@ -106,15 +108,19 @@ def build_embedder(config: AppConfig) -> Application | None:
     return Embedder.options(**emb.deployment.serve_options()).bind(model_path, emb, config.load.batching)
 
 
-def build_cache(config: AppConfig, embedder: Application | None) -> Application | None:
+def build_cache(config: AppConfig, embedder: Application | None,
+                engines: dict[str, ServeLLMEngine] | None = None) -> Application | None:
     """The SemanticCache deployment over `embedder`, or None when the cache is off.
 
     Its similarity threshold is the one in force (`serving.policy.cache.threshold_in_force`): the
     calibrated one when the profile's calibration file has a cache part for this embedder (resolved
-    here, in the driver: a file made for another embedder fails `serve run`)."""
+    here, in the driver: a file made for another embedder fails `serve run`). When `cache.verifier.model` names a
+    cascade engine ('scout', 'validator'), that engine from `engines` is bound to it too."""
     if not config.cache.enabled or embedder is None:
         return None
     path = config.calibration_path()
     cache, _ = threshold_in_force(config.cache, Calibration.load(path) if path is not None else None)
+    asked = config.cache.verifier.model
+    bound = {asked: engines[asked]} if engines and asked in engines else None
     return SemanticCacheDeployment.options(**config.cache.deployment.serve_options()).bind(
-        embedder, config.model_copy(update={"cache": cache}))
+        embedder, config.model_copy(update={"cache": cache}), bound)

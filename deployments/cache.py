@@ -57,9 +57,10 @@ class Embedder:
 class SemanticCacheDeployment:
     """Holds one `SemanticCache` (and its store); sweeps expired entries in the background."""
 
-    def __init__(self, embedder: Any, config: AppConfig) -> None:
+    def __init__(self, embedder: Any, config: AppConfig, engines: dict[str, Any] | None = None) -> None:
         store = open_store(config.cache, config.cache_store_path())
-        verifier, self.verifier_state = open_verifier(config.cache.verifier, config.cache_dir)
+        # `engines`: the cascade engine the verifier asks, when `cache.verifier.model` names one.
+        verifier, self.verifier_state = open_verifier(config.cache.verifier, config.cache_dir, engines)
         self.cache = SemanticCache(store, ServeEmbedder(embedder, config.cache.embedder.dimension), config.cache,
                                    metrics=ServeMetrics(), verifier=verifier)
         self.sweep_interval_s = config.cache.sweep_interval_s

@@ -564,7 +564,8 @@ def run_cache(config: Any, out: Path, *, data_dir: Path, embedder_path: str, eps
         from infopt.verifier_training import TRAIN_SHARE
 
         train_share = TRAIN_SHARE
-        verifier, sims, ok = _verifier_scores(config.cache.verifier, pairs, sims, ok, verifier_path, verify)
+        verifier, sims, ok = _verifier_scores(config.cache.verifier, pairs, sims, ok, verifier_path, verify,
+                                              report_dir)
         thresholds = VERIFIER_THRESHOLDS
     splits = qqp_split(pairs, calibration_share, train_share=train_share)
     cal_ids = {p.id for p in splits["calibration"]}
@@ -617,11 +618,23 @@ def run_cache(config: Any, out: Path, *, data_dir: Path, embedder_path: str, eps
 
 def _verifier_scores(settings: Any, pairs: Sequence[QQPPair], sims: np.ndarray, ok: np.ndarray,
                      path: str | None, verify: Callable[[list[tuple[str, str]]], Sequence[float]] | None,
-                     ) -> tuple[VerifierIdentity, np.ndarray, np.ndarray]:
+                     cache_dir: Path | None = None) -> tuple[VerifierIdentity, np.ndarray, np.ndarray]:
     """The verifier's identity, its score of every proposed pair (similarity >= its floor, no guard veto), and which
     pairs were proposed (the others can never be served)."""
+    from serving.cache.verifier import ENGINE_VERIFIERS
+
     proposed = (np.asarray(sims) >= settings.propose_threshold) & np.asarray(ok, dtype=bool)
     sha = None
+    if verify is None and settings.model in ENGINE_VERIFIERS:
+        # A cascade model as the cross-checker: `path` is its folder, scored offline with serving's prompt.
+        if path is None:
+            raise ValueError(f"the profile's cache asks the {settings.model}: give its model folder (verifier_path)")
+        from infopt.cross_check import score_pairs
+
+        sha = weights_sha256(path)
+        stem = hashlib.sha256(f"{sha}|{settings.propose_threshold}|{len(pairs)}".encode()).hexdigest()[:12]
+        cache_file = Path(cache_dir or ".") / f"cache-cross-check-{settings.model}-{stem}.npy"
+        verify = lambda p: score_pairs(path, p, cache_file)[0]  # noqa: E731
     if verify is None:
         if path is None:
             raise ValueError("the profile's cache decides by a verifier: give its folder (verifier_path)")

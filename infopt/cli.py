@@ -177,13 +177,16 @@ def cmd_calibrate_fit(ns: argparse.Namespace) -> int:
 
 
 def _verifier_path(config: AppConfig) -> str | None:
-    """The folder (or hub ID) of the profile's pair verifier; None when the cache decides by its threshold."""
+    """The folder (or hub ID) of the profile's pair verifier (for 'validator' / 'scout': that tier's model); None
+    when the cache decides by its threshold."""
     from serving.cache.verifier import TRAINED_MARKER, TRAINED_VERIFIER, trained_verifier_dir
     from serving.models import ModelPrepareError
 
     model = config.cache.verifier.model
     if model is None:
         return None
+    if model in ("validator", "scout"):
+        return config.resolve_model((config.validator if model == "validator" else config.scout).model)
     if model == TRAINED_VERIFIER:
         folder = trained_verifier_dir(config.cache_dir)
         if not (folder / TRAINED_MARKER).exists():

@@ -3,9 +3,15 @@
 The vector search *proposes* cached questions near the new one; a `PairVerifier` reads each
 proposed pair together and says how likely they are paraphrases, so that the cache can look
 further out (a looser similarity floor) and still serve only what the verifier accepts
-(`serving.policy.cache.judge_verified`). `CrossEncoderVerifier` runs the cross-encoder that
-`infopt models prepare --verifier` trains (`infopt.verifier_training`) in this process (the
-`SemanticCache` deployment holds one). Tests use fakes that subclass `PairVerifier`.
+(`serving.policy.cache.judge_verified`). Two kinds:
+
+* `CrossEncoderVerifier` runs the cross-encoder that `infopt models prepare --verifier` trains
+  (`infopt.verifier_training`) in this process (the `SemanticCache` deployment holds one);
+* `EngineVerifier` asks one of the cascade's own models (`cache.verifier.model: validator` or
+  `scout`) "do these two questions ask the same thing?" and reads the answer's probability from
+  the log-probabilities of its first token: one short prefill, no decoding.
+
+Tests use fakes that subclass `PairVerifier` (and `LLMEngine`).
 
 A verifier may be slow or absent; the cache degrades, never fails: see `SemanticCache`.
 """
@@ -14,19 +20,29 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import threading
 from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from serving.config.cache import VerifierConfig
+    from serving.engines.base import LLMEngine
 
 logger = logging.getLogger(__name__)
 
 # The verifier `infopt models prepare --verifier` trains, by name, and the marker its folder holds when done.
 TRAINED_VERIFIER = "qqp-cross-encoder-minilm-l6"
 TRAINED_MARKER = ".infopt-trained.json"
+# `cache.verifier.model` values that name one of the cascade's engines rather than a cross-encoder.
+ENGINE_VERIFIERS = ("scout", "validator")
+# How a cascade model is asked (the same words in `scripts/eval_cache.py`, which measured them).
+CROSS_CHECK_PROMPT = ("Question 1: {cached}\nQuestion 2: {new}\n\nDo these two questions ask the same thing, so "
+                      "that one answer would answer both? Reply with Yes or No.")
+# Alternatives asked for at the first token: "Yes" and "No" are among them unless the model says something else.
+CROSS_CHECK_TOP_LOGPROBS = 20
 
 
 class PairVerifier(ABC):
@@ -101,20 +117,75 @@ class CrossEncoderVerifier(ThreadedVerifier):
         return [float(s) for s in scores.reshape(-1)]
 
 
+def cross_check_messages(cached: str, new: str) -> list[dict[str, str]]:
+    """The chat that asks a cascade model whether two questions ask the same thing."""
+    return [{"role": "user", "content": CROSS_CHECK_PROMPT.format(cached=cached.strip(), new=new.strip())}]
+
+
+def yes_probability(top: Sequence[tuple[str, float]] | Mapping[str, float]) -> float:
+    """P(yes) / (P(yes) + P(no)) from a first token's alternatives (token text -> log-probability).
+
+    Spellings are folded (" Yes", "yes", "YES" count as one, their probabilities summed). Neither among the
+    alternatives: 0.5 (the model said something else; the threshold, above 0.5 in practice, refuses it); only
+    one of them: 1 or 0."""
+    mass = {"yes": 0.0, "no": 0.0}
+    # A token listed twice (the chosen one is usually among the alternatives too) counts once.
+    for token, logprob in dict(top).items():
+        word = token.strip().lower()
+        if word in mass and math.isfinite(logprob):
+            mass[word] += math.exp(logprob)
+    total = mass["yes"] + mass["no"]
+    return mass["yes"] / total if total > 0 else 0.5
+
+
+class EngineVerifier(PairVerifier):
+    """One of the cascade's models as the cross-checker: a greedy one-token answer per pair, with its alternatives'
+    log-probabilities; the score is `yes_probability`. The pairs of one lookup go to the engine concurrently (the
+    engine batches them). It costs that model's prefill of about 70 tokens a pair: measured in docs/benchmarks.md
+    (Propose, then verify)."""
+
+    def __init__(self, engine: LLMEngine, *, name: str, priority: int = 0) -> None:
+        self.engine = engine
+        self.name = name
+        self.priority = priority
+
+    async def _one(self, cached: str, new: str) -> float:
+        from serving.engines.base import GenerationRequest
+
+        request = GenerationRequest(messages=cross_check_messages(cached, new), max_tokens=1, temperature=0.0,
+                                    logprobs=True, top_logprobs=CROSS_CHECK_TOP_LOGPROBS, priority=self.priority)
+        generation = await self.engine.generate(request)
+        first = (generation.tokens or [None])[0]
+        if first is None:
+            return 0.5
+        return yes_probability({first.token: first.logprob, **dict(first.top)})
+
+    async def score(self, pairs: list[tuple[str, str]]) -> list[float]:
+        return list(await asyncio.gather(*(self._one(a, b) for a, b in pairs)))
+
 
 def trained_verifier_dir(cache_dir: Path) -> Path:
     """Where `infopt models prepare --verifier` puts the trained cross-encoder."""
     return Path(cache_dir) / "models" / TRAINED_VERIFIER
 
 
-def open_verifier(config: VerifierConfig, cache_dir: Path) -> tuple[PairVerifier | None, str]:
+def open_verifier(config: VerifierConfig, cache_dir: Path, engines: Mapping[str, LLMEngine] | None = None,
+                  ) -> tuple[PairVerifier | None, str]:
     """The configured verifier, or None with the reason the cache decides by its threshold instead.
 
+    `engines`: the cascade's engines by role ('scout', 'validator'), for `model: validator` / `scout`.
     A verifier that is not prepared, or fails to load, does not stop the cache: it logs why, and the similarity
     threshold decides as it does without one (`stats()` and `/healthz` say which rule is in force)."""
     if config.model is None:
         return None, "off"
     model = config.model
+    if model in ENGINE_VERIFIERS:
+        engine = (engines or {}).get(model)
+        if engine is None:
+            why = f"'{model}' names a cascade engine, but the cache was given none"
+            logger.warning("semantic cache: %s; the similarity threshold decides", why)
+            return None, why
+        return EngineVerifier(engine, name=f"{model}:{engine.model_id}"), "ready"
     if model == TRAINED_VERIFIER:
         folder = trained_verifier_dir(cache_dir)
         if not (folder / TRAINED_MARKER).exists():

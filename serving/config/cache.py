@@ -65,8 +65,10 @@ class VerifierConfig(BaseModel):
 
     model: str | None = Field(
         None,
-        description="Cross-encoder to verify with: the catalog's 'qqp-cross-encoder-minilm-l6' (trained by `infopt "
-        "models prepare --verifier`), a folder or a hub ID; None: no verifier.",
+        description="What verifies: a cross-encoder (the catalog's 'qqp-cross-encoder-minilm-l6', trained by `infopt "
+        "models prepare --verifier`, a folder or a hub ID), or 'validator' / 'scout': that cascade model is asked "
+        "'same question?' and its first token's log-probabilities give the score (one short prefill per pair; "
+        "raise `timeout_s` on CPUs); None: no verifier.",
     )
     propose_threshold: float = Field(
         0.8, ge=0, le=1, description="Lowest cosine similarity at which a cached question is proposed to the verifier."

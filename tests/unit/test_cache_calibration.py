@@ -6,6 +6,7 @@ Synthetic similarities and fakes only: no embedder model, no QQP file (a tiny on
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import math
@@ -231,7 +232,7 @@ def test_the_cache_deployment_gets_the_calibrated_threshold(tmp_path, monkeypatc
             return Stub
 
         @staticmethod
-        def bind(embedder, config):
+        def bind(embedder, config, engines=None):
             bound["config"] = config
             return "cache-app"
 
@@ -369,3 +370,38 @@ def test_the_shipped_tiny_calibration_fits_the_tiny_profile():
         assert in_force.similarity_threshold == calibration.cache.threshold
         assert "+cache-" in reported.version
     assert calibration.scout is None or calibration.scout_model == "smollm2-135m-instruct"
+
+
+def test_a_cascade_model_as_the_verifier_is_calibrated_with_its_own_weights(tmp_path, monkeypatch):
+    """`cache.verifier.model: validator`: calibration scores the proposed pairs with the Validator's folder
+    (`infopt.cross_check`, monkeypatched here: it loads vLLM) and records that folder's weights."""
+    from infopt import cross_check
+    from infopt.cli import _verifier_path
+
+    data = tmp_path / "data" / "qqp"
+    data.mkdir(parents=True)
+    lines = [f"{i}\t{2 * i}\t{2 * i + 1}\thow do i learn topic {i}\thow do i learn topic {i} fast\t{int(i % 5 < 2)}"
+             for i in range(1000)]
+    (data / "qqp_dev.tsv").write_text("\n".join(lines) + "\n")
+    folder = tmp_path / "validator-weights"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"weights")
+    seen = {}
+
+    def score_pairs(model_path, pairs, cache_file):
+        seen.update(model=model_path, pairs=len(pairs), file=cache_file)
+        return np.array([0.9 if int(a.split()[-1]) % 5 < 2 else 0.1 for a, _ in pairs]), {}
+
+    monkeypatch.setattr(cross_check, "score_pairs", score_pairs)
+    config = AppConfig(profile="t", cache_dir=tmp_path, scout={"model": "small"}, validator={"model": str(folder)},
+                       cache={"enabled": True, "guards": False, "embedder": {"model": "fake", "dimension": 64},
+                              "verifier": {"model": "validator", "propose_threshold": 0.5}})
+    assert _verifier_path(config) == str(folder.resolve())
+    cal, _ = run_cache(config, tmp_path / "cal.json", data_dir=tmp_path / "data", embedder_path=str(tmp_path / "x"),
+                       epsilon=0.05, delta=0.05, embed=lambda texts: [FakeEmbedder.vector(t) for t in texts],
+                       verifier_path=_verifier_path(config), report_dir=tmp_path / "reports")
+    assert seen["model"] == str(folder.resolve()) and seen["pairs"] == 1000
+    assert seen["file"].parent == tmp_path / "reports"  # the scores are kept beside the report, for re-runs
+    part = cal.cache
+    assert part.rule == "verifier" and part.verifier.model == "validator"
+    assert part.verifier.sha256 == hashlib.sha256(b"weights").hexdigest() and 0.1 < part.threshold <= 0.9

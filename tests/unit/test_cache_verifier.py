@@ -4,6 +4,7 @@ real qdrant-edge shard and the fake lexical embedder. The real cross-encoder is 
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 
 import pytest
@@ -12,8 +13,9 @@ from serving.cache.edge import EdgeStore
 from serving.cache.semantic import SemanticCache
 from serving.cache.verifier import PairVerifier, ThreadedVerifier
 from serving.config import CacheConfig
+from serving.engines.base import Generation, GenerationRequest, TokenLogprob
 from serving.policy import cache as policy
-from tests.unit.fakes import FakeClock, FakeEmbedder
+from tests.unit.fakes import FakeClock, FakeEmbedder, FakeEngine
 from tests.unit.test_semantic_cache import ANSWER, chat, key, run
 
 
@@ -193,3 +195,93 @@ def test_training_the_verifier_needs_the_shared_data(tmp_path):
 
     with pytest.raises(ModelPrepareError, match="shared data"):
         prepare_verifier(tmp_path / "cache", tmp_path / "no-data", log=lambda _: None)
+
+
+class YesNoEngine(FakeEngine):
+    """A cascade model asked 'same question?': its first token's alternatives, by whether the pair is in `same`."""
+
+    def __init__(self, same: set[tuple[str, str]]) -> None:
+        super().__init__("validator-model", ["Yes"])
+        self.same = same
+
+    async def generate(self, request: GenerationRequest) -> Generation:
+        self.requests.append(request)
+        text = request.messages[-1]["content"]
+        hit = any(f"Question 1: {a}\nQuestion 2: {b}\n" in text for a, b in self.same)
+        top = [("Yes", -0.05), ("No", -3.0)] if hit else [("No", -0.1), ("Yes", -2.4)]
+        return Generation(text=top[0][0], finish_reason="length", model=self.model_id,
+                          tokens=[TokenLogprob(top[0][0], top[0][1], top=top)])
+
+
+def test_yes_probability_folds_spellings_and_counts_the_chosen_token_once():
+    from serving.cache.verifier import yes_probability
+
+    assert yes_probability([(" Yes", math.log(0.6)), ("No", math.log(0.2)), (" Yes", math.log(0.6))]) == \
+        pytest.approx(0.75)
+    assert yes_probability({"yes": math.log(0.3), "YES": math.log(0.3), "no": math.log(0.2)}) == pytest.approx(0.75)
+    assert yes_probability({"No": -0.01}) == 0.0 and yes_probability({"Yes": -3.0}) == 1.0
+    assert yes_probability({"Maybe": -0.1, "no": float("-inf")}) == 0.5  # said neither: refused at any threshold > .5
+
+
+def test_a_cascade_model_as_the_verifier_serves_the_paraphrase_it_accepts(make):
+    from serving.cache.verifier import CROSS_CHECK_TOP_LOGPROBS, EngineVerifier
+
+    engine = YesNoEngine({(CACHED, PARAPHRASE)})
+    cache = make(EngineVerifier(engine, name="validator:validator-model"))
+    run(cache.admit(key(chat(CACHED)), ANSWER))
+    found = run(cache.lookup(key(chat(PARAPHRASE))))
+    assert (found.decision, found.rule) == ("semantic_hit", "verifier") and found.score > 0.9
+    asked = engine.requests[-1]
+    # One greedy token with its alternatives: a prefill, no decoding.
+    assert (asked.max_tokens, asked.temperature, asked.logprobs, asked.top_logprobs) == \
+        (1, 0.0, True, CROSS_CHECK_TOP_LOGPROBS)
+    # A pair the model says "No" to (the guards let it through, so the model is asked): a miss, with its score.
+    other = run(cache.lookup(key(chat("what is the population of france"))))
+    assert (other.decision, other.rule) == ("miss", "verifier") and other.score < 0.5
+
+
+def test_a_cascade_model_verifier_that_is_down_makes_a_miss(make):
+    from serving.cache.verifier import EngineVerifier
+
+    cache = make(EngineVerifier(FakeEngine("v", ["Yes"], fail=True), name="validator:v"))
+    run(cache.admit(key(chat(CACHED)), ANSWER))
+    found = run(cache.lookup(key(chat(PARAPHRASE))))
+    assert (found.decision, found.rule) == ("miss", "verifier_error")
+
+
+def test_open_verifier_takes_the_named_cascade_engine(tmp_path):
+    from serving.cache.verifier import EngineVerifier, open_verifier
+    from serving.config import VerifierConfig
+
+    engine = FakeEngine("qwen-1.5b", ["Yes"])
+    verifier, state = open_verifier(VerifierConfig(model="validator"), tmp_path, {"validator": engine})
+    assert isinstance(verifier, EngineVerifier) and verifier.engine is engine and state == "ready"
+    assert verifier.name == "validator:qwen-1.5b"
+    verifier, why = open_verifier(VerifierConfig(model="scout"), tmp_path, {"validator": engine})
+    assert verifier is None and "cascade engine" in why
+
+
+def test_the_app_binds_the_named_engine_to_the_cache_only_when_asked(monkeypatch, tmp_path):
+    from deployments import app as app_module
+    from serving.config import AppConfig
+
+    bound = []
+
+    class Stub:
+        @staticmethod
+        def options(**_):
+            return Stub
+
+        @staticmethod
+        def bind(embedder, config, engines=None):
+            bound.append(engines)
+            return "cache-app"
+
+    monkeypatch.setattr(app_module, "SemanticCacheDeployment", Stub)
+    engines = {"scout": "scout-engine", "validator": "validator-engine"}
+    for model, expected in ((None, None), ("validator", {"validator": "validator-engine"}),
+                            ("scout", {"scout": "scout-engine"})):
+        config = AppConfig(profile="t", cache_dir=tmp_path, scout={"model": "small"}, validator={"model": "large"},
+                           cache={"enabled": True, "verifier": {"model": model}})
+        assert app_module.build_cache(config, object(), engines) == "cache-app"
+        assert bound[-1] == expected
