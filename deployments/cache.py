@@ -83,6 +83,11 @@ class SemanticCacheDeployment:
     async def invalidate(self, selector: Selector) -> int:
         return await self.cache.invalidate(selector)
 
+    async def raise_bound(self, entry_id: str, *, similarity: float | None = None, score: float | None = None
+                          ) -> bool:
+        self._ensure_sweeper()
+        return await self.cache.raise_bound(entry_id, similarity=similarity, score=score)
+
     async def sweep(self) -> int:
         return await self.cache.sweep()
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 from serving.cache.store import (
     FLOAT_FIELDS,
@@ -103,6 +104,9 @@ class EdgeStore(VectorStore):
         entry.hits += 1
         entry.last_hit_at = now
         self._shard.update(self._q.UpdateOperation.set_payload([entry.id], {"hits": entry.hits, "last_hit_at": now}))
+
+    def set_fields(self, entry_id: str, fields: dict[str, Any]) -> None:
+        self._shard.update(self._q.UpdateOperation.set_payload([entry_id], dict(fields)))
 
     def delete(self, selector: Selector) -> int:
         q = self._q

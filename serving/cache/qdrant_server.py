@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import Any
 
 from serving.cache.store import (
     FLOAT_FIELDS,
@@ -101,6 +102,9 @@ class QdrantServerStore(VectorStore):
         entry.last_hit_at = now
         self._client.set_payload(self.collection, payload={"hits": entry.hits, "last_hit_at": now},
                                  points=[entry.id], wait=True)
+
+    def set_fields(self, entry_id: str, fields: dict[str, Any]) -> None:
+        self._client.set_payload(self.collection, payload=dict(fields), points=[entry_id], wait=True)
 
     def delete(self, selector: Selector) -> int:
         flt = self._filter(selector_conditions(selector))

@@ -20,6 +20,9 @@ Lookup, in order:
    (`policy.judge_verified`). The verifier degrades, never fails: a verifier that times out or
    raises makes the lookup a miss (with its near miss), and `rule` in the result says which rule
    decided: `exact`, `threshold`, `verifier`, `verifier_timeout` or `verifier_error`.
+   An entry an audit caught serving a wrong answer carries its own bound (`min_similarity`,
+   `min_score`: vCache's per-entry thresholds, learned from outcomes): it serves only above the
+   similarity or score it failed at (`raise_bound`; the candidate's reason is `audited`).
 3. **near miss** — on a miss, the most similar candidate the policy judged a near miss
    (similarity >= `draft_threshold`, not served: too far, or vetoed) comes back as `draft`: the
    Validator can verify it instead of starting from nothing (`serving.verify`), which is
@@ -113,6 +116,12 @@ class ResponseCache(ABC):
     async def stats(self) -> dict[str, Any]:
         """Entries per namespace and this cache's counters."""
 
+    @abstractmethod
+    async def raise_bound(self, entry_id: str, *, similarity: float | None = None, score: float | None = None
+                          ) -> bool:
+        """An audit found a semantic hit from `entry_id` wrong at this similarity (threshold rule) or verifier
+        score (verifier rule): from now on the entry serves only above it. False when the entry is gone."""
+
 
 class SemanticCache(ResponseCache):
     """`ResponseCache` over a vector store and an embedder (see the module docstring)."""
@@ -178,7 +187,8 @@ class SemanticCache(ResponseCache):
         rejected: list[dict[str, Any]] = []
         near: tuple[CacheEntry, float] | None = None
         for entry, similarity in candidates:  # most similar first
-            verdict, vetoed = policy.judge_candidate(self.config, similarity, entry.question or "", key.question)
+            verdict, vetoed = policy.judge_candidate(self.config, similarity, entry.question or "", key.question,
+                                                     entry.min_similarity)
             if vetoed is not None:
                 rejected.append({"reason": vetoed, "similarity": round(similarity, 4)})
                 self._count("guard_rejected", vetoed)
@@ -234,7 +244,12 @@ class SemanticCache(ResponseCache):
         best = max(scores.items(), key=lambda kv: kv[1], default=None)
         near: tuple[CacheEntry, float] | None = None
         for entry, similarity in sorted(candidates, key=lambda c: -scores.get(c[0].id, -1.0)):
-            verdict = policy.judge_verified(self.config, similarity, scores.get(entry.id), vetoes.get(entry.id))
+            verdict = policy.judge_verified(self.config, similarity, scores.get(entry.id), vetoes.get(entry.id),
+                                            entry.min_score)
+            if verdict is not policy.Candidate.SERVE and entry.id in scores and entry.min_score is not None \
+                    and scores[entry.id] <= entry.min_score and scores[entry.id] >= settings.threshold:
+                rejected.append({"reason": policy.AUDITED, "similarity": round(similarity, 4)})
+                self._count("guard_rejected", policy.AUDITED)
             if verdict is policy.Candidate.SERVE:
                 await self._store(self.store.record_hit, entry, now)
                 return CacheLookup("semantic_hit", entry, similarity=similarity, rejected=rejected, rule=rule,
@@ -293,6 +308,21 @@ class SemanticCache(ResponseCache):
                 await self.sweep()
             except Exception:
                 logger.exception("cache sweep failed")
+
+    async def raise_bound(self, entry_id: str, *, similarity: float | None = None, score: float | None = None
+                          ) -> bool:
+        found = await self._store(self.store.get, [entry_id])
+        if not found:
+            return False
+        entry, fields = found[0], {}
+        if similarity is not None:
+            fields["min_similarity"] = policy.raised_bound(entry.min_similarity, similarity)
+        if score is not None:
+            fields["min_score"] = policy.raised_bound(entry.min_score, score)
+        if fields:
+            await self._store(self.store.set_fields, entry_id, fields)
+            self._count("bound_raised")
+        return True
 
     async def invalidate(self, selector: Selector) -> int:
         n = await self._store(self.store.delete, selector)

@@ -56,6 +56,11 @@ class CacheEntry:
     last_hit_at: float
     hits: int = 0
     tags: list[str] = field(default_factory=list)
+    # Learned from audits (vCache's per-entry thresholds, in their simplest form): a semantic hit from this entry
+    # that an audit found wrong at this cosine similarity (threshold rule) or verifier score (verifier rule) means
+    # it serves only above it from then on. None: no failed audit yet.
+    min_similarity: float | None = None
+    min_score: float | None = None
 
     @property
     def id(self) -> str:
@@ -169,6 +174,10 @@ class VectorStore(ABC):
     @abstractmethod
     def record_hit(self, entry: CacheEntry, now: float) -> None:
         """Count a hit on `entry` and make it the most recently hit."""
+
+    @abstractmethod
+    def set_fields(self, entry_id: str, fields: dict[str, Any]) -> None:
+        """Overwrite some of an entry's payload fields (its vector and the others stay)."""
 
     @abstractmethod
     def delete(self, selector: Selector) -> int:

@@ -30,3 +30,7 @@ class ServeResponseCache(ResponseCache):
 
     async def stats(self) -> dict[str, Any]:
         return await self._handle.stats.remote()
+
+    async def raise_bound(self, entry_id: str, *, similarity: float | None = None, score: float | None = None
+                          ) -> bool:
+        return await self._handle.raise_bound.remote(entry_id, similarity=similarity, score=score)

@@ -134,6 +134,18 @@ def check_ttl(control: CacheControl, config: CacheConfig) -> None:
                                   param="cache.ttl_s")
 
 
+# The reason a candidate is not served when its own audited bound refuses it (`judge_candidate`).
+AUDITED = "audited"
+# Added to the similarity or score a wrong hit was served at: the trace it is read from rounds them to 4 places.
+BOUND_MARGIN = 1e-4
+
+
+def raised_bound(current: float | None, failed_at: float) -> float:
+    """An entry's new bound after an audit found a hit from it wrong at `failed_at`: bounds only rise (relaxing one
+    would need evidence an entry's own hits cannot give: each is a different question)."""
+    return failed_at if current is None else max(current, failed_at)
+
+
 class Candidate(StrEnum):
     """The verdict on one entry the vector search proposed."""
 
@@ -163,12 +175,17 @@ def vetoed_by(config: CacheConfig, cached_question: str, question: str) -> str |
     return None if verdict.ok else verdict.reason or "guard"
 
 
-def judge_candidate(config: CacheConfig, similarity: float, cached_question: str, question: str
-                    ) -> tuple[Candidate, str | None]:
-    """Serve the candidate, keep it as a near miss, or reject it; with the guard's reason when one vetoed it."""
+def judge_candidate(config: CacheConfig, similarity: float, cached_question: str, question: str,
+                    floor: float | None = None) -> tuple[Candidate, str | None]:
+    """Serve the candidate, keep it as a near miss, or reject it; with the guard's reason when one vetoed it.
+
+    `floor`: the entry's own bound, learned from a failed audit (`CacheEntry.min_similarity`): it serves only
+    above it (the reason is then `audited`)."""
     vetoed: str | None = None
     if similarity >= config.similarity_threshold:
         vetoed = vetoed_by(config, cached_question, question)
+        if vetoed is None and floor is not None and similarity <= floor:
+            vetoed = AUDITED
         if vetoed is None:
             return Candidate.SERVE, None
     if config.draft_threshold is not None and similarity >= config.draft_threshold:
@@ -176,10 +193,12 @@ def judge_candidate(config: CacheConfig, similarity: float, cached_question: str
     return Candidate.REJECTED, vetoed
 
 
-def judge_verified(config: CacheConfig, similarity: float, score: float | None, vetoed: str | None) -> Candidate:
+def judge_verified(config: CacheConfig, similarity: float, score: float | None, vetoed: str | None,
+                   floor: float | None = None) -> Candidate:
     """The verdict when a verifier decides: served on a score at or above `verifier.threshold` (`score` None: the
-    candidate was not scored, being below the proposal floor, vetoed, or the verifier did not answer)."""
-    if vetoed is None and score is not None and score >= config.verifier.threshold:
+    candidate was not scored, being below the proposal floor, vetoed, or the verifier did not answer) and above the
+    entry's own bound `floor` (`CacheEntry.min_score`, learned from a failed audit)."""
+    if vetoed is None and score is not None and score >= config.verifier.threshold and (floor is None or score > floor):
         return Candidate.SERVE
     if config.draft_threshold is not None and similarity >= config.draft_threshold:
         return Candidate.NEAR_MISS

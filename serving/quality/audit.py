@@ -20,8 +20,10 @@ certified, and live evidence moves it). The estimates are exported to Prometheus
 * strategy: measured and exported only (its answers are sampled and chosen by vote; the benchmark's frontier,
   not a bound, decides when one runs).
 * cache: a hit that fails its audit is replaced by the Validator's answer (same key for an
-  exact hit; the request's own key for a semantic one), and a namespace whose semantic
-  hits' bound exceeds ε serves exact hits only until fresh evidence brings it back.
+  exact hit; the request's own key for a semantic one); the entry behind a failed semantic hit
+  serves only above the similarity (or verifier score) it failed at, its own learned bound
+  (`ResponseCache.raise_bound`); and a namespace whose semantic hits' bound exceeds ε serves
+  exact hits only until fresh evidence brings it back.
 
 `export_path` collects every audited and escalated pair (prompt, Validator answer, shortcut
 answer, verdict) as chat-format JSONL: a distillation set for the Scout.
@@ -43,8 +45,8 @@ from serving.cache.semantic import CachedAnswer, ResponseCache
 from serving.config import AuditConfig
 from serving.engines.base import LLMEngine
 from serving.metrics import Metrics
-from serving.pipeline import Cost, Observer, Reason, RequestState, ScoutDecision, Tier
-from serving.policy.cache import last_user_turn
+from serving.pipeline import Cost, Observer, Reason, RequestState, ScoutDecision, StageName, Tier
+from serving.policy.cache import BOUND_MARGIN, last_user_turn
 from serving.policy.escalation import EscalationPolicy
 from serving.quality.judge import Judge, Verdict
 from serving.quality.ledger import CostLedger
@@ -238,6 +240,8 @@ class Auditor(Observer):
                 and state.key is not None:
             await self._replace_entry(state, reference.text, reference.finish_reason,
                                       reference.usage.prompt_tokens, reference.usage.completion_tokens)
+            if path == "semantic":
+                await self._bound_entry(state)
 
     async def _judge_and_learn(self, state: RequestState, path: str, namespace: str, reference: str,
                                candidate: str, cost_s: float) -> Verdict | None:
@@ -297,6 +301,24 @@ class Auditor(Observer):
             await self.cache.admit(state.key, answer)
         except Exception as exc:
             logger.warning("replacing a failed cache entry failed: %s", exc)
+
+    async def _bound_entry(self, state: RequestState) -> None:
+        """The entry that served a wrong semantic hit serves only above the similarity (or verifier score) it was
+        served at (`ResponseCache.raise_bound`): the next question that far from it is not served its answer."""
+        assert self.cache is not None
+        hit = next((o.detail for o in state.outcomes if o.stage is StageName.CACHE and "entry" in o.detail), None)
+        if hit is None:
+            return
+        scored = hit.get("rule") == "verifier" and hit.get("verifier_score") is not None
+        at = hit.get("verifier_score") if scored else hit.get("similarity")
+        if at is None:
+            return
+        at += BOUND_MARGIN
+        try:
+            await self.cache.raise_bound(hit["entry"]["entry_id"], similarity=None if scored else at,
+                                         score=at if scored else None)
+        except Exception as exc:
+            logger.warning("bounding a failed cache entry failed: %s", exc)
 
     def _export(self, state: RequestState, path: str, reference: str, candidate: str, verdict: Verdict) -> None:
         if self.config.export_path is None:

@@ -285,3 +285,60 @@ def test_the_app_binds_the_named_engine_to_the_cache_only_when_asked(monkeypatch
                            cache={"enabled": True, "verifier": {"model": model}})
         assert app_module.build_cache(config, object(), engines) == "cache-app"
         assert bound[-1] == expected
+
+
+# -- per-entry bounds learned from audits -------------------------------------------------------------------------
+
+
+def test_an_entry_caught_wrong_serves_only_above_the_similarity_it_failed_at(tmp_path):
+    """The threshold rule: after `raise_bound` at the similarity of a wrong hit, the same question (and any as
+    far) is a miss with the entry as its near-miss draft; a question nearer than that is still served."""
+    config = CacheConfig(enabled=True, similarity_threshold=0.5, draft_threshold=0.3)
+    cache = SemanticCache(EdgeStore(tmp_path / "s", FakeEmbedder.dimension), FakeEmbedder(), config,
+                          clock=FakeClock())
+    entry_id = run(cache.admit(key(chat(CACHED)), ANSWER))
+    far, near = "What is the capital of France these days, roughly?", "What is the capital of France, exactly?"
+    hit = run(cache.lookup(key(chat(far))))
+    assert hit.decision == "semantic_hit" and hit.entry.id == entry_id
+    nearer = run(cache.lookup(key(chat(near))))
+    assert nearer.similarity > hit.similarity  # the FakeEmbedder's bag of words: fewer new words
+    assert run(cache.raise_bound(entry_id, similarity=hit.similarity)) is True
+    again = run(cache.lookup(key(chat(far))))
+    assert again.decision == "miss" and again.draft.id == entry_id
+    assert {"reason": "audited", "similarity": round(hit.similarity, 4)} in again.rejected
+    assert run(cache.lookup(key(chat(near)))).decision == "semantic_hit"
+    # Bounds only rise: a lower failure leaves it where it is.
+    run(cache.raise_bound(entry_id, similarity=0.1))
+    assert run(cache.lookup(key(chat(far)))).decision == "miss"
+    assert run(cache.raise_bound("00000000-0000-4000-8000-000000000000", similarity=0.9)) is False  # gone
+    assert cache.counters["bound_raised"] == 2
+    run(cache.close())
+
+
+def test_under_a_verifier_the_bound_is_on_the_verifiers_score(make):
+    verifier = ScriptedVerifier({(CACHED, PARAPHRASE): 0.8, (CACHED, "which city is the capital of france"): 0.95})
+    cache = make(verifier)
+    entry_id = run(cache.admit(key(chat(CACHED)), ANSWER))
+    first = run(cache.lookup(key(chat(PARAPHRASE))))
+    assert first.decision == "semantic_hit" and first.score == 0.8
+    run(cache.raise_bound(entry_id, score=first.score))
+    refused = run(cache.lookup(key(chat(PARAPHRASE))))
+    assert refused.decision == "miss" and refused.rule == "verifier"
+    assert any(r["reason"] == "audited" for r in refused.rejected)
+    surer = run(cache.lookup(key(chat("which city is the capital of france"))))
+    assert surer.decision == "semantic_hit" and surer.score == 0.95  # above what it failed at
+
+
+def test_an_entrys_bound_survives_a_restart(tmp_path):
+    from serving.cache.edge import EdgeStore as Store
+
+    config = CacheConfig(enabled=True, similarity_threshold=0.5)
+    cache = SemanticCache(Store(tmp_path / "s", FakeEmbedder.dimension), FakeEmbedder(), config, clock=FakeClock())
+    entry_id = run(cache.admit(key(chat(CACHED)), ANSWER))
+    run(cache.raise_bound(entry_id, similarity=0.77, score=0.6))
+    run(cache.close())
+    reopened = SemanticCache(Store(tmp_path / "s", FakeEmbedder.dimension), FakeEmbedder(), config,
+                             clock=FakeClock())
+    (entry,) = reopened.store.get([entry_id])
+    assert (entry.min_similarity, entry.min_score, entry.answer) == (0.77, 0.6, "Paris.")
+    run(reopened.close())

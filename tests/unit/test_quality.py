@@ -373,3 +373,46 @@ def test_early_stop_escalates_a_hopeless_scout_answer_mid_generation():
     forced = run(pipeline.complete(GenerationRequest(messages=[{"role": "user", "content": "q"}], temperature=0,
                                                      max_tokens=21), model="scout"))
     assert forced.trace.tier == "scout" and "early_stop_at" not in forced.trace.stages[0].detail
+
+
+def test_a_semantic_hit_that_fails_its_audit_bounds_its_entry(tmp_path):
+    """A wrong answer is cached; a paraphrase is served it; the audit (the Validator now says otherwise) raises the
+    served entry's own bound to the similarity it was served at, so it serves only nearer questions from then on
+    (tests/unit/test_cache_verifier.py checks the refusal itself)."""
+    from serving.cache.edge import EdgeStore
+    from serving.cache.semantic import SemanticCache
+    from serving.config import CacheConfig
+    from tests.unit.fakes import FakeClock
+
+    config = CacheConfig(enabled=True, similarity_threshold=0.8)
+    cache = SemanticCache(EdgeStore(tmp_path / "s", FakeEmbedder.dimension), FakeEmbedder(), config,
+                          clock=FakeClock())
+    scout = FakeEngine("small", ["Rome", "."], lps(["Rome", "."], 0.2))  # unsure: always escalates
+    validator = FakeEngine("large", ["Rome", "."])  # wrong at first
+    policy = EscalationPolicy(TieringConfig(threshold=0.5))
+    auditor = Auditor(AuditConfig(enabled=True, share=1.0, cooldown=1000, max_validator_share=1.0,
+                                  max_in_flight=1000), validator, JudgePanel([IdenticalJudge()]), policy,
+                      epsilon=0.01, delta=0.05, cache=cache)
+    pipeline = build_pipeline(scout, validator, TieringConfig(threshold=0.5), cache=cache, cache_config=config,
+                              escalation=policy, observers=[auditor])
+
+    async def go():
+        await pipeline.complete(req())  # the Validator's "Rome." is admitted
+        validator.tokens = ["Paris", "."]
+        hit = await pipeline.complete(req("What is the capital of France these days, roughly?"))
+        await auditor.drain()
+        # As far from the entry as the paraphrase was (three other new words): not served from it any more.
+        after = await pipeline.complete(req("What is the capital of France those weeks, approximately?"))
+        return hit, after
+
+    hit, after = run(go())
+    cache_stage = hit.trace.stages[0]
+    assert (hit.trace.tier, hit.trace.reason, hit.generation.text) == ("cache", "semantic", "Rome.")
+    (entry,) = cache.store.get([cache_stage.detail["entry"]["entry_id"]])
+    assert entry.min_similarity == pytest.approx(cache_stage.detail["similarity"] + 1e-4) and entry.min_score is None
+    assert after.trace.stages[0].decision == "miss", after.trace.stages[0]
+    assert {"reason": "audited", "similarity": cache_stage.detail["similarity"]} in \
+        after.trace.stages[0].detail["guard_rejected"]
+    assert (after.trace.tier, after.generation.text) == ("validator", "Paris.")
+    assert auditor.estimate("semantic", "default").k == 1
+    run(cache.close())

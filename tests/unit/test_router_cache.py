@@ -46,6 +46,9 @@ class BrokenCache(ResponseCache):
     async def stats(self):
         return await self._fail()
 
+    async def raise_bound(self, entry_id, *, similarity=None, score=None) -> bool:
+        return await self._fail()
+
 
 def run(coro):
     return asyncio.run(coro)

@@ -139,6 +139,10 @@ class ScriptedCache(ResponseCache):
     async def stats(self):
         return {}
 
+    async def raise_bound(self, entry_id, *, similarity=None, score=None):
+        self.bounds = [*getattr(self, "bounds", []), (entry_id, similarity, score)]
+        return True
+
 
 def entry(answer: str = "Paris.") -> CacheEntry:
     return CacheEntry(namespace="default", model="auto", fingerprint="f", exact="ab" * 32, context="c", params="p",
