@@ -94,6 +94,16 @@ def test_least_recently_hit_order_and_hits(store):
     assert store.least_recently_hit("default", 2) == [entry(1).id, entry(2).id]
 
 
+def test_set_fields_overwrites_only_those_fields_and_keeps_the_vector(store):
+    store.upsert([(entry(1), vec(1)), (entry(2), vec(2))])
+    store.set_fields(entry(1).id, {"min_similarity": 0.93, "min_score": None})
+    got = store.get([entry(1).id])[0]
+    assert (got.min_similarity, got.min_score, got.answer, got.hits) == (0.93, None, "answer 1", 0)
+    assert store.get([entry(2).id])[0].min_similarity is None
+    match = Match(namespace="default", model="auto", fingerprint="fp", context="ctx", params="p", now=500.0)
+    assert [e.id for e, _ in store.search(vec(1), match, 1, 0.99)] == [entry(1).id]  # still found by its vector
+
+
 def test_edge_store_persists_across_reopen_and_locks_its_folder(tmp_path):
     s = EdgeStore(tmp_path / "shard", DIM)
     s.upsert([(entry(i), vec(i)) for i in range(5)])
