@@ -102,3 +102,17 @@ class FakeClock:
 
     def __call__(self) -> float:
         return self.now
+
+
+class BindRecorder:
+    """Stands in for a Serve deployment class in `deployments.app` builders: records each `.bind()`'s arguments."""
+
+    def __init__(self) -> None:
+        self.binds: list[tuple[tuple, dict]] = []
+
+    def options(self, **_) -> BindRecorder:
+        return self
+
+    def bind(self, *args, **kwargs) -> str:
+        self.binds.append((args, kwargs))
+        return "bound-app"

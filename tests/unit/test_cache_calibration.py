@@ -42,7 +42,7 @@ from serving.quality.calibration import (
     ShortcutCalibration,
 )
 from tests.conftest import REPO
-from tests.unit.fakes import FakeEmbedder, FakeEngine
+from tests.unit.fakes import BindRecorder, FakeEmbedder, FakeEngine
 
 EMBEDDER = EmbedderIdentity(model="all-minilm-l6-v2", dimension=384, sha256="ab" * 32)
 
@@ -224,22 +224,13 @@ def test_pipeline_from_config_applies_the_calibrated_threshold_and_the_trace_say
 def test_the_cache_deployment_gets_the_calibrated_threshold(tmp_path, monkeypatch):
     from deployments import app as app_module
 
-    bound = {}
-
-    class Stub:
-        @staticmethod
-        def options(**_):
-            return Stub
-
-        @staticmethod
-        def bind(embedder, config, engines=None):
-            bound["config"] = config
-            return "cache-app"
-
-    monkeypatch.setattr(app_module, "SemanticCacheDeployment", Stub)
+    deployment = BindRecorder()
+    monkeypatch.setattr(app_module, "SemanticCacheDeployment", deployment)
     config = app_config(tmp_path, scout_calibration().with_cache(cache_part(0.9)))
-    assert app_module.build_cache(config, object()) == "cache-app"
-    assert bound["config"].cache.similarity_threshold == 0.9 and config.cache.similarity_threshold == 0.95
+    assert app_module.build_cache(config, object()) == "bound-app"
+    (_, bound_config, engines), _ = deployment.binds[-1]
+    assert bound_config.cache.similarity_threshold == 0.9 and config.cache.similarity_threshold == 0.95
+    assert engines is None
     with pytest.raises(CalibrationMismatchError):
         app_module.build_cache(app_config(tmp_path, scout_calibration().with_cache(cache_part(0.9, model="x"))),
                                object())

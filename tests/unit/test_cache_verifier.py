@@ -15,7 +15,7 @@ from serving.cache.verifier import PairVerifier, ThreadedVerifier
 from serving.config import CacheConfig
 from serving.engines.base import Generation, GenerationRequest, TokenLogprob
 from serving.policy import cache as policy
-from tests.unit.fakes import FakeClock, FakeEmbedder, FakeEngine
+from tests.unit.fakes import BindRecorder, FakeClock, FakeEmbedder, FakeEngine
 from tests.unit.test_semantic_cache import ANSWER, chat, key, run
 
 
@@ -265,26 +265,16 @@ def test_the_app_binds_the_named_engine_to_the_cache_only_when_asked(monkeypatch
     from deployments import app as app_module
     from serving.config import AppConfig
 
-    bound = []
-
-    class Stub:
-        @staticmethod
-        def options(**_):
-            return Stub
-
-        @staticmethod
-        def bind(embedder, config, engines=None):
-            bound.append(engines)
-            return "cache-app"
-
-    monkeypatch.setattr(app_module, "SemanticCacheDeployment", Stub)
+    deployment = BindRecorder()
+    monkeypatch.setattr(app_module, "SemanticCacheDeployment", deployment)
     engines = {"scout": "scout-engine", "validator": "validator-engine"}
     for model, expected in ((None, None), ("validator", {"validator": "validator-engine"}),
                             ("scout", {"scout": "scout-engine"})):
         config = AppConfig(profile="t", cache_dir=tmp_path, scout={"model": "small"}, validator={"model": "large"},
                            cache={"enabled": True, "verifier": {"model": model}})
-        assert app_module.build_cache(config, object(), engines) == "cache-app"
-        assert bound[-1] == expected
+        assert app_module.build_cache(config, object(), engines) == "bound-app"
+        (_, _, bound), _ = deployment.binds[-1]
+        assert bound == expected
 
 
 # -- per-entry bounds learned from audits -------------------------------------------------------------------------
