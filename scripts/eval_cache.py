@@ -259,16 +259,23 @@ def main() -> int:
 # -- propose, then verify: the options' frontiers on held-out pairs -----------------------------------------------
 
 PROPOSE_FLOORS = (0.6, 0.7, 0.8)
+# The cascade models are asked about pairs proposed at MiniLM cosine >= this that the guards let through.
+LLM_FLOOR = 0.7
+
+
+def qqp_splits() -> dict[str, list]:
+    """QQP dev's calibration and evaluation splits (the verifier trains on the train split)."""
+    from infopt import verifier_training as vt
+    from infopt.calibrate import qqp_split
+
+    return qqp_split(qqp_pairs(DATA / "qqp" / "qqp_dev.tsv"), vt.CALIBRATION_SHARE, train_share=vt.TRAIN_SHARE)
 
 
 def held_out_pairs() -> dict[str, tuple[list[tuple[str, str]], np.ndarray]]:
     """The pairs no option learned from: QQP dev's evaluation split (the verifier trains on the train split,
-    `infopt calibrate cache` calibrates on the calibration split) and STS-B test (paraphrase: gold >= 4)."""
-    from infopt import verifier_training as vt
-    from infopt.calibrate import qqp_split
-
-    qqp = qqp_split(qqp_pairs(DATA / "qqp" / "qqp_dev.tsv"), vt.CALIBRATION_SHARE,
-                    train_share=vt.TRAIN_SHARE)["evaluation"]
+    `infopt calibrate cache` and the stacked verifier calibrate on the calibration split) and STS-B test
+    (paraphrase: gold >= 4)."""
+    qqp = qqp_splits()["evaluation"]
     out = {"QQP dev, evaluation split": ([(normalize(p.q1), normalize(p.q2)) for p in qqp],
                                          np.array([p.duplicate for p in qqp]))}
     sts_path = DATA / "stsb" / "sts-test.tsv"
@@ -278,8 +285,30 @@ def held_out_pairs() -> dict[str, tuple[list[tuple[str, str]], np.ndarray]]:
     return out
 
 
+def subsample(n_pairs: int, limit: int, seed: int = 7) -> np.ndarray:
+    """A seeded random subset of pair indices (the cascade models are too slow here for a whole split)."""
+    return np.sort(np.random.default_rng(seed).permutation(n_pairs)[:limit])
+
+
+def stacked(features_cal: np.ndarray, dup_cal: np.ndarray, features: np.ndarray):
+    """A logistic regression over the per-pair scores, fitted (scikit-learn) on the calibration split's pairs the
+    guards let through, applied to `features`; returns P(paraphrase) per row."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    model = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=1000))
+    model.fit(features_cal, dup_cal)
+    return model.predict_proba(features)[:, 1]
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(p, 1e-6, 1 - 1e-6)
+    return np.log(p / (1 - p))
+
+
 def frontiers(embedder_path: str, verifier_path: str | None, strong_path: str | None, target: float,
-              out: Path) -> dict:
+              out: Path, cross_checkers: dict[str, str], llm_pairs: int) -> dict:
     """Each option's recall at <= `target` false hits, per held-out set; the curves for the plot."""
     from infopt.verifier_training import frontier
     from serving.cache.embedder import SentenceTransformerEmbedder
@@ -288,37 +317,114 @@ def frontiers(embedder_path: str, verifier_path: str | None, strong_path: str | 
     embedder = SentenceTransformerEmbedder(embedder_path)
     strong = SentenceTransformerEmbedder(strong_path) if strong_path else None
     verifier = CrossEncoderVerifier(verifier_path) if verifier_path else None
+
+    def features(pairs: list[tuple[str, str]]) -> dict[str, np.ndarray]:
+        # Kept beside the report (the embedding is the slow part): a re-run with the same models and pairs reads them.
+        import hashlib
+
+        tag = hashlib.sha256(json.dumps([embedder_path, strong_path, verifier_path, pairs]).encode()).hexdigest()[:12]
+        saved = out / f"eval_cache_features_{tag}.npz"
+        if saved.exists():
+            return dict(np.load(saved))
+        f = _features(pairs)
+        np.savez(saved, **f)
+        return f
+
+    def _features(pairs: list[tuple[str, str]]) -> dict[str, np.ndarray]:
+        labelled = [(a, b, 0) for a, b in pairs]
+        f = {"minilm": embed_pairs(embedder, labelled), "ok": np.array([guards.check(a, b).ok for a, b in pairs])}
+        if strong is not None:
+            f["mpnet"] = embed_pairs(strong, labelled)
+        if verifier is not None:
+            t0 = time.perf_counter()
+            f["ce"] = np.asarray(verifier.score_sync(pairs, batch_size=64))
+            f["ce_ms_per_pair"] = np.array((time.perf_counter() - t0) * 1000 / max(len(pairs), 1))
+        return f
+
+    def stack_columns(f: dict[str, np.ndarray], llm: np.ndarray | None = None) -> np.ndarray:
+        cols = [f["minilm"]] + ([f["mpnet"]] if "mpnet" in f else []) + ([_logit(f["ce"])] if "ce" in f else [])
+        return np.column_stack(cols + ([_logit(llm)] if llm is not None else []))
+
+    # The stacked verifier learns its weights on the calibration split (pairs the guards let through).
+    cal_pairs = [(normalize(p.q1), normalize(p.q2)) for p in qqp_splits()["calibration"]]
+    cal_dup = np.array([p.duplicate for p in qqp_splits()["calibration"]])
+    print(f"calibration split (the stacked verifier's weights): {len(cal_pairs)} pairs")
+    cal = features(cal_pairs)
     results: dict = {}
     for name, (pairs, dup) in held_out_pairs().items():
         print(f"{name}: {len(pairs)} pairs, {int(dup.sum())} paraphrases")
-        labelled = [(a, b, 0) for a, b in pairs]
-        sim = embed_pairs(embedder, labelled)
-        ok = np.array([guards.check(a, b).ok for a, b in pairs])
+        f = features(pairs)
+        sim, ok = f["minilm"], f["ok"]
         options = {"threshold: MiniLM cosine + guards (today)": np.where(ok, sim, -np.inf),
                    "MiniLM cosine, no guards": sim}
-        if strong is not None:
-            options["threshold: mpnet cosine + guards"] = np.where(ok, embed_pairs(strong, labelled), -np.inf)
+        if "mpnet" in f:
+            options["threshold: mpnet cosine + guards"] = np.where(ok, f["mpnet"], -np.inf)
         cost = None
-        if verifier is not None:
-            ask = np.flatnonzero(sim >= min(PROPOSE_FLOORS))
-            t0 = time.perf_counter()
-            scored = verifier.score_sync([pairs[i] for i in ask], batch_size=64)
-            cost = {"pairs": len(ask), "ms_per_pair": round((time.perf_counter() - t0) * 1000 / max(len(ask), 1), 2)}
-            ce = np.full(len(pairs), -np.inf)
-            ce[ask] = scored
+        if "ce" in f:
+            cost = {"pairs": len(pairs), "ms_per_pair": round(float(f["ce_ms_per_pair"]), 2)}
             for floor in PROPOSE_FLOORS:
-                proposed = sim >= floor
                 options[f"verifier: proposed at cosine >= {floor}, guards, cross-encoder"] = np.where(
-                    proposed & ok, ce, -np.inf)
-            options["verifier: proposed at cosine >= 0.7, no guards"] = np.where(sim >= 0.7, ce, -np.inf)
+                    (sim >= floor) & ok, f["ce"], -np.inf)
+            options["verifier: proposed at cosine >= 0.7, no guards"] = np.where(sim >= 0.7, f["ce"], -np.inf)
+            if "mpnet" in f:
+                options["verifier: proposed at mpnet >= 0.7, guards, cross-encoder"] = np.where(
+                    (f["mpnet"] >= 0.7) & ok, f["ce"], -np.inf)
+        if len(stack_columns(f)[0]) > 1:
+            fit_on = cal["ok"]
+            p = stacked(stack_columns(cal)[fit_on], cal_dup[fit_on], stack_columns(f))
+            options["stacked: " + " + ".join(k for k in ("minilm", "mpnet", "ce") if k in f) + ", guards"] = \
+                np.where(ok, p, -np.inf)
         results[name] = {"pairs": len(pairs), "paraphrases": int(dup.sum()), "verifier_cost": cost,
                          "options": {k: frontier(v, dup, target) for k, v in options.items()}}
-        for k, f in results[name]["options"].items():
-            b = f["best"]
+        if cross_checkers and name.startswith("QQP"):
+            results[f"{name}, subsample of {llm_pairs}"] = cross_check(
+                name, pairs, dup, f, options, cal_pairs, cal_dup, cal, cross_checkers, llm_pairs, target, out,
+                stack_columns)
+    for name, r in results.items():
+        print(name)
+        for k, fr in r["options"].items():
+            b = fr["best"]
             print(f"  {k}: " + (f"recall {b['recall']:.1%} at {b['false_hit_rate']:.2%} false hits (threshold "
                                 f"{b['threshold']:.3f}, precision {b['precision']:.1%})" if b else "none within"))
     plot_frontiers(results, target, out / "eval_cache_frontier.png")
     return results
+
+
+def cross_check(name, pairs, dup, f, options, cal_pairs, cal_dup, cal, cross_checkers, llm_pairs, target, out,
+                stack_columns) -> dict:
+    """The cascade models as cross-checkers, on a seeded subsample of the split (and of the calibration split, where
+    the stacked verifier with the model's score learns its weights): each option of the whole split is scored on the
+    same subsample, side by side."""
+    from infopt.cross_check import score_pairs
+    from infopt.verifier_training import frontier
+
+    idx = subsample(len(pairs), llm_pairs)
+    cal_idx = subsample(len(cal_pairs), llm_pairs, seed=8)
+    sub = {k: v[idx] for k, v in options.items()}
+    asked = idx[(f["minilm"][idx] >= LLM_FLOOR) & f["ok"][idx]]
+    cal_asked = cal_idx[(cal["minilm"][cal_idx] >= LLM_FLOOR) & cal["ok"][cal_idx]]
+    costs = {}
+    for role, path in cross_checkers.items():
+        tag = Path(path).name
+        got, cost = score_pairs(path, [pairs[i] for i in asked], out / f"eval_cache_llm_{tag}_eval_{llm_pairs}.npy")
+        costs[role] = {"model": tag, **cost, "ms_per_pair": round(cost["seconds"] * 1000 / max(cost["pairs"], 1), 1)}
+        full = np.full(len(pairs), -np.inf)
+        full[asked] = got
+        sub[f"cross-check: {role} ({tag}), proposed at cosine >= {LLM_FLOOR}, guards"] = full[idx]
+        if len(stack_columns(f)[0]) > 1:
+            cal_got, _ = score_pairs(path, [cal_pairs[i] for i in cal_asked],
+                                     out / f"eval_cache_llm_{tag}_cal_{llm_pairs}.npy")
+            x_cal = stack_columns({k: v[cal_asked] for k, v in cal.items() if v.ndim}, cal_got)
+            x = stack_columns({k: v[asked] for k, v in f.items() if v.ndim}, got)
+            p = stacked(x_cal, cal_dup[cal_asked], x)
+            full = np.full(len(pairs), -np.inf)
+            full[asked] = p
+            sub[f"stacked with the {role}'s cross-check, proposed at cosine >= {LLM_FLOOR}, guards"] = full[idx]
+    print(f"{name}, subsample: {len(idx)} pairs, {int(dup[idx].sum())} paraphrases; asked {len(asked)} pairs "
+          f"({len(cal_asked)} on the calibration subsample); {costs}")
+    return {"pairs": len(idx), "paraphrases": int(dup[idx].sum()), "asked": len(asked), "calibration_asked":
+            len(cal_asked), "cross_check_cost": costs,
+            "options": {k: frontier(v, dup[idx], target) for k, v in sub.items()}}
 
 
 def plot_frontiers(results: dict, target: float, path: Path) -> None:
@@ -327,7 +433,7 @@ def plot_frontiers(results: dict, target: float, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(results), figsize=(6.5 * len(results), 4.8), squeeze=False)
+    fig, axes = plt.subplots(1, len(results), figsize=(6.5 * len(results), 5.2), squeeze=False)
     for ax, (name, r) in zip(axes[0], results.items(), strict=True):
         for label, f in r["options"].items():
             c = [p for p in f["curve"] if p["false_hit_rate"] > 0]
@@ -345,19 +451,29 @@ def main_frontier(argv: list[str]) -> int:
     ap.add_argument("--frontier", action="store_true")
     ap.add_argument("--target", type=float, default=0.01)
     ap.add_argument("--verifier", default=None, help="cross-encoder folder (default: the trained one, if prepared)")
-    ap.add_argument("--strong-embedder", default=None, help="a second embedder folder (e.g. all-mpnet-base-v2)")
+    ap.add_argument("--strong-embedder", default=None,
+                    help="a second embedder folder (default: all-mpnet-base-v2, if prepared)")
+    ap.add_argument("--cross-check", action="append", default=[], metavar="ROLE=FOLDER",
+                    help="a cascade model to ask 'same question?' (e.g. validator=<folder>); repeatable")
+    ap.add_argument("--llm-pairs", type=int, default=3000,
+                    help="pairs of each QQP split the cross-checks are measured on (a seeded subsample)")
     ap.add_argument("--out", type=Path, default=REPO / "reports")
     ns = ap.parse_args(argv)
     from serving.cache.verifier import TRAINED_MARKER, trained_verifier_dir
+    from serving.models import is_prepared, model_dir
 
     verifier = ns.verifier
     if verifier is None and (trained_verifier_dir(default_cache_dir()) / TRAINED_MARKER).exists():
         verifier = str(trained_verifier_dir(default_cache_dir()))
     if verifier is None:
         print("no verifier: run `infopt models prepare --verifier` (or give --verifier); comparing embedders only")
+    strong = ns.strong_embedder
+    if strong is None and is_prepared("all-mpnet-base-v2", default_cache_dir()):
+        strong = str(model_dir("all-mpnet-base-v2", default_cache_dir()))
+    checkers = dict(c.split("=", 1) for c in ns.cross_check)
     ns.out.mkdir(parents=True, exist_ok=True)
-    results = frontiers(str(default_cache_dir() / "models" / "all-minilm-l6-v2"), verifier, ns.strong_embedder,
-                        ns.target, ns.out)
+    results = frontiers(str(default_cache_dir() / "models" / "all-minilm-l6-v2"), verifier, strong,
+                        ns.target, ns.out, checkers, ns.llm_pairs)
     (ns.out / "eval_cache_frontier.json").write_text(json.dumps(
         {k: {**v, "options": {o: {**f, "curve": f["curve"][:: max(1, len(f["curve"]) // 400)]}
                               for o, f in v["options"].items()}} for k, v in results.items()}, indent=2))

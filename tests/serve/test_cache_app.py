@@ -448,3 +448,24 @@ def test_the_live_page_draws_its_charts_in_a_real_browser(svc: Service, client: 
     out.parent.mkdir(exist_ok=True)
     subprocess.run([*flags, f"--screenshot={out}", url], capture_output=True, timeout=120)
     assert out.exists() and out.stat().st_size > 10_000
+
+
+def test_the_validator_as_the_caches_cross_checker_reads_yes_and_no_from_a_real_engine(svc: Service):
+    """`cache.verifier.model: validator` asks the real Validator deployment through its handle (what the cache
+    replica holds): one token, whose alternatives carry "Yes" and "No", read into P(same question)."""
+    import asyncio
+
+    from ray import serve
+
+    from serving.cache.verifier import EngineVerifier
+    from serving.handles import ServeLLMEngine
+
+    engine = ServeLLMEngine(serve.get_deployment_handle("Validator", app_name="infopt"),
+                            svc.config.validator.served_name())
+    verifier = EngineVerifier(engine, name="validator")
+    same = ("How do I reverse a list in Python?", "How do I reverse a list in Python?")
+    other = ("How do I reverse a list in Python?", "What is the boiling point of water at sea level?")
+    scores = asyncio.run(verifier.score([same, other]))
+    # Neither "Yes" nor "No" among the alternatives would be exactly 0.5: the model was read, not defaulted.
+    assert all(0.0 <= s <= 1.0 and s != 0.5 for s in scores), scores
+    assert scores[0] > scores[1], scores  # even the tiny Validator tells the same question from another one
