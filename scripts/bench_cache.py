@@ -36,6 +36,7 @@ sys.path.insert(0, str(REPO))
 
 from serving.cache.keys import digest  # noqa: E402
 from serving.cache.store import CacheEntry, Match, VectorStore  # noqa: E402
+from serving.cache.verifier import TRAINED_VERIFIER  # noqa: E402
 
 DIM = 384
 NAMESPACES, CONTEXTS, PARAMS = 10, 20, 4
@@ -120,7 +121,7 @@ def bench_stores(sizes: list[int], queries: int, client_queries: int) -> list[di
     return rows
 
 
-def bench_serve(profile: str, requests: int, port: int, verifier: bool = False) -> dict:
+def bench_serve(profile: str, requests: int, port: int, verifier: str | None = None) -> dict:
     import httpx
     import ray
     from ray import serve
@@ -132,10 +133,14 @@ def bench_serve(profile: str, requests: int, port: int, verifier: bool = False) 
     config.cache.enabled = True
     config.cache.path = Path(tempfile.mkdtemp(prefix="bench-cache-serve-"))
     config.cache.admit_truncated = True
-    if verifier:  # propose, then verify: the semantic hit pays for the cross-encoder's reading of the pair
-        from serving.cache.verifier import TRAINED_VERIFIER
-
-        config.cache.verifier.model = TRAINED_VERIFIER
+    if verifier:  # propose, then verify: the semantic hit pays for the verifier's reading of the pair
+        config.cache.verifier.model = verifier
+        if verifier in ("validator", "scout"):
+            # A cascade model reads the pair: this measures what that costs on the hit path, not its judgement,
+            # so the paraphrase is served whatever it says (threshold 0), and a CPU prefill is given time.
+            config.cache.verifier.threshold = 0.0
+            config.cache.verifier.timeout_s = 30.0
+            config.cache.timeout_s = 60.0
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     ray.init(address="local", include_dashboard=False, log_to_driver=False)
     base = f"http://127.0.0.1:{port}"
@@ -216,7 +221,8 @@ def render(result: dict) -> str:
                          f"{c['search_p99_ms'] / e['search_p99_ms']:.0f}x at p99.")
     if result.get("serve"):
         s = result["serve"]
-        lines += ["", f"### End to end through Ray Serve ({s['profile']} profile, max_tokens {s['max_tokens']})", "",
+        lines += ["", f"### End to end through Ray Serve ({s['profile']} profile, max_tokens {s['max_tokens']}, "
+                          f"verifier: {s.get('verifier') or 'none'})", "",
                   "| path | p50 ms | x exact hit | n |", "|---|---|---|---|"]
         for r in s["rows"]:
             lines.append(f"| {r['path']} | {r['p50_ms']:.1f} | {r['ratio_to_exact_hit']:.1f} | {r['n']} |")
@@ -265,14 +271,17 @@ def main() -> int:
     ap.add_argument("--profile", default="tiny")
     ap.add_argument("--port", type=int, default=8019)
     ap.add_argument("--skip-serve", action="store_true", help="only the store part (no models needed)")
-    ap.add_argument("--verifier", action="store_true",
-                    help="end to end with the cache's pair verifier on (infopt models prepare --verifier)")
+    ap.add_argument("--verifier", nargs="?", const=TRAINED_VERIFIER, default=None,
+                    choices=[TRAINED_VERIFIER, "validator", "scout"],
+                    help="end to end with the cache's pair verifier on: the trained cross-encoder (the default; "
+                    "infopt models prepare --verifier) or a cascade model")
+    ap.add_argument("--skip-stores", action="store_true", help="only the end-to-end part")
     ap.add_argument("--out", type=Path, default=REPO / "reports")
     ns = ap.parse_args()
 
     result: dict = {"dimension": DIM, "sizes": ns.sizes}
     print("store lookup:", flush=True)
-    result["stores"] = bench_stores(ns.sizes, ns.queries, ns.client_queries)
+    result["stores"] = [] if ns.skip_stores else bench_stores(ns.sizes, ns.queries, ns.client_queries)
     if not ns.skip_serve:
         print("end to end through Ray Serve:", flush=True)
         result["serve"] = bench_serve(ns.profile, ns.requests, ns.port, ns.verifier)

@@ -80,7 +80,8 @@ class VerifierConfig(BaseModel):
     )
     max_pairs: int = Field(4, ge=1, le=32, description="Most candidates scored per lookup (most similar first).")
     timeout_s: float = Field(
-        0.5, gt=0, description="A verification slower than this is abandoned: the lookup is a miss, not an error."
+        0.5, gt=0, description="A verification slower than this is abandoned: the lookup is a miss, not an error. "
+        "Must be below `cache.timeout_s`, the whole lookup's limit.",
     )
     torch_threads: int = Field(1, ge=1, description="CPU threads torch may use for the verifier.")
 
@@ -178,4 +179,8 @@ class CacheConfig(BaseModel):
             raise ValueError("cache.backend 'server' needs cache.url (e.g. http://qdrant:6333)")
         if self.default_ttl_s > self.max_ttl_s:
             raise ValueError(f"default_ttl_s ({self.default_ttl_s}) exceeds max_ttl_s ({self.max_ttl_s})")
+        if self.verifier.model is not None and self.verifier.timeout_s >= self.timeout_s:
+            # Else a slow verification makes the whole lookup a bypass (no near-miss draft, no vector kept).
+            raise ValueError(f"cache.verifier.timeout_s ({self.verifier.timeout_s}) must be below cache.timeout_s "
+                             f"({self.timeout_s}), the whole lookup's limit")
         return self

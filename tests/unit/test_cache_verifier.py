@@ -332,3 +332,9 @@ def test_an_entrys_bound_survives_a_restart(tmp_path):
     (entry,) = reopened.store.get([entry_id])
     assert (entry.min_similarity, entry.min_score, entry.answer) == (0.77, 0.6, "Paris.")
     run(reopened.close())
+
+
+def test_a_verifier_timeout_at_or_above_the_lookups_is_refused():
+    with pytest.raises(ValueError, match="must be below cache.timeout_s"):
+        CacheConfig(timeout_s=2.0, verifier={"model": "validator", "timeout_s": 2.0})
+    assert CacheConfig(timeout_s=2.0, verifier={"model": None, "timeout_s": 5.0})  # no verifier: no matter
