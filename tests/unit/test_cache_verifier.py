@@ -335,6 +335,6 @@ def test_an_entrys_bound_survives_a_restart(tmp_path):
 
 
 def test_a_verifier_timeout_at_or_above_the_lookups_is_refused():
-    with pytest.raises(ValueError, match="must be below cache.timeout_s"):
+    with pytest.raises(ValueError, match=r"must be below cache\.timeout_s"):
         CacheConfig(timeout_s=2.0, verifier={"model": "validator", "timeout_s": 2.0})
     assert CacheConfig(timeout_s=2.0, verifier={"model": None, "timeout_s": 5.0})  # no verifier: no matter
