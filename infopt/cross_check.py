@@ -2,7 +2,7 @@
 
 Serving asks the Scout or Validator deployment one pair at a time (`serving.cache.verifier.EngineVerifier`);
 calibration (`infopt calibrate cache`) and `scripts/eval_cache.py --frontier` need thousands of pairs scored
-with the very same prompt and reading (`cross_check_messages`, `yes_probability`), so they load the model in
+with the very same prompt and reading (`cross_check_messages`, `cross_check_score`), so they load the model in
 vLLM here, in a child process (its engine's memory and threads are gone when it returns).
 """
 
@@ -26,7 +26,7 @@ def _worker(model_path: str, chats: list, out: str) -> None:
     os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "0-1")
     from vllm import LLM, SamplingParams
 
-    from serving.cache.verifier import CROSS_CHECK_TOP_LOGPROBS, yes_probability
+    from serving.cache.verifier import CROSS_CHECK_TOP_LOGPROBS, cross_check_score
 
     llm = LLM(model=model_path, dtype="bfloat16", enforce_eager=True, max_model_len=1024, max_num_seqs=16)
     tok = llm.get_tokenizer()
@@ -34,7 +34,7 @@ def _worker(model_path: str, chats: list, out: str) -> None:
     started = time.perf_counter()
     outs = llm.chat(chats, params, use_tqdm=True)
     seconds = time.perf_counter() - started
-    scores = [yes_probability({tok.decode([t]): lp.logprob for t, lp in o.outputs[0].logprobs[0].items()})
+    scores = [cross_check_score({tok.decode([t]): lp.logprob for t, lp in o.outputs[0].logprobs[0].items()})
               for o in outs]
     np.save(out, np.array(scores, dtype=float))
     Path(out).with_suffix(".json").write_text(json.dumps({

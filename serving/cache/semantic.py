@@ -244,12 +244,11 @@ class SemanticCache(ResponseCache):
         best = max(scores.items(), key=lambda kv: kv[1], default=None)
         near: tuple[CacheEntry, float] | None = None
         for entry, similarity in sorted(candidates, key=lambda c: -scores.get(c[0].id, -1.0)):
-            verdict = policy.judge_verified(self.config, similarity, scores.get(entry.id), vetoes.get(entry.id),
-                                            entry.min_score)
-            if verdict is not policy.Candidate.SERVE and entry.id in scores and entry.min_score is not None \
-                    and scores[entry.id] <= entry.min_score and scores[entry.id] >= settings.threshold:
-                rejected.append({"reason": policy.AUDITED, "similarity": round(similarity, 4)})
-                self._count("guard_rejected", policy.AUDITED)
+            verdict, why = policy.judge_verified(self.config, similarity, scores.get(entry.id), vetoes.get(entry.id),
+                                                 entry.min_score)
+            if why == policy.AUDITED:  # the guards' vetoes were recorded when the candidates were proposed
+                rejected.append({"reason": why, "similarity": round(similarity, 4)})
+                self._count("guard_rejected", why)
             if verdict is policy.Candidate.SERVE:
                 await self._store(self.store.record_hit, entry, now)
                 return CacheLookup("semantic_hit", entry, similarity=similarity, rejected=rejected, rule=rule,

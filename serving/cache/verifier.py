@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from serving.engines.base import yes_probability
 
 if TYPE_CHECKING:
     from serving.config.cache import VerifierConfig
@@ -122,25 +123,16 @@ def cross_check_messages(cached: str, new: str) -> list[dict[str, str]]:
     return [{"role": "user", "content": CROSS_CHECK_PROMPT.format(cached=cached.strip(), new=new.strip())}]
 
 
-def yes_probability(top: Sequence[tuple[str, float]] | Mapping[str, float]) -> float:
-    """P(yes) / (P(yes) + P(no)) from a first token's alternatives (token text -> log-probability).
-
-    Spellings are folded (" Yes", "yes", "YES" count as one, their probabilities summed). Neither among the
-    alternatives: 0.5 (the model said something else; the threshold, above 0.5 in practice, refuses it); only
-    one of them: 1 or 0."""
-    mass = {"yes": 0.0, "no": 0.0}
-    # A token listed twice (the chosen one is usually among the alternatives too) counts once.
-    for token, logprob in dict(top).items():
-        word = token.strip().lower()
-        if word in mass and math.isfinite(logprob):
-            mass[word] += math.exp(logprob)
-    total = mass["yes"] + mass["no"]
-    return mass["yes"] / total if total > 0 else 0.5
+def cross_check_score(alternatives: Sequence[tuple[str, float]] | Mapping[str, float]) -> float:
+    """A pair's score from the cross-checker's first token: `yes_probability`, or 0.5 when the model said neither
+    word (the threshold, above 0.5 in practice, then refuses the pair)."""
+    p_yes = yes_probability(alternatives)
+    return 0.5 if p_yes is None else p_yes
 
 
 class EngineVerifier(PairVerifier):
     """One of the cascade's models as the cross-checker: a greedy one-token answer per pair, with its alternatives'
-    log-probabilities; the score is `yes_probability`. The pairs of one lookup go to the engine concurrently (the
+    log-probabilities; the score is `cross_check_score`. The pairs of one lookup go to the engine concurrently (the
     engine batches them). It costs that model's prefill of about 70 tokens a pair: measured in docs/benchmarks.md
     (Propose, then verify)."""
 
@@ -156,9 +148,7 @@ class EngineVerifier(PairVerifier):
                                     logprobs=True, top_logprobs=CROSS_CHECK_TOP_LOGPROBS, priority=self.priority)
         generation = await self.engine.generate(request)
         first = (generation.tokens or [None])[0]
-        if first is None:
-            return 0.5
-        return yes_probability({first.token: first.logprob, **dict(first.top)})
+        return 0.5 if first is None else cross_check_score(first.alternatives())
 
     async def score(self, pairs: list[tuple[str, str]]) -> list[float]:
         return list(await asyncio.gather(*(self._one(a, b) for a, b in pairs)))

@@ -7,8 +7,9 @@ deployment; tests use fakes that subclass this ABC.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -55,6 +56,26 @@ class TokenLogprob:
     token: str
     logprob: float
     top: list[tuple[str, float]] = field(default_factory=list)
+
+    def alternatives(self) -> dict[str, float]:
+        """The chosen token and its alternatives, token text -> log-probability (the chosen one once)."""
+        return {self.token: self.logprob, **dict(self.top)}
+
+
+def yes_probability(alternatives: Sequence[tuple[str, float]] | Mapping[str, float]) -> float | None:
+    """P(yes) / (P(yes) + P(no)) from a first token's alternatives (token text -> log-probability).
+
+    The one reading of a Yes/No answer, shared by the Validator as judge and the cache's cross-checker.
+    Spellings are folded (" Yes", "yes", "YES" count as one word, their probabilities summed: a model
+    splits its belief among them). A token listed twice counts once. Neither word among the
+    alternatives: None (the model said something else); only one of them: 1 or 0."""
+    mass = {"yes": 0.0, "no": 0.0}
+    for token, logprob in dict(alternatives).items():
+        word = token.strip().lower()
+        if word in mass and math.isfinite(logprob):
+            mass[word] += math.exp(logprob)
+    total = mass["yes"] + mass["no"]
+    return mass["yes"] / total if total > 0 else None
 
 
 @dataclass

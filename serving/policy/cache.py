@@ -194,15 +194,20 @@ def judge_candidate(config: CacheConfig, similarity: float, cached_question: str
 
 
 def judge_verified(config: CacheConfig, similarity: float, score: float | None, vetoed: str | None,
-                   floor: float | None = None) -> Candidate:
-    """The verdict when a verifier decides: served on a score at or above `verifier.threshold` (`score` None: the
-    candidate was not scored, being below the proposal floor, vetoed, or the verifier did not answer) and above the
-    entry's own bound `floor` (`CacheEntry.min_score`, learned from a failed audit)."""
-    if vetoed is None and score is not None and score >= config.verifier.threshold and (floor is None or score > floor):
-        return Candidate.SERVE
+                   floor: float | None = None) -> tuple[Candidate, str | None]:
+    """The verdict when a verifier decides, with the reason a passing score was refused, as `judge_candidate`.
+
+    Served on a score at or above `verifier.threshold` (`score` None: the candidate was not scored, being below
+    the proposal floor, vetoed, or the verifier did not answer) and above the entry's own bound `floor`
+    (`CacheEntry.min_score`, learned from a failed audit; a score the threshold passes but the floor refuses gives
+    the reason `audited`)."""
+    if vetoed is None and score is not None and score >= config.verifier.threshold:
+        if floor is None or score > floor:
+            return Candidate.SERVE, None
+        vetoed = AUDITED
     if config.draft_threshold is not None and similarity >= config.draft_threshold:
-        return Candidate.NEAR_MISS
-    return Candidate.REJECTED
+        return Candidate.NEAR_MISS, vetoed
+    return Candidate.REJECTED, vetoed
 
 
 def threshold_in_force(config: CacheConfig, calibration: Calibration | None

@@ -19,7 +19,6 @@ Their agreement with hand labels is measured by `scripts/eval_judge.py` (docs/be
 
 from __future__ import annotations
 
-import math
 import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from serving.cache.embedder import Embedder
-from serving.engines.base import GenerationRequest, LLMEngine
+from serving.engines.base import GenerationRequest, LLMEngine, yes_probability
 
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 _SPACE = re.compile(r"\s+")
@@ -105,7 +104,7 @@ _JUDGE_PROMPT = (
 
 
 class ValidatorJudge(Judge):
-    """The Validator as judge: P(Yes) from the top log-probabilities of its first answer token."""
+    """The Validator as judge: P(Yes) from the top log-probabilities of its first answer token (`yes_probability`)."""
 
     name = "validator"
 
@@ -120,17 +119,9 @@ class ValidatorJudge(Judge):
             messages=[{"role": "user", "content": prompt}], max_tokens=1, temperature=0, logprobs=True,
             top_logprobs=10, priority=100))
         token = (gen.tokens or [None])[0]
-        if token is None:
+        p_yes = None if token is None else yes_probability(token.alternatives())
+        if p_yes is None:  # it said neither word: undecided, the panel's next judge decides
             return None
-        yes = no = 0.0
-        for text, lp in [(token.token, token.logprob), *token.top]:
-            word = text.strip().lower()
-            if word in ("yes", "no"):
-                p = math.exp(lp)
-                yes, no = (max(yes, p), no) if word == "yes" else (yes, max(no, p))
-        if yes + no == 0:
-            return None
-        p_yes = yes / (yes + no)
         return Verdict(p_yes >= 0.5, p_yes, self.name)
 
 

@@ -168,10 +168,13 @@ def test_exact_hits_need_no_verifier(make):
 
 def test_the_verified_verdicts():
     config = CacheConfig(verifier={"model": "m", "threshold": 0.6}, draft_threshold=0.8)
-    assert policy.judge_verified(config, 0.5, 0.6, None) is policy.Candidate.SERVE
-    assert policy.judge_verified(config, 0.99, 0.59, None) is policy.Candidate.NEAR_MISS
-    assert policy.judge_verified(config, 0.99, 0.99, "negation") is policy.Candidate.NEAR_MISS
-    assert policy.judge_verified(config, 0.5, None, None) is policy.Candidate.REJECTED
+    assert policy.judge_verified(config, 0.5, 0.6, None) == (policy.Candidate.SERVE, None)
+    assert policy.judge_verified(config, 0.99, 0.59, None) == (policy.Candidate.NEAR_MISS, None)
+    assert policy.judge_verified(config, 0.99, 0.99, "negation") == (policy.Candidate.NEAR_MISS, "negation")
+    assert policy.judge_verified(config, 0.5, None, None) == (policy.Candidate.REJECTED, None)
+    # an entry's audited bound refuses a score the threshold passes, and says so
+    assert policy.judge_verified(config, 0.5, 0.7, None, floor=0.7) == (policy.Candidate.REJECTED, policy.AUDITED)
+    assert policy.judge_verified(config, 0.5, 0.71, None, floor=0.7) == (policy.Candidate.SERVE, None)
     assert policy.search_floor(CacheConfig(verifier={"propose_threshold": 0.7}), verifying=True) == 0.7
     assert policy.search_floor(CacheConfig(verifier={"propose_threshold": 0.7})) == 0.8  # the draft threshold
 
@@ -214,13 +217,16 @@ class YesNoEngine(FakeEngine):
 
 
 def test_yes_probability_folds_spellings_and_counts_the_chosen_token_once():
-    from serving.cache.verifier import yes_probability
+    from serving.cache.verifier import cross_check_score
+    from serving.engines.base import yes_probability
 
     assert yes_probability([(" Yes", math.log(0.6)), ("No", math.log(0.2)), (" Yes", math.log(0.6))]) == \
         pytest.approx(0.75)
     assert yes_probability({"yes": math.log(0.3), "YES": math.log(0.3), "no": math.log(0.2)}) == pytest.approx(0.75)
     assert yes_probability({"No": -0.01}) == 0.0 and yes_probability({"Yes": -3.0}) == 1.0
-    assert yes_probability({"Maybe": -0.1, "no": float("-inf")}) == 0.5  # said neither: refused at any threshold > .5
+    assert yes_probability({"Maybe": -0.1, "no": float("-inf")}) is None
+    assert cross_check_score({"Maybe": -0.1}) == 0.5  # said neither: refused at any threshold > .5
+    assert cross_check_score({"yes": math.log(0.3), "no": math.log(0.1)}) == pytest.approx(0.75)
 
 
 def test_a_cascade_model_as_the_verifier_serves_the_paraphrase_it_accepts(make):

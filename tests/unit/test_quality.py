@@ -169,6 +169,24 @@ def test_the_validator_judge_reads_yes_or_no_from_its_logprobs():
     assert verdict.agree and verdict.score == pytest.approx(0.8)
     assert engine.requests[0].max_tokens == 1 and engine.requests[0].logprobs
     assert not run(ValidatorJudge(Says(0.3)).judge("q", "a", "b")).agree
+
+
+def test_the_validator_judge_reads_yes_the_way_the_cache_cross_checker_does():
+    # One rule for both (serving.engines.base.yes_probability): spellings summed, neither word -> undecided.
+    class Top(FakeEngine):
+        def __init__(self, top: list[tuple[str, float]]) -> None:
+            super().__init__("large", [top[0][0]])
+            self.top = top
+
+        async def generate(self, request):
+            gen = await super().generate(request)
+            gen.tokens = [TokenLogprob(self.top[0][0], self.top[0][1], list(self.top))]
+            return gen
+
+    split = [("No", math.log(0.4)), ("Yes", math.log(0.3)), (" yes", math.log(0.3))]
+    verdict = run(ValidatorJudge(Top(split)).judge("q", "a", "b"))
+    assert verdict.agree and verdict.score == pytest.approx(0.6)  # the max of the spellings said "no" (0.43)
+    assert run(ValidatorJudge(Top([("Maybe", -0.1), ("Perhaps", -2.0)])).judge("q", "a", "b")) is None
     assert run(EmbeddingJudge(FakeEmbedder(), 0.99).judge("q", "one two", "one two three")).agree is False
 
 
