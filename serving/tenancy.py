@@ -248,5 +248,5 @@ class TenantMeter(Observer):
         if state.tenant is None or state.result is None:
             return
         usage = state.result.usage
-        engine_s = sum(c.engine_s for c in state.cost.tiers.values())
+        engine_s = state.cost.engine_s()
         self.tenancy.spend_later(state.tenant, usage.prompt_tokens + usage.completion_tokens, engine_s)

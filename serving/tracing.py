@@ -80,7 +80,7 @@ class StageTracer(Observer):
             attributes["infopt.confidence"] = state.confidence
         if state.ttft_ms is not None:
             attributes["infopt.ttft_ms"] = state.ttft_ms
-        for tier, cost in state.cost.tiers.items():
+        for tier, cost in [*state.cost.tiers.items(), *((f"{t}_check", c) for t, c in state.cost.checks.items())]:
             attributes[f"infopt.cost.{tier}.engine_s"] = round(cost.engine_s, 6)
             attributes[f"infopt.cost.{tier}.completion_tokens"] = cost.completion_tokens
         root = self.tracer.start_span("infopt.request", start_time=start_ns, attributes=attributes)

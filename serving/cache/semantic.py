@@ -50,6 +50,7 @@ from serving.cache.keys import CacheKey
 from serving.cache.store import CacheEntry, Match, Selector, VectorStore, entry_id
 from serving.cache.verifier import PairVerifier, VerifierBusy
 from serving.config.cache import CacheConfig
+from serving.engines.base import Usage
 from serving.metrics import Metrics
 from serving.policy import cache as policy
 
@@ -71,6 +72,15 @@ class CachedAnswer:
 
 
 @dataclass
+class CheckCost:
+    """A cascade engine's work on one lookup's cross-checks: booked to that tier by the cache stage."""
+
+    tier: str  # "validator" or "scout"
+    usage: Usage
+    seconds: float  # wall time of the lookup's cross-checks (run concurrently), as the pipeline times engine calls
+
+
+@dataclass
 class CacheLookup:
     """The outcome of a lookup. On a miss, `vector` is kept so admission need not embed again."""
 
@@ -86,6 +96,8 @@ class CacheLookup:
     # Which rule decided (see the module docstring), and the verifier's score of the served or best candidate.
     rule: str | None = None
     score: float | None = None
+    # What a cascade engine spent cross-checking the candidates (`PairVerifier.tier`), for the request's cost.
+    check: CheckCost | None = None
 
     @property
     def hit(self) -> bool:
@@ -226,12 +238,15 @@ class SemanticCache(ResponseCache):
                 proposed.append((entry, similarity))
         scores: dict[str, float] = {}
         rule = "verifier"
+        check: CheckCost | None = None
         if proposed:
             t0 = time.perf_counter()
             try:
                 pairs = [(entry.question or "", question) for entry, _ in proposed]
-                got = await asyncio.wait_for(self.verifier.score(pairs), settings.timeout_s)
+                got, usage = await asyncio.wait_for(self.verifier.score_costed(pairs), settings.timeout_s)
                 scores = {entry.id: s for (entry, _), s in zip(proposed, got, strict=True)}
+                if self.verifier.tier is not None and usage is not None:
+                    check = CheckCost(self.verifier.tier, usage, time.perf_counter() - t0)
             except TimeoutError:
                 rule = "verifier_timeout"
             except VerifierBusy:  # still on calls that timed out: no more work queued behind them
@@ -252,10 +267,12 @@ class SemanticCache(ResponseCache):
             if verdict is policy.Candidate.SERVE:
                 await self._store(self.store.record_hit, entry, now)
                 return CacheLookup("semantic_hit", entry, similarity=similarity, rejected=rejected, rule=rule,
-                                   score=round(scores[entry.id], 4))
+                                   score=round(scores[entry.id], 4), check=check)
             if verdict is policy.Candidate.NEAR_MISS and (near is None or similarity > near[1]):
                 near = (entry, similarity)
-        return self._miss(vector, rejected, near, rule, round(best[1], 4) if best else None)
+        found = self._miss(vector, rejected, near, rule, round(best[1], 4) if best else None)
+        found.check = check
+        return found
 
     # -- admission ------------------------------------------------------------------------
 

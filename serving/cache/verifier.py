@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from serving.engines.base import yes_probability
+from serving.engines.base import GenerationRequest, Usage, yes_probability
 
 if TYPE_CHECKING:
     from serving.config.cache import VerifierConfig
@@ -50,10 +50,17 @@ class PairVerifier(ABC):
     """Scores question pairs: the probability that the second asks what the first asked."""
 
     name: str
+    # The cascade engine whose time a score spends ("validator" or "scout"), booked to that tier in the request's
+    # cost; None: the scoring runs in the cache's own process (a cross-encoder), no engine's time.
+    tier: str | None = None
 
     @abstractmethod
     async def score(self, pairs: list[tuple[str, str]]) -> list[float]:
         """One probability in [0, 1] per (cached question, new question) pair, in order."""
+
+    async def score_costed(self, pairs: list[tuple[str, str]]) -> tuple[list[float], Usage | None]:
+        """`score`, with the engine tokens it spent (None for a verifier that spends no engine's time)."""
+        return await self.score(pairs), None
 
 
 class VerifierBusy(RuntimeError):
@@ -136,22 +143,26 @@ class EngineVerifier(PairVerifier):
     engine batches them). It costs that model's prefill of about 70 tokens a pair: measured in docs/benchmarks.md
     (Propose, then verify)."""
 
-    def __init__(self, engine: LLMEngine, *, name: str, priority: int = 0) -> None:
+    def __init__(self, engine: LLMEngine, *, name: str, tier: str | None = None, priority: int = 0) -> None:
         self.engine = engine
         self.name = name
+        self.tier = tier
         self.priority = priority
 
-    async def _one(self, cached: str, new: str) -> float:
-        from serving.engines.base import GenerationRequest
-
+    async def _one(self, cached: str, new: str) -> tuple[float, Usage]:
         request = GenerationRequest(messages=cross_check_messages(cached, new), max_tokens=1, temperature=0.0,
                                     logprobs=True, top_logprobs=CROSS_CHECK_TOP_LOGPROBS, priority=self.priority)
         generation = await self.engine.generate(request)
         first = (generation.tokens or [None])[0]
-        return 0.5 if first is None else cross_check_score(first.alternatives())
+        return (0.5 if first is None else cross_check_score(first.alternatives())), generation.usage
+
+    async def score_costed(self, pairs: list[tuple[str, str]]) -> tuple[list[float], Usage | None]:
+        got = await asyncio.gather(*(self._one(a, b) for a, b in pairs))
+        return [score for score, _ in got], Usage(sum(u.prompt_tokens for _, u in got),
+                                                   sum(u.completion_tokens for _, u in got))
 
     async def score(self, pairs: list[tuple[str, str]]) -> list[float]:
-        return list(await asyncio.gather(*(self._one(a, b) for a, b in pairs)))
+        return (await self.score_costed(pairs))[0]
 
 
 def trained_verifier_dir(cache_dir: Path) -> Path:
@@ -175,7 +186,7 @@ def open_verifier(config: VerifierConfig, cache_dir: Path, engines: Mapping[str,
             why = f"'{model}' names a cascade engine, but the cache was given none"
             logger.warning("semantic cache: %s; the similarity threshold decides", why)
             return None, why
-        return EngineVerifier(engine, name=f"{model}:{engine.model_id}"), "ready"
+        return EngineVerifier(engine, name=f"{model}:{engine.model_id}", tier=model), "ready"
     if model == TRAINED_VERIFIER:
         folder = trained_verifier_dir(cache_dir)
         if not (folder / TRAINED_MARKER).exists():

@@ -91,8 +91,7 @@ class LiveStats(Observer, Metrics):
         from serving.pipeline import Reason, Tier
 
         path = "coalesced" if state.reason is Reason.COALESCED else str(state.tier or "none")
-        spent = state.cost.tiers.get(Tier.VALIDATOR)
-        validator_s = spent.engine_s if spent is not None else 0.0
+        validator_s = state.cost.engine_s(Tier.VALIDATOR)  # its cross-checks of cache candidates included
         only = state.counterfactual_s if state.counterfactual_s is not None else validator_s
         self.requests.append(Finished(
             at=self.clock(), path=path, total_ms=state.total_ms or 0.0, ttft_ms=state.ttft_ms,

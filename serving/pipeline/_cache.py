@@ -84,6 +84,8 @@ class CacheStage(Stage):
             detail["rule"] = found.rule  # threshold, verifier, verifier_timeout or verifier_error
         if found.score is not None:
             detail["verifier_score"] = found.score
+        if found.check is not None:  # a cascade engine cross-checked the candidates: its time is this request's
+            state.cost.check(Tier(found.check.tier), found.check.usage, found.check.seconds)
         entry = found.entry
         if decision is CacheDecision.SEMANTIC_HIT and key.namespace in self.semantic_closed and entry is not None:
             # Not served; still the best draft there is for the Validator to verify.

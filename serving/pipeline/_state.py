@@ -56,16 +56,34 @@ class Cost:
     """Engine work per tier so far, including work thrown away (a Scout answer that escalated)."""
 
     tiers: dict[Tier, TierCost] = field(default_factory=dict)
+    # Scoring passes that answer nothing (the cache's cross-check of a candidate by a cascade engine): that
+    # engine's time all the same, but not a measure of what the Validator would spend answering.
+    checks: dict[Tier, TierCost] = field(default_factory=dict)
 
-    def add(self, tier: Tier, usage: Usage | None, seconds: float) -> None:
-        c = self.tiers.setdefault(tier, TierCost())
+    @staticmethod
+    def _add(into: dict[Tier, TierCost], tier: Tier, usage: Usage | None, seconds: float) -> None:
+        c = into.setdefault(tier, TierCost())
         if usage is not None:
             c.prompt_tokens += usage.prompt_tokens
             c.completion_tokens += usage.completion_tokens
         c.engine_s += seconds
 
+    def add(self, tier: Tier, usage: Usage | None, seconds: float) -> None:
+        """Work of a tier on the request's answer (kept or thrown away)."""
+        self._add(self.tiers, tier, usage, seconds)
+
+    def check(self, tier: Tier, usage: Usage | None, seconds: float) -> None:
+        """A tier's scoring pass that is not an answer (see `checks`)."""
+        self._add(self.checks, tier, usage, seconds)
+
+    def engine_s(self, tier: Tier | None = None) -> float:
+        """Engine seconds spent, checks included: of one tier, or of all."""
+        return sum(c.engine_s for part in (self.tiers, self.checks) for t, c in part.items()
+                   if tier is None or t is tier)
+
     def as_dict(self) -> dict[str, dict[str, float]]:
-        return {str(t): c.as_dict() for t, c in self.tiers.items()}
+        return {**{str(t): c.as_dict() for t, c in self.tiers.items()},
+                **{f"{t}_check": c.as_dict() for t, c in self.checks.items()}}
 
 
 @dataclass

@@ -7,6 +7,9 @@ namespace and its *path* (the tier that answered: cache, scout, validator; audit
 Validator answered, what it spent; for one a shortcut answered, the answer's completion
 tokens at the Validator's measured seconds per completion token (a running mean of its
 real calls; prefill is not counted, so the estimate is conservative for long prompts).
+A cascade engine's cross-check of cache candidates (`Cost.checks`) is booked to that
+engine's tier like its other work, but stays out of the counterfactual and of the running
+seconds per token, which measure answering.
 
 Totals are served at an admin endpoint (`GET /v1/ledger`) and exported to Prometheus
 (`Metrics.ledger`). Savings = counterfactual Validator seconds - Validator seconds spent.
@@ -66,7 +69,9 @@ class CostLedger(Observer):
         account.requests += 1
         counterfactual = 0.0 if path == "audit" else self.counterfactual_s(cost, completion_tokens)
         account.validator_only_s += counterfactual
-        for tier, c in cost.tiers.items():
+        # A cross-check's time is its engine's like any other (it lowers the savings); it only stays out of the
+        # counterfactual and of the running seconds per token, which measure answering.
+        for tier, c in [*cost.tiers.items(), *cost.checks.items()]:
             account.engine_s[str(tier)] += c.engine_s
             account.tokens[f"{tier}_prompt"] += c.prompt_tokens
             account.tokens[f"{tier}_completion"] += c.completion_tokens

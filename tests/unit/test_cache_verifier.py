@@ -13,7 +13,7 @@ from serving.cache.edge import EdgeStore
 from serving.cache.semantic import SemanticCache
 from serving.cache.verifier import PairVerifier, ThreadedVerifier
 from serving.config import CacheConfig
-from serving.engines.base import Generation, GenerationRequest, TokenLogprob
+from serving.engines.base import Generation, GenerationRequest, TokenLogprob, Usage
 from serving.policy import cache as policy
 from tests.unit.fakes import BindRecorder, FakeClock, FakeEmbedder, FakeEngine
 from tests.unit.test_semantic_cache import ANSWER, chat, key, run
@@ -213,7 +213,7 @@ class YesNoEngine(FakeEngine):
         hit = any(f"Question 1: {a}\nQuestion 2: {b}\n" in text for a, b in self.same)
         top = [("Yes", -0.05), ("No", -3.0)] if hit else [("No", -0.1), ("Yes", -2.4)]
         return Generation(text=top[0][0], finish_reason="length", model=self.model_id,
-                          tokens=[TokenLogprob(top[0][0], top[0][1], top=top)])
+                          tokens=[TokenLogprob(top[0][0], top[0][1], top=top)], usage=Usage(70, 1))
 
 
 def test_yes_probability_folds_spellings_and_counts_the_chosen_token_once():
@@ -233,10 +233,13 @@ def test_a_cascade_model_as_the_verifier_serves_the_paraphrase_it_accepts(make):
     from serving.cache.verifier import CROSS_CHECK_TOP_LOGPROBS, EngineVerifier
 
     engine = YesNoEngine({(CACHED, PARAPHRASE)})
-    cache = make(EngineVerifier(engine, name="validator:validator-model"))
+    cache = make(EngineVerifier(engine, name="validator:validator-model", tier="validator"))
     run(cache.admit(key(chat(CACHED)), ANSWER))
     found = run(cache.lookup(key(chat(PARAPHRASE))))
     assert (found.decision, found.rule) == ("semantic_hit", "verifier") and found.score > 0.9
+    # The engine's work on the cross-check comes back with the lookup, for the request's cost.
+    assert found.check is not None and found.check.tier == "validator" and found.check.seconds > 0
+    assert (found.check.usage.prompt_tokens, found.check.usage.completion_tokens) == (70, 1)
     asked = engine.requests[-1]
     # One greedy token with its alternatives: a prefill, no decoding.
     assert (asked.max_tokens, asked.temperature, asked.logprobs, asked.top_logprobs) == \
@@ -262,7 +265,7 @@ def test_open_verifier_takes_the_named_cascade_engine(tmp_path):
     engine = FakeEngine("qwen-1.5b", ["Yes"])
     verifier, state = open_verifier(VerifierConfig(model="validator"), tmp_path, {"validator": engine})
     assert isinstance(verifier, EngineVerifier) and verifier.engine is engine and state == "ready"
-    assert verifier.name == "validator:qwen-1.5b"
+    assert verifier.name == "validator:qwen-1.5b" and verifier.tier == "validator"
     verifier, why = open_verifier(VerifierConfig(model="scout"), tmp_path, {"validator": engine})
     assert verifier is None and "cascade engine" in why
 

@@ -160,6 +160,26 @@ def test_cache_stage_serves_a_hit_as_chunks():
     assert decisions(s) == [("cache", "semantic_hit")] and s.outcomes[0].detail["similarity"] == 0.97
 
 
+def test_cache_stage_books_a_cascade_engines_cross_check_to_its_tier_and_the_ledger_keeps_it_apart():
+    from serving.cache.semantic import CheckCost
+    from serving.engines.base import Usage
+    from serving.quality.ledger import CostLedger
+
+    check = CheckCost("validator", Usage(140, 2), 0.6)
+    s = state()
+    run(CacheStage(ScriptedCache(CacheLookup("semantic_hit", entry(), similarity=0.9, rule="verifier", score=0.93,
+                                             check=check)), CacheConfig(), "fp").run(s))
+    assert s.tier is Tier.CACHE and s.cost.tiers == {}  # no answer was generated ...
+    assert s.cost.checks[Tier.VALIDATOR].engine_s == 0.6  # ... but the Validator worked on this request
+    assert s.cost.engine_s(Tier.VALIDATOR) == 0.6 and s.cost.as_dict()["validator_check"]["prompt_tokens"] == 140
+    ledger = CostLedger(prior_s_per_token=0.01)
+    counterfactual = ledger.book("default", "cache", s.cost, 2)
+    account = ledger.totals()["namespaces"]["default"]["cache"]
+    # Spent: the check. Counterfactual: the answer's 2 tokens at the running rate, not the check's time.
+    assert account["engine_s"]["validator"] == 0.6 and counterfactual == pytest.approx(0.02)
+    assert account["validator_s_saved"] == pytest.approx(0.02 - 0.6) and ledger.s_per_token == 0.01
+
+
 def test_cache_stage_miss_leaves_admission_and_a_near_miss_draft_and_reuses_the_plans_vector():
     near = entry("Paris is the capital.")
     cache = ScriptedCache(CacheLookup("miss", vector=[0.6, 0.8], draft=near, draft_similarity=0.88))
