@@ -121,6 +121,8 @@ class SkipReason(StrEnum):
     # The calibrated pre-generation estimate says its answer would not be served.
     PREDICTED_UNSERVABLE = "predicted_unservable"
     AUDIT_CLOSED = "audit_closed"  # the audit closed the Scout: its answers disagree too often
+    # The calibration certified no bound: no Scout answer can be kept, and none would be verified as a draft.
+    UNCERTIFIED = "uncertified"
     MULTIPLE_CHOICES = "multiple_choices"  # n > 1 on `auto`: the Validator samples them (one shared prefill)
 
 

@@ -9,7 +9,11 @@ record what they were told.
   is ``validator_direct`` (reason ``predicted_hard``: the Scout would fail, so its answer
   would only cost time), or when the cache handed over a *near miss* that the Validator
   will verify (reason ``near_miss_draft``: the cached answer to an almost identical
-  question is a better draft than a fresh Scout answer).
+  question is a better draft than a fresh Scout answer). Calibrated, it is skipped when
+  the calibration certified no bound (``uncertified``: no answer of it could be kept) unless
+  the Validator would verify its answer as a draft, when the analyzer's complexity predicts
+  an answer that would not be served (``predicted_unservable``), and while the audit has
+  closed it (``audit_closed``, but for an exploring request now and then).
 * **The score and its bound.** Uncalibrated, the score is the Scout's confidence
   (`serving.confidence`) and the bound `tiering.threshold`, or the request's
   ``confidence_threshold`` override. Calibrated (`quality.calibration`, see
@@ -124,6 +128,11 @@ class EscalationPolicy:
             return SkipReason.MULTIPLE_CHOICES
         if plan is not None and plan.strategy == "validator_direct":
             return SkipReason.PREDICTED_HARD
+        if self.calibration is not None and self.calibration.scout.bound is None \
+                and not (self.can_verify_drafts and can_verify(request) is None):
+            # The Scout's answer can never be kept (and the audit cannot reopen what was never certified), nor
+            # serve as a draft: running it would only delay the Validator (on the tiny pair, 4.5x the TTFT).
+            return SkipReason.UNCERTIFIED
         if self.closed:
             self._closed_skips += 1
             if self._closed_skips % max(self.tiering.verify_explore_every, 1):

@@ -12,7 +12,7 @@ import pytest
 from serving.config import AuditConfig, TieringConfig
 from serving.engines.base import GenerationChunk, GenerationRequest, TokenLogprob, Usage
 from serving.metrics import Metrics
-from serving.pipeline import Tier, build_pipeline
+from serving.pipeline import Route, Tier, build_pipeline
 from serving.policy.escalation import EscalationPolicy
 from serving.quality.audit import Auditor
 from serving.quality.calibration import (
@@ -134,6 +134,24 @@ def test_the_calibrated_decision_uses_the_probability_and_the_trace_shows_it():
     assert math.isinf(never.threshold(None))  # no safe bound: no Scout answer is kept
     plain = run(build_pipeline(FakeEngine("small", ["a"], lps(["a"])), FakeEngine("large", ["b"])).complete(req()))
     assert plain.trace.calibration == "uncalibrated" and plain.trace.agreement is None
+
+
+def test_an_uncertified_calibration_skips_the_scout_unless_its_draft_would_be_verified():
+    scout = FakeEngine("small", ["Par", "is"], lps(["Par", "is"]))
+    pipeline = build_pipeline(scout, FakeEngine("large", ["Paris"]),
+                              escalation=EscalationPolicy(TieringConfig(), calibration=_calibration(None)))
+    out = run(pipeline.complete(req()))
+    # No Scout answer could be kept: asking it would only delay the Validator.
+    assert out.trace.tier == "validator" and scout.requests == []
+    scout_stage = next(s for s in out.trace.stages if s.stage == "scout")
+    assert (scout_stage.decision, scout_stage.detail.get("reason")) == ("skipped", "uncertified")
+    # With verified escalation its answer is still the Validator's draft: it runs (the acceptance tracker decides).
+    drafting = EscalationPolicy(TieringConfig(verified_escalation=True), can_verify_drafts=True,
+                                calibration=_calibration(None))
+    assert drafting.skip_scout(Route.AUTO, None, None, req()) is None
+    # A certified bound, or no calibration: it runs.
+    assert EscalationPolicy(TieringConfig(), calibration=_calibration(0.9)).skip_scout(Route.AUTO, None, None,
+                                                                                       req()) is None
 
 
 # -- the judge ----------------------------------------------------------------------------------
