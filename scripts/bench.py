@@ -14,8 +14,13 @@ repeats, QQP paraphrase pairs, GSM8K, MT-Bench sessions; greedy; half streamed) 
 - `tiered+cache`: the same with the semantic cache on.
 - `tiered+cache+verified`: and `tiering.verified_escalation` (the Validator verifies the
   Scout's draft instead of regenerating it; non-streamed greedy requests).
+- `tiered+calibrated` (when the profile has a calibration file, `infopt calibrate`): `tiered` with
+  the Scout's answer kept only at the risk-controlled bound (issue 13's guarantee).
 - `tiered+cache+verified+speculative`: and in-engine speculative decoding for the Validator
   (the profile's own `validator.speculative`, else n-gram lookup); every other mode has it off.
+
+The workload is held out from calibration (`WorkloadSpec.held_out`): no prompt of the Scout's
+calibration split and no QQP pair the cache's calibration reads (`--all-prompts` lifts that).
 
 Measured per mode, printed as ratios to validator-only:
 - Validator compute: CPU-seconds of the Validator replica's process tree (the Ray actor and
@@ -29,6 +34,9 @@ Measured per mode, printed as ratios to validator-only:
   (`Judge`: identical; GSM8K answers with the same final number; otherwise a cosine similarity
   of the two answers' all-MiniLM-L6-v2 embeddings of at least `--judge-threshold`, 0.9).
 - On GPU profiles, Validator GPU-seconds: busy seconds x the GPUs of a replica (TP x PP).
+- The Scout's kept answers in the guarantee's terms: how many (coverage), how many the judge finds
+  disagreeing with validator-only, and the Clopper-Pearson upper limit (95%) of that rate; with
+  the service's own ledger's Validator ratio (`GET /v1/ledger`).
 
 Writes reports/bench_<profile>.json, the section between `<!-- bench.py:start -->` and
 `<!-- bench.py:end -->` of docs/benchmarks.md (rows for every profile; profiles not run
@@ -112,19 +120,39 @@ def base_modes() -> list[Mode]:
 SPECULATIVE_DEFAULT = {"method": "ngram"}  # needs no second model and suits any tokenizer
 
 
-def all_modes(base_args: dict[str, Any] | None = None) -> list[Mode]:
+def calibrated_mode(profile: str | None, base_args: dict[str, Any] | None = None) -> Mode | None:
+    """`tiered` under the profile's calibration (`infopt calibrate`: the profile's own `quality.calibration`, else
+    cluster/calibration/<profile>.json): a Scout answer is kept only at the risk-controlled bound. None when
+    there is no calibration file for the profile."""
+    from serving.config import profiles_dir
+
+    named = ((base_args or {}).get("quality") or {}).get("calibration")
+    relative = str(named) if named else f"calibration/{profile}.json"
+    path = Path(relative) if Path(relative).is_absolute() else profiles_dir() / relative
+    if profile is None or not path.exists():
+        return None
+    return Mode("tiered+calibrated", f"Scout first, its answer kept only at the calibrated bound ({relative}); "
+                "cache off", {"tiering": {"enabled": True, "verified_escalation": False}, "cache": {"enabled": False},
+                              "quality": {"calibration": relative}})
+
+
+def all_modes(base_args: dict[str, Any] | None = None, profile: str | None = None) -> list[Mode]:
     """The modes to compare: every mode but the last turns speculation off (so each mode measures one
     thing) and the last one turns it on: the profile's own `validator.speculative` when it sets a
-    method, else n-gram lookup.
+    method, else n-gram lookup. With a calibration file for `profile`, `tiered+calibrated` comes before it.
     """
     modes = base_modes()
+    calibrated = calibrated_mode(profile, base_args)
+    if calibrated is not None:
+        modes.append(calibrated)
     off = {"validator": {"speculative": {"method": "none"}}}
     for m in modes:
         m.overrides = merge(m.overrides, off)
     own = ((base_args or {}).get("validator") or {}).get("speculative") or {}
     spec = own if own.get("method", "none") != "none" else SPECULATIVE_DEFAULT
+    verified = next(m for m in modes if m.key == "tiered+cache+verified")
     modes.append(Mode("tiered+cache+verified+speculative", f"+ speculative decoding ({spec['method']})",
-                      merge(modes[-1].overrides, {"validator": {"speculative": dict(spec)}})))
+                      merge(verified.overrides, {"validator": {"speculative": dict(spec)}})))
     return modes
 
 
@@ -355,6 +383,17 @@ def fidelity(records: list[dict[str, Any]], baseline: list[dict[str, Any]],
             "by_tier": {k: {"identical": v[0], "equivalent": v[1], "compared": v[2]} for k, v in by_tier.items()}}
 
 
+def scout_served(fid: dict[str, Any], requests: int, delta: float = 0.05) -> dict[str, Any]:
+    """The Scout's kept answers judged against validator-only: how many, how many disagree, and the
+    Clopper-Pearson upper limit (confidence 1 - `delta`) of their disagreement rate: the guarantee's own terms."""
+    from serving.quality.risk import clopper_pearson_upper
+
+    got = fid["by_tier"].get("scout") or {"equivalent": 0, "compared": 0}
+    n, bad = got["compared"], got["compared"] - got["equivalent"]
+    return {"served": n, "coverage": n / requests if requests else math.nan, "disagreements": bad,
+            "rate": bad / n if n else math.nan, "upper": clopper_pearson_upper(bad, n, delta), "delta": delta}
+
+
 def net_cpu(res: dict[str, Any]) -> float | None:
     """The Validator's CPU-seconds above what it burns idle over the same wall time (never below 0)."""
     cpu, idle = res.get("validator_cpu_s"), res.get("validator_idle_cpu_per_s")
@@ -394,6 +433,7 @@ def compare(results: dict[str, dict[str, Any]], baseline: str = BASELINE,
             # The ledger's own figure: Validator seconds spent / what the Validator alone would have spent.
             "ledger_validator_ratio": (res.get("ledger") or {}).get("validator_ratio"),
             "fidelity": fid["share"], "equivalent": fid["equivalent_share"], "fidelity_detail": fid,
+            "scout": scout_served(fid, res["requests"]) if judge is not None else None,
             "x": {
                 "validator_cpu_s": ratio(res.get("validator_cpu_s"), base.get("validator_cpu_s")),
                 "validator_net_cpu_s": ratio(net_cpu(res), net_cpu(base)),
@@ -453,6 +493,23 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def scout_table(rows: list[dict[str, Any]]) -> str:
+    """The Scout's kept answers per mode, judged against validator-only, in the guarantee's terms."""
+    rows = [r for r in rows if r["mode"] != BASELINE and r.get("scout")]
+    if not rows:
+        return ""
+    lines = ["Scout-served answers, judged against validator-only (the guarantee's terms: ε = 1%, upper limit "
+             "at 95%):", "",
+             "| mode | Scout served (coverage) | judged disagreeing | disagreement | upper limit | "
+             "Validator tokens | the ledger's Validator ratio |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        sc = r["scout"]
+        lines.append(f"| {r['mode']} | {sc['served']} ({_pct(sc['coverage'])}) | {sc['disagreements']} "
+                     f"| {_pct1(sc['rate'])} | {_pct1(sc['upper'])} | {_x(r['x']['validator_tokens'])} "
+                     f"| {_s(r.get('ledger_validator_ratio'))} |")
+    return "\n".join(lines)
+
+
 def profile_detail(run: dict[str, Any], img_rel: str) -> str:
     """One profile's subsection: context, the table, the modes, read-off sentences and the plots."""
     p = run["profile"]
@@ -465,6 +522,9 @@ def profile_detail(run: dict[str, Any], img_rel: str) -> str:
         table(run["rows"]),
         "",
     ]
+    scout = scout_table(run["rows"])
+    if scout:
+        lines += [scout, ""]
     labels = run.get("mode_labels") or {}
     if labels:
         lines += ["Modes: " + "; ".join(f"`{k}` {v}" for k, v in labels.items()) + ".", ""]
@@ -481,9 +541,9 @@ def profile_detail(run: dict[str, Any], img_rel: str) -> str:
 
 def profile_summary(run: dict[str, Any], img_rel: str) -> dict[str, Any]:
     """What the docs keep per profile across runs: the ratio rows, the run's context, its subsection."""
-    keep = ("mode", "route_mix", "fidelity", "equivalent", "x", "errors", "requests")
+    keep = ("mode", "route_mix", "fidelity", "equivalent", "x", "errors", "requests", "scout")
     return {"date": run["date"], "machine": run["machine"], "workload": run["workload_text"],
-            "rows": [{k: r[k] for k in keep} for r in run["rows"]], "detail": profile_detail(run, img_rel)}
+            "rows": [{k: r.get(k) for k in keep} for r in run["rows"]], "detail": profile_detail(run, img_rel)}
 
 
 def render_section(run: dict[str, Any], kept: dict[str, Any], profiles: list[str], img_rel: str) -> str:
@@ -535,6 +595,10 @@ def render_section(run: dict[str, Any], kept: dict[str, Any], profiles: list[str
 
 def _pct(v: float | None) -> str:
     return "n/a" if v is None or not math.isfinite(v) else f"{100 * v:.0f}%"
+
+
+def _pct1(v: float | None) -> str:
+    return "n/a" if v is None or not math.isfinite(v) else f"{100 * v:.1f}%"
 
 
 def _json_default(o: Any) -> Any:
@@ -678,7 +742,8 @@ def workload_text(spec: WorkloadSpec, items: list[WorkItem], concurrency: int) -
                 "azure": f"Azure trace x{spec.time_scale}, at most {concurrency} in flight"}[spec.arrival]
     kinds = ", ".join(f"{k} {v}" for k, v in mix(items).items())
     streams = sum(w.stream for w in items)
-    return (f"{len(items)} requests (seed {spec.seed}: {kinds}), {streams} streamed, greedy, "
+    held = ", prompts held out from calibration" if spec.held_out else ""
+    return (f"{len(items)} requests (seed {spec.seed}{held}: {kinds}), {streams} streamed, greedy, "
             f"max_tokens {spec.max_tokens}, prompts <= {spec.max_prompt_chars} chars; {arrivals}")
 
 
@@ -727,7 +792,7 @@ def run_modes(profile: str, modes: list[Mode] | None, items: list[WorkItem], con
 
     config = load_profile(profile)
     base_args = config.model_dump(mode="json")
-    modes = all_modes(profile_args(profile)) if modes is None else modes
+    modes = all_modes(profile_args(profile), profile) if modes is None else modes
     results: dict[str, dict[str, Any]] = {}
     failed: dict[str, str] = {}
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -828,6 +893,8 @@ def main() -> int:
     ap.add_argument("--stream-share", type=float, default=0.5)
     ap.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
     ap.add_argument("--modes", nargs="+", help="subset of modes (validator-only is always run first)")
+    ap.add_argument("--all-prompts", action="store_true",
+                    help="draw from every prompt, those `infopt calibrate` reads included (default: held out)")
     ap.add_argument("--port", type=int, default=8021)
     ap.add_argument("--out", type=Path, default=REPO / "reports")
     ap.add_argument("--docs", type=Path, default=REPO / "docs" / "benchmarks.md")
@@ -852,11 +919,11 @@ def main() -> int:
 
     spec = WorkloadSpec(requests=ns.requests, seed=ns.seed, data_dir=ns.data_dir, max_tokens=ns.max_tokens,
                         max_prompt_chars=ns.max_prompt_chars, arrival=ns.arrival, rate=ns.rate,
-                        time_scale=ns.time_scale, stream_share=ns.stream_share)
+                        time_scale=ns.time_scale, stream_share=ns.stream_share, held_out=not ns.all_prompts)
     items = build(spec)
     from serving.config import profile_args
 
-    modes = all_modes(profile_args(ns.profile))
+    modes = all_modes(profile_args(ns.profile), ns.profile)
     if ns.modes:
         unknown = set(ns.modes) - {m.key for m in modes}
         if unknown:

@@ -69,6 +69,9 @@ class WorkloadSpec:
     rate: float = 1.0
     time_scale: float = 1.0
     model: str = "auto"
+    # Only prompts `infopt calibrate` never sees (`calibration_seen`): a bench of a calibrated profile must not
+    # measure its guarantee on the data that chose its bound.
+    held_out: bool = False
 
     def validate(self) -> None:
         if self.requests < 1:
@@ -199,10 +202,37 @@ def _arrivals(spec: WorkloadSpec, n: int, rng: random.Random) -> list[float]:
     return out
 
 
+def calibration_seen(data_dir: Path) -> tuple[set[str], set[tuple[str, str]]]:
+    """What `infopt calibrate` may see, to keep it out of a held-out workload: the texts of every prompt in the
+    Scout's calibration split (whatever number a run drew from it), and the QQP pairs of the cache's
+    *evaluation* split, the only ones its calibration never reads. Both splits are pure functions of ids
+    (`infopt.calibration_data.split_of`, `infopt.calibrate.qqp_split`)."""
+    from infopt import calibration_data as cd
+    from infopt.calibrate import load_qqp, qqp_split
+
+    seen: set[str] = set()
+    for source in (cd.sharegpt_prompts, cd.mt_bench_prompts, cd.gsm8k_prompts):
+        for prompt_id, text in source(data_dir, max_chars=10**9).items():
+            if cd.split_of(prompt_id) == "calibration":
+                seen.add(text.strip())
+    unseen_pairs = qqp_split(load_qqp(_need(data_dir / "qqp" / "qqp_dev.tsv")))["evaluation"]
+    return seen, {(p.q1.strip(), p.q2.strip()) for p in unseen_pairs}
+
+
 def build(spec: WorkloadSpec) -> list[WorkItem]:
     """The requests of `spec`, in arrival order, deterministic for its seed."""
     spec.validate()
     rng = random.Random(spec.seed)
+    sharegpt = sharegpt_prompts(spec.data_dir, spec.max_prompt_chars)
+    gsm8k = gsm8k_questions(spec.data_dir, spec.max_prompt_chars)
+    pairs = qqp_duplicates(spec.data_dir, spec.max_prompt_chars)
+    sessions = mt_bench_sessions(spec.data_dir, spec.max_prompt_chars)
+    if spec.held_out:
+        seen, unseen_pairs = calibration_seen(spec.data_dir)
+        sharegpt = [t for t in sharegpt if t.strip() not in seen]
+        gsm8k = [t for t in gsm8k if t.strip() not in seen]
+        pairs = [p for p in pairs if (p[0].strip(), p[1].strip()) in unseen_pairs]
+        sessions = [s for s in sessions if s[0].strip() not in seen]
     n = spec.requests
     n_exact = round(n * spec.exact_repeat_share)
     n_para = round(n * spec.paraphrase_share)
@@ -220,17 +250,16 @@ def build(spec: WorkloadSpec) -> list[WorkItem]:
         return rng.sample(pool, k) if k <= len(pool) else [rng.choice(pool) for _ in range(k)]
 
     fresh: list[WorkItem] = []
-    for text in pick(sharegpt_prompts(spec.data_dir, spec.max_prompt_chars), n_share, "ShareGPT prompts"):
+    for text in pick(sharegpt, n_share, "ShareGPT prompts"):
         fresh.append(WorkItem("", "sharegpt", [{"role": "user", "content": text}]))
-    for text in pick(gsm8k_questions(spec.data_dir, spec.max_prompt_chars), n_gsm, "GSM8K questions"):
+    for text in pick(gsm8k, n_gsm, "GSM8K questions"):
         fresh.append(WorkItem("", "gsm8k", [{"role": "user", "content": text}]))
     later: list[tuple[WorkItem, WorkItem]] = []  # (original, the request that must come after it)
-    for i, (q1, q2) in enumerate(pick(qqp_duplicates(spec.data_dir, spec.max_prompt_chars), n_para, "QQP pairs")):
+    for i, (q1, q2) in enumerate(pick(pairs, n_para, "QQP pairs")):
         first = WorkItem("", "paraphrase_first", [{"role": "user", "content": q1}], group=f"pair{i}")
         fresh.append(first)
         later.append((first, WorkItem("", "paraphrase", [{"role": "user", "content": q2}], group=f"pair{i}")))
-    for i, (t1, a1, t2) in enumerate(pick(mt_bench_sessions(spec.data_dir, spec.max_prompt_chars), n_sess,
-                                          "MT-Bench sessions")):
+    for i, (t1, a1, t2) in enumerate(pick(sessions, n_sess, "MT-Bench sessions")):
         system = {"role": "system", "content": SESSION_SYSTEM}
         first = WorkItem("", "session_turn1", [system, {"role": "user", "content": t1}], group=f"session{i}")
         fresh.append(first)

@@ -91,6 +91,28 @@ def test_workload_is_deterministic_and_has_the_asked_mix(data_dir: Path) -> None
     assert [w.at_s for w in slow][-1] == pytest.approx(2 * ats[-1], rel=1e-6)
 
 
+def test_a_held_out_workload_has_no_prompt_calibration_reads(data_dir: Path) -> None:
+    sys.path.insert(0, str(REPO))
+    from infopt.calibrate import load_qqp, qqp_split
+    from infopt.calibration_data import split_of
+
+    seen = {f"ShareGPT prompt number {i}?" for i in range(30) if split_of(f"sharegpt:{i}") == "calibration"}
+    seen |= {f"Tom has {i} apples and buys 3 more. How many?" for i in range(10)
+             if split_of(f"gsm8k:{i}") == "calibration"}
+    seen |= {f"Turn one of {i}" for i in range(5) if split_of(f"mt_bench:{i}") == "calibration"}
+    cache_seen = {p.q1 for p in qqp_split(load_qqp(data_dir / "qqp" / "qqp_dev.tsv"))["calibration"]}
+    assert seen and cache_seen  # the miniature data has prompts on both sides of each split
+    spec = workload.WorkloadSpec(requests=16, seed=1, data_dir=data_dir, exact_repeat_share=0, paraphrase_share=0.1,
+                                 gsm8k_share=0.2, session_share=0.2, held_out=True)
+    items = workload.build(spec)
+    firsts = {w.messages[-1]["content"] if w.kind != "session_turn1" else w.messages[1]["content"] for w in items
+              if w.kind != "session_turn2"}
+    assert len(items) == 16 and not firsts & seen and not firsts & cache_seen
+    # The same spec drawing from every prompt does meet them (with this seed), so the filter is what keeps them out.
+    everything = workload.build(workload.WorkloadSpec(**{**spec.__dict__, "held_out": False, "requests": 40}))
+    assert {w.messages[-1]["content"] for w in everything} & (seen | cache_seen)
+
+
 def test_workload_arrivals_and_validation(data_dir: Path) -> None:
     const = workload.build(workload.WorkloadSpec(requests=10, data_dir=data_dir, arrival="constant", rate=2.0))
     assert [w.at_s for w in const] == [i / 2 for i in range(10)]
@@ -310,6 +332,24 @@ def test_bench_modes_and_overrides() -> None:
     on["validator"].pop("speculative")
     before["validator"].pop("speculative")
     assert on == before
+
+
+def test_the_calibrated_mode_comes_with_a_calibration_file_and_the_scout_table_reads_the_guarantee() -> None:
+    from serving.config import profile_args
+
+    modes = {m.key: m for m in bench.all_modes(profile_args("tiny"), "tiny")}  # cluster/calibration/tiny.json
+    assert list(modes)[-2:] == ["tiered+calibrated", "tiered+cache+verified+speculative"]
+    calibrated = modes["tiered+calibrated"].overrides
+    assert calibrated["quality"]["calibration"] == "calibration/tiny.json" and calibrated["cache"]["enabled"] is False
+    assert calibrated["validator"]["speculative"]["method"] == "none"
+    assert "tiered+calibrated" not in {m.key for m in bench.all_modes(None, "no-such-profile")}
+    fid = {"by_tier": {"scout": {"identical": 290, "equivalent": 299, "compared": 300}, "validator": {}}}
+    sc = bench.scout_served(fid, 600)
+    assert (sc["served"], sc["disagreements"], sc["coverage"]) == (300, 1, 0.5)
+    assert sc["rate"] == pytest.approx(1 / 300) and 0.01 < sc["upper"] < 0.02  # 1 in 300 does not certify 1%
+    assert bench.scout_served({"by_tier": {}}, 10)["upper"] == 1.0  # nothing served: nothing known
+    row = {"mode": "tiered+calibrated", "scout": sc, "x": {"validator_tokens": 0.5}, "ledger_validator_ratio": 0.4}
+    assert "| tiered+calibrated | 300 (50%) | 1 | 0.3% | 1.6% | 0.50x | 0.40 |" in bench.scout_table([row])
 
 
 def test_the_judge_reads_same_meaning_and_gsm8k_final_numbers() -> None:
