@@ -120,13 +120,14 @@ def base_modes() -> list[Mode]:
 SPECULATIVE_DEFAULT = {"method": "ngram"}  # needs no second model and suits any tokenizer
 
 
-def calibrated_mode(profile: str | None, base_args: dict[str, Any] | None = None) -> Mode | None:
-    """`tiered` under the profile's calibration (`infopt calibrate`: the profile's own `quality.calibration`, else
-    cluster/calibration/<profile>.json): a Scout answer is kept only at the risk-controlled bound. None when
-    there is no calibration file for the profile."""
+def calibrated_mode(profile: str | None, base_args: dict[str, Any] | None = None,
+                    calibration: str | None = None) -> Mode | None:
+    """`tiered` under a calibration (`infopt calibrate`): `calibration` when given, else the profile's own
+    `quality.calibration`, else cluster/calibration/<profile>.json; a Scout answer is kept only at the
+    risk-controlled bound. None when that file does not exist."""
     from serving.config import profiles_dir
 
-    named = ((base_args or {}).get("quality") or {}).get("calibration")
+    named = calibration or ((base_args or {}).get("quality") or {}).get("calibration")
     relative = str(named) if named else f"calibration/{profile}.json"
     path = Path(relative) if Path(relative).is_absolute() else profiles_dir() / relative
     if profile is None or not path.exists():
@@ -136,13 +137,14 @@ def calibrated_mode(profile: str | None, base_args: dict[str, Any] | None = None
                               "quality": {"calibration": relative}})
 
 
-def all_modes(base_args: dict[str, Any] | None = None, profile: str | None = None) -> list[Mode]:
+def all_modes(base_args: dict[str, Any] | None = None, profile: str | None = None,
+              calibration: str | None = None) -> list[Mode]:
     """The modes to compare: every mode but the last turns speculation off (so each mode measures one
     thing) and the last one turns it on: the profile's own `validator.speculative` when it sets a
     method, else n-gram lookup. With a calibration file for `profile`, `tiered+calibrated` comes before it.
     """
     modes = base_modes()
-    calibrated = calibrated_mode(profile, base_args)
+    calibrated = calibrated_mode(profile, base_args, calibration)
     if calibrated is not None:
         modes.append(calibrated)
     off = {"validator": {"speculative": {"method": "none"}}}
@@ -893,6 +895,8 @@ def main() -> int:
     ap.add_argument("--stream-share", type=float, default=0.5)
     ap.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
     ap.add_argument("--modes", nargs="+", help="subset of modes (validator-only is always run first)")
+    ap.add_argument("--calibration", help="the calibration file of the tiered+calibrated mode (absolute, or relative "
+                    "to cluster/; default: the profile's quality.calibration, else calibration/<profile>.json)")
     ap.add_argument("--all-prompts", action="store_true",
                     help="draw from every prompt, those `infopt calibrate` reads included (default: held out)")
     ap.add_argument("--port", type=int, default=8021)
@@ -923,7 +927,7 @@ def main() -> int:
     items = build(spec)
     from serving.config import profile_args
 
-    modes = all_modes(profile_args(ns.profile), ns.profile)
+    modes = all_modes(profile_args(ns.profile), ns.profile, ns.calibration)
     if ns.modes:
         unknown = set(ns.modes) - {m.key for m in modes}
         if unknown:
