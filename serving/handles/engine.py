@@ -197,7 +197,9 @@ class ServeLLMEngine(LLMEngine):
         return self._oai.CompletionRequest(model=self.model_id, prompt=ids, max_tokens=max_tokens, temperature=0.0,
                                            return_token_ids=True, stream=stream, **extra)
 
-    async def _complete_ids(self, ids: list[int], max_tokens: int, priority: int = 0, **extra: Any) -> dict[str, Any]:
+    async def _complete_ids(self, ids: list[int] | list[list[int]], max_tokens: int, priority: int = 0,
+                            **extra: Any) -> dict[str, Any]:
+        """Greedy continuation of token ids (or of several prompts' ids in one request: vLLM batches them), whole."""
         vreq = self._ids_request(ids, max_tokens, False, priority, **extra)
         try:
             async for item in until_abandoned(self._handle.completions.options(stream=True).remote(vreq)):
@@ -304,20 +306,8 @@ class ServeLLMEngine(LLMEngine):
         tok = await self._loaded_tokenizer()
         prompt = self._prompt_ids(request)
         conts = [list(tok(c, add_special_tokens=False).input_ids) for c in continuations]
-        vreq = self._ids_request([prompt + c for c in conts], 1, False, request.priority, prompt_logprobs=0)
-        try:
-            response = None
-            async for item in until_abandoned(self._handle.completions.options(stream=True).remote(vreq)):
-                if _is_error(item):
-                    raise error_from_engine(item)
-                response = item.model_dump() if hasattr(item, "model_dump") else item
-                break
-        except InferenceOptimizerError:
-            raise
-        except Exception as exc:
-            raise error_from_call(self.model_id, exc) from exc
-        if response is None:
-            raise EngineUnavailableError(f"{self.model_id}: the engine returned no response")
+        response = await self._complete_ids([prompt + c for c in conts], 1, priority=request.priority,
+                                            prompt_logprobs=0)
         choices = sorted(response["choices"], key=lambda c: c.get("index", 0))
         out = []
         for text, ids, choice in zip(continuations, conts, choices, strict=True):
