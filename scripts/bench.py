@@ -81,7 +81,7 @@ from workload import (  # noqa: E402
     summarize,
 )
 
-from serving.quality.judge import final_number  # noqa: E402
+from serving.answers import final_number  # noqa: E402
 
 START, END = "<!-- bench.py:start -->", "<!-- bench.py:end -->"
 RESULTS_RE = re.compile(r"<!-- bench\.py:results (.*?) -->", re.S)

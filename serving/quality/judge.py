@@ -25,10 +25,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from serving.answers import final_number
 from serving.cache.embedder import Embedder
 from serving.engines.base import GenerationRequest, LLMEngine, yes_probability
 
-_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 _SPACE = re.compile(r"\s+")
 
 
@@ -39,15 +39,6 @@ class Verdict:
     agree: bool
     score: float | None
     method: str
-
-
-def final_number(text: str) -> str | None:
-    """The last number in an answer, normalised ("1,200." -> "1200")."""
-    found = _NUMBER.findall(text)
-    if not found:
-        return None
-    n = found[-1].replace(",", "")
-    return n[:-2] if n.endswith(".0") else n
 
 
 class Judge(ABC):

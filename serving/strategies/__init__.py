@@ -8,7 +8,7 @@ choosing which to run (`StrategyPolicy`: the benchmark's frontier, predicted cos
 The pipeline's `StrategyStage` runs them; `docs/strategies.md` is the reference.
 """
 
-from serving.strategies._answers import extract_answer, final_number, normalised
+from serving.answers import extract_answer, final_number, normalised
 from serving.strategies._policy import CostModel, Entry, Frontier, Plan, StrategyName, StrategyPolicy
 from serving.strategies._runner import Spent, StrategyResult, StrategyRunner
 from serving.strategies._vote import Candidate, Choice, best_of, majority_vote, weighted_vote

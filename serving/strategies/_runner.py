@@ -10,7 +10,7 @@ from typing import Any
 
 from serving.config import StrategiesConfig
 from serving.engines.base import Generation, GenerationRequest, LLMEngine, Usage
-from serving.strategies._answers import extract_answer
+from serving.answers import extract_answer
 from serving.strategies._policy import StrategyName
 from serving.strategies._vote import Candidate, Choice, best_of, majority_vote, weighted_vote
 

@@ -109,6 +109,8 @@ class ScriptedEngine(LLMEngine):
     ("So the answer is 42.", "42"),
     ("3 + 4 = 7 apples", "7"),
     ("First 2, then 5, so 10.50 in all", "10.5"),
+    ("So she has $18 left.\n\nThe answer is \\(\\boxed{18}\\) dollars, after 2 days.", "18"),
+    ("Total: 3 + 4 = 7, \\boxed{1,200} in 2024", "1200"),
     ("Paris.", "paris"),
     ("  The   CAPITAL is Paris!", "the capital is paris"),
 ])

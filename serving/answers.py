@@ -1,12 +1,16 @@
-"""What a candidate answers: the final number of a worked solution, or its normalised text."""
+"""What an answer says: the final number of a worked solution, or its normalised text.
+
+Shared by the judge (`serving.quality.judge`: the same final number for maths), the strategies' votes
+(`serving.strategies`) and the benchmarks, so an answer is read one way everywhere."""
 
 from __future__ import annotations
 
 import re
 import unicodedata
 
-# GSM8K's own marker, then the phrasings small models use for their conclusion.
-_MARKED = re.compile(r"(?:####|answer is|answer:|=\s*\$?)\s*\$?\s*(-?[\d,]*\.?\d+)", re.IGNORECASE)
+# GSM8K's own marker, LaTeX's \boxed{} (Qwen's maths answers end in one), then the phrasings small models use
+# for their conclusion.
+_MARKED = re.compile(r"(?:####|\\boxed\{|answer is|answer:|=\s*\$?)\s*\$?\s*(-?[\d,]*\.?\d+)", re.IGNORECASE)
 _NUMBER = re.compile(r"-?\d[\d,]*\.?\d*|-?\.\d+")
 _SPACE = re.compile(r"\s+")
 
@@ -22,8 +26,8 @@ def _number(text: str) -> str:
 
 
 def final_number(text: str) -> str | None:
-    """The final numeric answer of a worked solution: after GSM8K's `####` or an "answer is", else the last
-    number in the text (None: it has no number)."""
+    """The final numeric answer of a worked solution: the last one marked (GSM8K's `####`, `\\boxed{}`, "answer
+    is", "= "), else the last number in the text (None: it has no number)."""
     marked = _MARKED.findall(text)
     if marked:
         return _number(marked[-1])
