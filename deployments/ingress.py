@@ -36,7 +36,7 @@ from serving.errors import (
 from serving.load import CascadeStats
 from serving.metrics import MetricsTee, ServeMetrics
 from serving.priority import Priority
-from serving.service import parse_request, selector_from_query
+from serving.service import parse_request, selector_from_query, to_json
 from serving.tenancy import Caller
 
 logger = logging.getLogger("ray.serve")
@@ -93,6 +93,14 @@ def _openapi() -> dict[str, Any]:
 app.openapi = _openapi  # type: ignore[method-assign]
 
 
+class ServiceJSONResponse(JSONResponse):
+    """Every JSON body the ingress sends: non-finite floats become null (`serving.service.to_json`) instead of
+    failing the response."""
+
+    def render(self, content: Any) -> bytes:
+        return to_json(content).encode("utf-8")
+
+
 def error_response(exc: BaseException) -> JSONResponse:
     """The OpenAI-style error response for `exc` (mapping in `serving.errors`)."""
     status, body = to_openai_error(exc)
@@ -101,7 +109,7 @@ def error_response(exc: BaseException) -> JSONResponse:
     retry_after = getattr(exc, "retry_after_s", None)
     if retry_after is not None:
         headers["retry-after"] = str(max(1, round(retry_after)))
-    return JSONResponse(body, status_code=status, headers=headers or None)
+    return ServiceJSONResponse(body, status_code=status, headers=headers or None)
 
 
 # Safety nets for anything raised outside the endpoints below (they handle their own errors).
@@ -171,7 +179,7 @@ class Ingress:
 
     def _respond(self, body: dict[str, Any], trace: RouteTrace) -> JSONResponse:
         self.metrics.request(trace.tier or "none", 200)
-        return JSONResponse(body, headers={ROUTE_HEADER: trace.tier or "none"})
+        return ServiceJSONResponse(body, headers={ROUTE_HEADER: trace.tier or "none"})
 
     def _stream(self, events: Any, trace: RouteTrace) -> StreamingResponse:
         self.metrics.request(trace.tier or "none", 200)
@@ -261,12 +269,12 @@ class Ingress:
         deleted = await asyncio.wait_for(cache.invalidate(selector), ADMIN_TIMEOUT_S)
         # Who deleted what stays on record (the Ingress's log: Ray Serve keeps it per replica).
         logger.warning("cache invalidation by %s: %s -> %d entries deleted", caller.label, selector, deleted)
-        return JSONResponse({"object": "cache.invalidation", "deleted": deleted})
+        return ServiceJSONResponse({"object": "cache.invalidation", "deleted": deleted})
 
     async def _stats(self, request: Request) -> Response:
         cache, _ = self._cache_admin(request)
         stats = await asyncio.wait_for(cache.stats(), ADMIN_TIMEOUT_S)
-        return JSONResponse({"object": "cache.stats", **stats})
+        return ServiceJSONResponse({"object": "cache.stats", **stats})
 
     @app.delete("/v1/cache", responses=ERROR_RESPONSES, openapi_extra=INVALIDATION_QUERY)
     async def cache_invalidate(self, request: Request) -> Response:
@@ -286,11 +294,11 @@ class Ingress:
 
     async def _ledger(self, request: Request) -> Response:
         self._admin(request)
-        return JSONResponse({"object": "ledger", **self.service.pipeline.ledger.totals()})
+        return ServiceJSONResponse({"object": "ledger", **self.service.pipeline.ledger.totals()})
 
     async def _quality(self, request: Request) -> Response:
         self._admin(request)
-        return JSONResponse({"object": "quality", **quality_report(self.service.pipeline)})
+        return ServiceJSONResponse({"object": "quality", **quality_report(self.service.pipeline)})
 
     @app.get("/v1/ledger", responses=ERROR_RESPONSES)
     async def ledger(self, request: Request) -> Response:
@@ -327,7 +335,7 @@ class Ingress:
     async def _dashboard_state(self, request: Request) -> Response:
         self._dashboard_on()
         self._admin(request)
-        return JSONResponse(await page_state(
+        return ServiceJSONResponse(await page_state(
             self.service.pipeline, self.live, profile=self.config.profile,
             refresh_s=self.config.api.dashboard.refresh_s, cache=self.cache,
             cache_timeout_s=self.config.cache.timeout_s, replicas=await self._replica_states()))
@@ -356,7 +364,7 @@ class Ingress:
 
     async def _models(self, request: Request) -> Response:
         self.service.tenancy.authenticate(_bearer_token(request))
-        return JSONResponse(self.service.list_models())
+        return ServiceJSONResponse(self.service.list_models())
 
     @app.get("/v1/models", responses=ERROR_RESPONSES)
     async def models(self, request: Request) -> Response:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any, TypeVar
@@ -156,9 +157,26 @@ def _completion_logprobs(tokens: list[TokenLogprob] | None) -> dict[str, Any] | 
     }
 
 
+def finite(value: Any) -> Any:
+    """`value` with every non-finite float (a -inf log-probability, a NaN score) as None: JSON has no such numbers,
+    and a strict encoder would fail the whole response on one (a 500 for a well-formed request)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite(v) for v in value]
+    return value
+
+
+def to_json(payload: Any) -> str:
+    """The service's JSON: compact, UTF-8, non-finite floats as null (`finite`)."""
+    return json.dumps(finite(payload), separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
 def sse(payload: dict[str, Any] | str) -> str:
     """One server-sent event."""
-    data = payload if isinstance(payload, str) else json.dumps(payload, separators=(",", ":"))
+    data = payload if isinstance(payload, str) else to_json(payload)
     return f"data: {data}\n\n"
 
 

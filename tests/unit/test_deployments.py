@@ -207,3 +207,21 @@ def _refs(node):
     elif isinstance(node, list):
         for v in node:
             yield from _refs(v)
+
+
+def test_a_non_finite_number_in_an_answer_is_sent_as_null_not_a_500():
+    """A -inf log-probability (a token the model gave no chance) or a NaN score must not fail the response:
+    JSON has no such numbers, and Starlette's own encoder refuses them."""
+    import json
+    import math
+
+    from deployments.ingress import ServiceJSONResponse
+    from serving.service import sse
+
+    body = {"choices": [{"logprobs": {"token_logprobs": [-0.1, -math.inf]}}], "route": {"score": math.nan},
+            "text": "naïve"}
+    sent = json.loads(ServiceJSONResponse(body).body)
+    assert sent["choices"][0]["logprobs"]["token_logprobs"] == [-0.1, None] and sent["route"]["score"] is None
+    assert sent["text"] == "naïve"
+    event = sse({"x": (math.inf, 1.5)})
+    assert event.startswith("data: ") and json.loads(event[6:]) == {"x": [None, 1.5]}
