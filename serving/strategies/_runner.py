@@ -8,9 +8,9 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from serving.answers import extract_answer
 from serving.config import StrategiesConfig
 from serving.engines.base import Generation, GenerationRequest, LLMEngine, Usage
-from serving.answers import extract_answer
 from serving.strategies._policy import StrategyName
 from serving.strategies._vote import Candidate, Choice, best_of, majority_vote, weighted_vote
 
