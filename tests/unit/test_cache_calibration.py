@@ -396,3 +396,27 @@ def test_a_cascade_model_as_the_verifier_is_calibrated_with_its_own_weights(tmp_
     part = cal.cache
     assert part.rule == "verifier" and part.verifier.model == "validator"
     assert part.verifier.sha256 == hashlib.sha256(b"weights").hexdigest() and 0.1 < part.threshold <= 0.9
+
+
+def test_the_laptop_profile_names_its_shipped_calibration_and_keeps_no_scout_answer():
+    """cluster/calibration/laptop.json (`make calibrate PROFILE=laptop`, 700 prompts): made for the laptop pair, and
+    with no bound certified the Scout's answers are never kept; it still drafts for verified escalation."""
+    import math
+
+    from serving.engines.base import GenerationRequest
+    from serving.pipeline import Route, SkipReason
+    from serving.policy.escalation import EscalationPolicy
+
+    config = load_profile("laptop")
+    path = config.calibration_path()
+    assert path is not None and path.exists(), "the laptop profile names its calibration file"
+    calibration = Calibration.load(path)
+    calibration.check(config.scout.served_name(), config.validator.served_name())
+    threshold_in_force(config.cache, calibration)  # a cache part, when there is one, fits the laptop cache
+    assert calibration.scout is not None and calibration.scout.bound is None
+    policy = EscalationPolicy(config.tiering, can_verify_drafts=True, calibration=calibration)
+    assert math.isinf(policy.threshold(None))
+    greedy = GenerationRequest(messages=[{"role": "user", "content": "hi"}], temperature=0)
+    sampled = GenerationRequest(messages=[{"role": "user", "content": "hi"}], temperature=0.7)
+    assert policy.skip_scout(Route.AUTO, None, None, greedy) is None  # its answer is the Validator's draft
+    assert policy.skip_scout(Route.AUTO, None, None, sampled) is SkipReason.UNCERTIFIED  # nothing to verify
