@@ -105,15 +105,18 @@ def base_modes() -> list[Mode]:
     # The benchmark caps max_tokens to fit a CPU budget, so most answers end by length; the cache
     # admits those only with admit_truncated (in real use answers complete and are admitted anyway).
     on = {"enabled": True, "admit_truncated": True}
+    # The Scout's raw confidence decides in these modes, whatever calibration the profile names: the calibrated
+    # decision is a mode of its own (`calibrated_mode`).
+    raw = {"calibration": None}
     return [
         Mode(BASELINE, "Validator only (tiering off, cache off)",
-             {"tiering": {"enabled": False, "verified_escalation": False}, "cache": off}),
-        Mode("tiered", "Scout first, Validator when unsure; cache off",
-             {"tiering": {"enabled": True, "verified_escalation": False}, "cache": off}),
+             {"tiering": {"enabled": False, "verified_escalation": False}, "cache": off, "quality": raw}),
+        Mode("tiered", "Scout first, Validator when its raw confidence is under the threshold; cache off",
+             {"tiering": {"enabled": True, "verified_escalation": False}, "cache": off, "quality": raw}),
         Mode("tiered+cache", "+ semantic cache (admit_truncated: answers are cut by the small max_tokens)",
-             {"tiering": {"enabled": True, "verified_escalation": False}, "cache": on}),
+             {"tiering": {"enabled": True, "verified_escalation": False}, "cache": on, "quality": raw}),
         Mode("tiered+cache+verified", "+ verified escalation",
-             {"tiering": {"enabled": True, "verified_escalation": True}, "cache": on}),
+             {"tiering": {"enabled": True, "verified_escalation": True}, "cache": on, "quality": raw}),
     ]
 
 

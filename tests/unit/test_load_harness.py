@@ -335,7 +335,7 @@ def test_bench_modes_and_overrides() -> None:
 
 
 def test_the_calibrated_mode_comes_with_a_calibration_file_and_the_scout_table_reads_the_guarantee() -> None:
-    from serving.config import profile_args
+    from serving.config import load_profile, profile_args
 
     modes = {m.key: m for m in bench.all_modes(profile_args("tiny"), "tiny")}  # cluster/calibration/tiny.json
     assert list(modes)[-2:] == ["tiered+calibrated", "tiered+cache+verified+speculative"]
@@ -343,6 +343,12 @@ def test_the_calibrated_mode_comes_with_a_calibration_file_and_the_scout_table_r
     assert calibrated["quality"]["calibration"] == "calibration/tiny.json" and calibrated["cache"]["enabled"] is False
     assert calibrated["validator"]["speculative"]["method"] == "none"
     assert "tiered+calibrated" not in {m.key for m in bench.all_modes(None, "no-such-profile")}
+    # Every other mode decides by the raw confidence, even for a profile that names its calibration (laptop).
+    laptop = load_profile("laptop").model_dump(mode="json")
+    assert laptop["quality"]["calibration"] is not None
+    for m in bench.all_modes(profile_args("laptop"), "laptop"):
+        named = bench.merge(laptop, m.overrides)["quality"]["calibration"]
+        assert named == ("calibration/laptop.json" if m.key == "tiered+calibrated" else None), m.key
     fid = {"by_tier": {"scout": {"identical": 290, "equivalent": 299, "compared": 300}, "validator": {}}}
     sc = bench.scout_served(fid, 600)
     assert (sc["served"], sc["disagreements"], sc["coverage"]) == (300, 1, 0.5)
