@@ -939,9 +939,10 @@ def main() -> int:
     print(f"workload: {workload_text(spec, items, ns.concurrency)}", flush=True)
     print(f"modes: {', '.join(m.key for m in modes)}", flush=True)
     t0 = time.perf_counter()
+    code = code_version()  # what is measured: the checkout as the run starts
     results, failed, config = run_modes(ns.profile, modes, items, ns.concurrency, ns.port)
     judge = make_judge(ns.profile, ns.judge_threshold)  # after the engines are gone: the CPU is free
-    run = {"profile": config.profile, "code": code_version(), "scout": config.scout.served_name(),
+    run = {"profile": config.profile, "code": code, "scout": config.scout.served_name(),
            "validator": config.validator.served_name(), "date": date.today().isoformat(), "machine": machine(),
            "workload_text": workload_text(spec, items, ns.concurrency), "bench_wall_s": time.perf_counter() - t0,
            "rows": compare(results, judge=judge), "failed_modes": failed,
